@@ -1,0 +1,192 @@
+"""Training figures: learning curves, confusion matrices, and the Playground's pictures.
+
+Figures are written with `save_figure`, atomically, as PNG (and PDF when asked). Plotting needs
+only arrays and metric records, so it runs after training, from files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+
+from research.io import atomic_write_bytes  # noqa: E402
+
+# The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
+PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
+    "playground", ["#f59322", "#e8eaeb", "#0877bd"])
+NEG_COLOR, POS_COLOR = "#f59322", "#0877bd"
+
+
+def save_figure(fig, path: str, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[str]:
+    """Save a figure atomically in each format and close it.
+
+    Args:
+        fig: the matplotlib figure.
+        path: output path without extension (an extension given is replaced).
+        formats: file types, e.g. ("png", "pdf").
+        dpi: resolution of raster formats.
+
+    Returns:
+        The written paths.
+    """
+    stem = os.path.splitext(path)[0]
+    written = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(f"{stem}.{fmt}", buf.getvalue())
+        written.append(f"{stem}.{fmt}")
+    plt.close(fig)
+    return written
+
+
+def plot_learning_curves(records: list[dict], title: str = "", log_loss: bool = False):
+    """Train and test loss (and accuracy when present) against epochs.
+
+    Args:
+        records: metric records from `metrics.jsonl` (splits train_steps, train, test).
+        title: figure title.
+        log_loss: log scale for the loss axis.
+
+    Returns:
+        The figure.
+    """
+    has_acc = any("accuracy" in r for r in records)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8),
+                             squeeze=False)
+    styles = {"train_steps": ("step average", "0.6", ":"), "train": ("train", "C0", "-"),
+              "test": ("test", "C1", "-")}
+    for col, key in enumerate(["loss", "accuracy"][: 1 + has_acc]):
+        ax = axes[0, col]
+        for split, (label, color, ls) in styles.items():
+            rs = [r for r in records if r.get("split") == split and key in r]
+            if rs:
+                ax.plot([r["epoch"] for r in rs], [r[key] for r in rs], ls, color=color,
+                        label=label, lw=1.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        if key == "loss" and log_loss:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion_CxC, class_names: Sequence[str], title: str = "Confusion matrix"):
+    """A confusion matrix (rows true, columns predicted) with counts and row-normalised colour."""
+    conf = np.asarray(confusion_CxC, np.float64)
+    frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    return fig
+
+
+def grid_points(resolution: int = 100, domain: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """A square grid over [-domain, domain]^2: coordinates_R and points_(R*R)x2 (x1 fastest)."""
+    c_R = np.linspace(-domain, domain, resolution)
+    g1, g2 = np.meshgrid(c_R, c_R)
+    return c_R, np.stack([g1.ravel(), g2.ravel()], axis=1)
+
+
+def _scatter(ax, points_Nx2, labels_N, edge: str, label: str):
+    colors = np.where(np.asarray(labels_N) > 0, POS_COLOR, NEG_COLOR)
+    ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], c=colors, s=14, edgecolors=edge,
+               linewidths=0.8, label=label)
+
+
+def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, test,
+                           title: str, resolution: int = 120, domain: float = 6.0,
+                           regression: bool = False):
+    """The Playground's output heat map with train (white edge) and test (black edge) points.
+
+    Args:
+        score_fn: maps points_Nx2 to outputs in [-1, 1] (the Playground's colour scale).
+        train: (points_Nx2, labels_N) with labels -1/+1 (or float targets for regression).
+        test: likewise for the test split.
+        title: figure title (say which loss and output the heat map shows).
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        regression: colour points by target value instead of by class.
+
+    Returns:
+        The figure.
+    """
+    c_R, pts = grid_points(resolution, domain)
+    s_RxR = np.asarray(score_fn(pts)).reshape(resolution, resolution)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    im = ax.imshow(s_RxR, origin="lower", extent=(-domain, domain, -domain, domain),
+                   cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1, interpolation="bilinear")
+    if not regression:
+        ax.contour(c_R, c_R, s_RxR, levels=[0.0], colors="k", linewidths=1.0)
+    for (pts_, lab), edge, name in ((train, "white", "train"), (test, "black", "test")):
+        if regression:
+            ax.scatter(pts_[:, 0], pts_[:, 1], c=lab, cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1,
+                       s=14, edgecolors=edge, linewidths=0.8, label=name)
+        else:
+            _scatter(ax, pts_, lab, edge, name)
+    ax.set_xlim(-domain, domain)
+    ax.set_ylim(-domain, domain)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="network output")
+    fig.tight_layout()
+    return fig
+
+
+def plot_neuron_maps(layers: Sequence[np.ndarray], resolution: int, domain: float = 6.0,
+                     title: str = "Hidden neurons"):
+    """Each hidden neuron's output over the input plane, one row per layer.
+
+    Args:
+        layers: per hidden layer, activations `a_(R*R)xW` on `grid_points(resolution, domain)`.
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    cols = max(a.shape[1] for a in layers)
+    fig, axes = plt.subplots(len(layers), cols, figsize=(1.7 * cols, 1.8 * len(layers)),
+                             squeeze=False)
+    for row, a in enumerate(layers):
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= a.shape[1]:
+                ax.axis("off")
+                continue
+            m = a[:, col].reshape(resolution, resolution)
+            lim = max(float(np.abs(m).max()), 1e-6)
+            ax.imshow(m, origin="lower", extent=(-domain, domain, -domain, domain),
+                      cmap=PLAYGROUND_CMAP, vmin=-lim, vmax=lim)
+            ax.set_title(f"layer {row + 1}, neuron {col + 1}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,107 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.losses import Loss
+from research.models import CNN, MLP
+from research.train import TrainState, eval_step, train_step, train_step_jit
+
+
+def _state(model, x, loss, lr=0.1):
+    variables = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x)
+    return TrainState.create(apply_fn=model.apply, variables=variables, tx=optax.sgd(lr),
+                             loss=loss)
+
+
+def _batch(n=16, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return {"x": x, "y": (x[:, 0] * x[:, 1] > 0).astype(np.int32)}
+
+
+def test_overfits_one_batch():
+    batch = _batch()
+    state = _state(MLP(widths=(32, 32), activation="tanh"), batch["x"], Loss("bce", 2), lr=0.3)
+    key = jax.random.PRNGKey(1)
+    state, first = train_step_jit(state, batch, key)
+    for _ in range(300):
+        state, m = train_step_jit(state, batch, key)
+    assert float(m["loss"]) < 0.2 * float(first["loss"])
+    assert float(m["accuracy"]) == 1.0
+    assert int(state.step) == 301
+
+
+def test_jit_and_eager_agree():
+    batch = _batch()
+    model = MLP(widths=(8,), activation="relu", dropout=0.25)
+    key = jax.random.PRNGKey(7)
+    s1 = _state(model, batch["x"], Loss("bce", 2, "l2", 0.01))
+    s2 = _state(model, batch["x"], Loss("bce", 2, "l2", 0.01))
+    with jax.disable_jit():
+        for _ in range(3):
+            s1, m1 = train_step(s1, batch, key)
+    for _ in range(3):
+        s2, m2 = train_step_jit(s2, batch, key)
+    for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+
+
+def test_gradient_matches_finite_differences():
+    batch = _batch(n=8, d=2)
+    model = MLP(widths=(3,), activation="tanh")
+    state = _state(model, batch["x"], Loss("mse", 2), lr=1.0)
+    new, _ = train_step(state, batch, jax.random.PRNGKey(0))
+    grad = jax.tree_util.tree_map(lambda a, b: a - b, state.params, new.params)  # lr = 1
+    w = np.asarray(state.params["Dense_0"]["kernel"], np.float64)
+
+    def loss_at(w_):
+        p = jax.tree_util.tree_map(lambda a: a, state.params)
+        p["Dense_0"]["kernel"] = jnp.asarray(w_, jnp.float32)
+        out = model.apply({"params": p}, batch["x"])
+        return float(jnp.mean(Loss("mse", 2).per_example(out, batch["y"])))
+
+    eps = 1e-3
+    e = np.zeros_like(w)
+    e[1, 2] = eps
+    fd = (loss_at(w + e) - loss_at(w - e)) / (2 * eps)
+    np.testing.assert_allclose(grad["Dense_0"]["kernel"][1, 2], fd, rtol=2e-2, atol=1e-4)
+
+
+def test_dropout_key_comes_from_step():
+    batch = _batch()
+    model = MLP(widths=(16,), activation="relu", dropout=0.5)
+    key = jax.random.PRNGKey(3)
+    s = _state(model, batch["x"], Loss("bce", 2))
+    _, a = train_step(s, batch, key)
+    _, b = train_step(s, batch, key)
+    _, c = train_step(s.replace(step=s.step + 1), batch, key)
+    assert float(a["loss"]) == float(b["loss"])
+    assert float(a["loss"]) != float(c["loss"])
+
+
+def test_batchnorm_stats_update_in_training_and_are_used_in_eval():
+    x = 5.0 + np.random.default_rng(0).normal(size=(8, 6, 6, 1)).astype(np.float32)
+    batch = {"x": x, "y": np.arange(8, dtype=np.int32) % 2}
+    state = _state(CNN(channels=(4,), num_outputs=2), x, Loss("softmax_ce", 2))
+    before = state.batch_stats["BatchNorm_0"]["mean"]
+    out0 = eval_step(state, batch)
+    state, _ = train_step(state, batch, jax.random.PRNGKey(0))
+    after = state.batch_stats["BatchNorm_0"]["mean"]
+    # running mean moves 10% of the way to the batch mean (momentum 0.9)
+    assert not np.allclose(before, after)
+    out1 = eval_step(state, batch)
+    assert float(out0["loss_sum"]) != float(out1["loss_sum"])
+
+
+def test_eval_step_sums_respect_mask():
+    batch = _batch(n=10)
+    state = _state(MLP(widths=(4,)), batch["x"], Loss("bce", 2))
+    full = eval_step(state, batch)
+    mask = np.array([1] * 6 + [0] * 4, np.float32)
+    part = eval_step(state, {**batch, "mask": mask})
+    sub = eval_step(state, {"x": batch["x"][:6], "y": batch["y"][:6]})
+    assert float(full["count"]) == 10 and float(part["count"]) == 6
+    np.testing.assert_allclose(part["loss_sum"], sub["loss_sum"], rtol=1e-6)
+    np.testing.assert_allclose(part["correct_sum"], sub["correct_sum"])
