@@ -46,11 +46,14 @@ class Checkpointer:
         """The step of the newest checkpoint, or None."""
         return self.latest.latest_step()
 
-    def save(self, step: int, tree: Any, score: float | None = None) -> None:
-        """Save a state tree; with a score, also offer it as the best."""
+    def save(self, step: int, tree: Any) -> None:
+        """Save a state tree as the newest checkpoint."""
         if step not in self.latest.all_steps():
             self.latest.save(step, args=ocp.args.StandardSave(tree))
-        if score is not None and step not in self.best.all_steps():
+
+    def save_best(self, step: int, tree: Any, score: float) -> None:
+        """Save a state tree that scored better than every earlier one (higher is better)."""
+        if step not in self.best.all_steps():
             self.best.save(step, args=ocp.args.StandardSave(tree), metrics={"score": score})
 
     def restore(self, target: Any, step: int | None = None, best: bool = False) -> Any:

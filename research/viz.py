@@ -114,7 +114,9 @@ def grid_points(resolution: int = 100, domain: float = 6.0) -> tuple[np.ndarray,
 def _scatter(ax, points_Nx2, labels_N, edge: str, label: str):
     colors = np.where(np.asarray(labels_N) > 0, POS_COLOR, NEG_COLOR)
     ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], c=colors, s=14, edgecolors=edge,
-               linewidths=0.8, label=label)
+               linewidths=0.8)
+    # A neutral proxy, so the legend shows the edge that marks the split, not a class colour.
+    ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=label)
 
 
 def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, test,
@@ -144,7 +146,8 @@ def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, 
     for (pts_, lab), edge, name in ((train, "white", "train"), (test, "black", "test")):
         if regression:
             ax.scatter(pts_[:, 0], pts_[:, 1], c=lab, cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1,
-                       s=14, edgecolors=edge, linewidths=0.8, label=name)
+                       s=14, edgecolors=edge, linewidths=0.8)
+            ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=name)
         else:
             _scatter(ax, pts_, lab, edge, name)
     ax.set_xlim(-domain, domain)
@@ -152,7 +155,7 @@ def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, 
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.8, facecolor="0.3", labelcolor="w")
     fig.colorbar(im, ax=ax, fraction=0.046, label="network output")
     fig.tight_layout()
     return fig

@@ -178,7 +178,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     pending = None
     perm, perm_epoch = None, -1
     bar = tqdm(total=total, initial=step, disable=not tc.progress, desc=cfg.name, unit="step",
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.5 if os.isatty(2) else 10.0)
     t0 = time.time()
 
     def consume():
@@ -238,13 +238,10 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                     writer.write({"step": step, "epoch": epoch + 1, "split": "test", **ev})
                     if sign * ev[score_key] > best:
                         best = score = sign * ev[score_key]
-            if save_now or score is not None:
-                tree = state.to_tree()
-                if save_now:
-                    checkpointer.save(step, tree, score)
-                else:
-                    checkpointer.best.save(step, args=ckpt.ocp.args.StandardSave(tree),
-                                           metrics={"score": score})
+            if save_now:
+                checkpointer.save(step, state.to_tree())
+            if score is not None:
+                checkpointer.save_best(step, state.to_tree(), score)
         consume()
     finally:
         bar.close()
