@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -191,5 +192,76 @@ def plot_neuron_maps(layers: Sequence[np.ndarray], resolution: int, domain: floa
                       cmap=PLAYGROUND_CMAP, vmin=-lim, vmax=lim)
             ax.set_title(f"layer {row + 1}, neuron {col + 1}", fontsize=7)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paths_on_contour(w1_R, w2_S, loss_SxR, paths: dict, theta_star=None, title: str = "",
+                          log_levels: bool = True):
+    """Optimiser paths drawn over a two-parameter loss contour.
+
+    Args:
+        w1_R: grid of the first parameter.
+        w2_S: grid of the second parameter.
+        loss_SxR: loss on the grid (rows follow w2).
+        paths: label -> iterates `thetas_Kx2`; points outside the grid are clipped by the axes.
+        theta_star: the minimum, marked with a star.
+        title: figure title.
+        log_levels: log-spaced contour levels (the valley floor stays visible).
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(6.2, 5.0))
+    lo, hi = float(np.min(loss_SxR)), float(np.max(loss_SxR))
+    if log_levels:
+        floor = max(lo, hi * 1e-5, 1e-12)
+        levels = np.geomspace(floor, hi, 25)
+        norm = matplotlib.colors.LogNorm(floor, hi)
+    else:
+        levels, norm = np.linspace(lo, hi, 25), None
+    cf = ax.contourf(w1_R, w2_S, np.maximum(loss_SxR, levels[0]), levels=levels, norm=norm,
+                     cmap="viridis", alpha=0.85)
+    ax.contour(w1_R, w2_S, loss_SxR, levels=levels, colors="white", linewidths=0.3, alpha=0.6)
+    for i, (label, thetas) in enumerate(paths.items()):
+        t = np.asarray(thetas)
+        inside = ((t[:, 0] >= w1_R[0]) & (t[:, 0] <= w1_R[-1]) & (t[:, 1] >= w2_S[0])
+                  & (t[:, 1] <= w2_S[-1]))
+        if not inside.all():  # a diverging path: draw it until it first leaves the window
+            t = t[: int(np.argmin(inside)) + 1]
+            label = f"{label} (diverges)"
+        ax.plot(t[:, 0], t[:, 1], "-o", color=f"C{(i + 1) % 10}", ms=2.5, lw=1.2, label=label)
+    if theta_star is not None:
+        ax.plot(*theta_star, "*", color="white", mec="k", ms=14, label="minimum")
+    starts = {tuple(np.asarray(t)[0]) for t in paths.values()}
+    for s in starts:
+        ax.plot(*s, "s", color="white", mec="k", ms=6)
+    ax.set_xlim(w1_R[0], w1_R[-1])
+    ax.set_ylim(w2_S[0], w2_S[-1])
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if log_levels:
+        fig.colorbar(cf, ax=ax, fraction=0.046, label="loss (log scale)",
+                     ticks=matplotlib.ticker.LogLocator(),
+                     format=matplotlib.ticker.LogFormatterSciNotation())
+    else:
+        fig.colorbar(cf, ax=ax, fraction=0.046, label="loss")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = ""):
+    """Loss above the minimum against step, log scale, one line per optimiser or learning rate."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (label, losses) in enumerate(curves.items()):
+        gap = np.maximum(np.asarray(losses, np.float64) - min_loss, 1e-12)
+        ax.semilogy(np.arange(len(gap)), gap, color=f"C{(i + 1) % 10}", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss - minimum")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
