@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from research.config import PLAYGROUND_PRESETS, Config, cli
-from research.data.playground import CLASSIFICATION, input_features
+from research.data.playground import CLASSIFICATION, hidden_activations, model_scores
 from research.train import train_and_evaluate
 from research.viz import (
     grid_points,
@@ -57,15 +57,9 @@ def main(cfg: Config) -> dict:
     data = load_dataset(cfg.data)
     fig_dir = os.path.join(run_dir, "figures")
     regression = not state.loss.classification
-    variables = state.variables()
-
-    def outputs(points):
-        x = input_features(points, cfg.data.features)
-        out, inter = state.apply_fn(variables, x, mutable=["intermediates"])
-        return out, inter["intermediates"]
 
     def score_fn(points):
-        return np.asarray(state.loss.scores(outputs(points)[0]))
+        return model_scores(state, points, cfg.data.features)
 
     def signed(labels):
         return labels if regression else np.where(labels > 0, 1.0, -1.0)
@@ -79,9 +73,7 @@ def main(cfg: Config) -> dict:
     figures = save_figure(
         plot_decision_boundary(score_fn, train, test, title, regression=regression),
         os.path.join(fig_dir, "decision_boundary"), ("png", "pdf"))
-    _, pts = grid_points(RESOLUTION)
-    inter = outputs(pts)[1]
-    layers = [np.asarray(inter[f"hidden_{i}"][0]) for i in range(len(cfg.model.widths))]
+    layers = hidden_activations(state, grid_points(RESOLUTION)[1], cfg.data.features)
     figures += save_figure(plot_neuron_maps(layers, RESOLUTION, title="Each hidden neuron's "
                                             f"output ({cfg.model.activation})"),
                            os.path.join(fig_dir, "neurons"), ("png",))

@@ -120,6 +120,45 @@ def _scatter(ax, points_Nx2, labels_N, edge: str, label: str):
     ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=label)
 
 
+def draw_decision_boundary(ax, score_fn: Callable[[np.ndarray], np.ndarray], train, test,
+                           resolution: int = 120, domain: float = 6.0, regression: bool = False,
+                           legend: bool = True):
+    """Draw the Playground's output heat map with train and test points into an axis.
+
+    Args:
+        ax: the matplotlib axis.
+        score_fn: maps points_Nx2 to outputs in [-1, 1] (the Playground's colour scale).
+        train: (points_Nx2, labels_N) with labels -1/+1 (or float targets for regression).
+        test: likewise for the test split.
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        regression: colour points by target value instead of by class.
+        legend: show which edge marks train (white) and test (black) points.
+
+    Returns:
+        The heat map's image, for a colorbar.
+    """
+    c_R, pts = grid_points(resolution, domain)
+    s_RxR = np.asarray(score_fn(pts)).reshape(resolution, resolution)
+    im = ax.imshow(s_RxR, origin="lower", extent=(-domain, domain, -domain, domain),
+                   cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1, interpolation="bilinear")
+    if not regression and s_RxR.min() < 0 < s_RxR.max():
+        ax.contour(c_R, c_R, s_RxR, levels=[0.0], colors="k", linewidths=1.0)
+    for (pts_, lab), edge, name in ((train, "white", "train"), (test, "black", "test")):
+        if regression:
+            ax.scatter(pts_[:, 0], pts_[:, 1], c=lab, cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1,
+                       s=14, edgecolors=edge, linewidths=0.8)
+            ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=name)
+        else:
+            _scatter(ax, pts_, lab, edge, name)
+    ax.set_xlim(-domain, domain)
+    ax.set_ylim(-domain, domain)
+    if legend:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8, facecolor="0.3",
+                  labelcolor="w")
+    return im
+
+
 def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, test,
                            title: str, resolution: int = 120, domain: float = 6.0,
                            regression: bool = False):
@@ -137,26 +176,11 @@ def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, 
     Returns:
         The figure.
     """
-    c_R, pts = grid_points(resolution, domain)
-    s_RxR = np.asarray(score_fn(pts)).reshape(resolution, resolution)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    im = ax.imshow(s_RxR, origin="lower", extent=(-domain, domain, -domain, domain),
-                   cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1, interpolation="bilinear")
-    if not regression:
-        ax.contour(c_R, c_R, s_RxR, levels=[0.0], colors="k", linewidths=1.0)
-    for (pts_, lab), edge, name in ((train, "white", "train"), (test, "black", "test")):
-        if regression:
-            ax.scatter(pts_[:, 0], pts_[:, 1], c=lab, cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1,
-                       s=14, edgecolors=edge, linewidths=0.8)
-            ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=name)
-        else:
-            _scatter(ax, pts_, lab, edge, name)
-    ax.set_xlim(-domain, domain)
-    ax.set_ylim(-domain, domain)
+    im = draw_decision_boundary(ax, score_fn, train, test, resolution, domain, regression)
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8, facecolor="0.3", labelcolor="w")
     fig.colorbar(im, ax=ax, fraction=0.046, label="network output")
     fig.tight_layout()
     return fig

@@ -161,3 +161,27 @@ def load(cfg: DataConfig):
             "points_test": p_te.tolist()}
     return Dataset(input_features(p_tr, cfg.features), y_tr, input_features(p_te, cfg.features),
                    y_te, class_names, info)
+
+
+def model_scores(state, points_Nx2: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    """A trained model's output on points, on the Playground's [-1, 1] colour scale.
+
+    Args:
+        state: a `TrainState` (its `apply_fn`, variables and `loss.scores` are used).
+        points_Nx2: points in the plane.
+        features: the input features the model was trained on.
+
+    Returns:
+        scores_N.
+    """
+    out = state.apply_fn(state.variables(), input_features(points_Nx2, features))
+    return np.asarray(state.loss.scores(out))
+
+
+def hidden_activations(state, points_Nx2: np.ndarray,
+                       features: tuple[str, ...]) -> list[np.ndarray]:
+    """Every hidden layer's activations `a_NxW` of an MLP state on points (sown by `MLP`)."""
+    _, inter = state.apply_fn(state.variables(), input_features(points_Nx2, features),
+                              mutable=["intermediates"])
+    layers = inter["intermediates"]
+    return [np.asarray(layers[f"hidden_{i}"][0]) for i in range(len(layers))]
