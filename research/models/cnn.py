@@ -38,6 +38,12 @@ class CNN(nn.Module):
         head: hidden widths of the dense head.
         dropout: dropout rate before each dense layer.
         activation: activation name.
+        padding: convolution padding, "SAME" (zeros) or "CIRCULAR" (wraps around, which makes
+            the convolutions exactly equivariant to circular shifts).
+
+    Each stage's feature map before and after pooling, and the pooled embedding before the head,
+    are sown into the `intermediates` collection (`stage<i>_features`, `stage<i>_pooled`,
+    `embedding`), so they can be inspected with `mutable=["intermediates"]`.
     """
 
     channels: Sequence[int] = (16, 32, 64)
@@ -52,9 +58,11 @@ class CNN(nn.Module):
     head: Sequence[int] = ()
     dropout: float = 0.0
     activation: str = "relu"
+    padding: str = "SAME"
 
     def _conv_bn(self, h, features: int, kernel: tuple[int, int], train: bool):
-        h = nn.Conv(features, _clip(kernel, h), padding="SAME", use_bias=not self.batch_norm)(h)
+        h = nn.Conv(features, _clip(kernel, h), padding=self.padding,
+                    use_bias=not self.batch_norm)(h)
         if self.batch_norm:
             h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
         return h
@@ -82,15 +90,18 @@ class CNN(nn.Module):
                 h = act(self._conv_bn(h, features, self.kernel_size, train))
                 h = self._conv_bn(h, features, self.kernel_size, train)
                 h = act(h + skip if self.residual else h)
+            self.sow("intermediates", f"stage{stage}_features", h)
             window = _clip(self.pool, h)
             if window != (1, 1):
                 h = nn.max_pool(h, window, strides=window)
+            self.sow("intermediates", f"stage{stage}_pooled", h)
         if self.global_pool == "mean":
             h = jnp.mean(h, axis=(1, 2))
         elif self.global_pool == "max":
             h = jnp.max(h, axis=(1, 2))
         else:
             h = h.reshape((h.shape[0], -1))
+        self.sow("intermediates", "embedding", h)
         for width in self.head:
             if self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
