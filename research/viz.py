@@ -1,7 +1,8 @@
 """Training figures: learning curves, confusion matrices, and the Playground's pictures.
 
 Figures are written with `save_figure`, atomically, as PNG (and PDF when asked). Plotting needs
-only arrays and metric records, so it runs after training, from files.
+only arrays and metric records, so it runs after training, from files. No backend is forced:
+matplotlib picks Agg on a machine without a display, and notebooks keep their inline backend.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import os
 from collections.abc import Callable, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
-
-from research.io import atomic_write_bytes  # noqa: E402
+from research.io import atomic_write_bytes
 
 # The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
 PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
@@ -287,5 +286,51 @@ def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = ""):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_activations(names: Sequence[str] = ("linear", "sigmoid", "tanh", "relu", "gelu"),
+                     lo: float = -4.0, hi: float = 4.0):
+    """Activation functions and their derivatives (by automatic differentiation)."""
+    import jax
+    import jax.numpy as jnp
+
+    from research.models import activation_fn
+
+    z = jnp.linspace(lo, hi, 401)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, name in enumerate(names):
+        f = activation_fn(name)
+        axes[0].plot(z, f(z), color=f"C{i}", label=name)
+        axes[1].plot(z, jax.vmap(jax.grad(f))(z), color=f"C{i}", label=name)
+    for ax, title in zip(axes, ("activation $g(z)$", "derivative $g'(z)$")):
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axvline(0, color="0.7", lw=0.8)
+        ax.set_xlabel("$z$")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-1.5, 2.5)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_playground_datasets(datasets: dict):
+    """Scatter plots of Playground data sets: name -> (points_Nx2, labels_N in -1/+1 or float)."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(2.8 * len(datasets), 2.9), squeeze=False)
+    for ax, (name, (points, labels)) in zip(axes[0], datasets.items()):
+        labels = np.asarray(labels)
+        if set(np.unique(labels)) <= {-1.0, 1.0}:
+            _scatter(ax, points, labels, "white", name)
+        else:
+            ax.scatter(points[:, 0], points[:, 1], c=labels, cmap=PLAYGROUND_CMAP, vmin=-1,
+                       vmax=1, s=10)
+        ax.set_xlim(-6, 6)
+        ax.set_ylim(-6, 6)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     return fig
