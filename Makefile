@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.playground --preset $(PRESET)
+	$(PY) -m experiments.main --preset $(PRESET)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -55,3 +55,25 @@ def macro_f1(confusion_CxC):
     f1_C = 2.0 * tp_C / jnp.maximum(true_C + pred_C, 1.0)
     present_C = (true_C + pred_C) > 0
     return jnp.sum(jnp.where(present_C, f1_C, 0.0)) / jnp.maximum(present_C.sum(), 1)
+
+
+def per_class(confusion_CxC) -> dict[str, list[float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix.
+
+    Args:
+        confusion_CxC: counts `C[true, predicted]`.
+
+    Returns:
+        dict of lists indexed by class: precision, recall, f1, support (0 where undefined).
+    """
+    import numpy as np
+
+    conf = np.asarray(confusion_CxC, np.float64)
+    tp = np.diag(conf)
+    support, predicted = conf.sum(axis=1), conf.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": support.astype(int).tolist()}

@@ -334,3 +334,27 @@ def plot_playground_datasets(datasets: dict):
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def plot_spectrogram_examples(x_NxFxTx1, y_N, class_names: Sequence[str], per_class: int = 1,
+                              title: str = "One example per class (standardised log-mel)"):
+    """A grid of input spectrograms, the first `per_class` examples of every class."""
+    x = np.asarray(x_NxFxTx1)[..., 0]
+    y = np.asarray(y_N)
+    cols = min(len(class_names), 5)
+    rows = int(np.ceil(len(class_names) * per_class / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    k = 0
+    for c, name in enumerate(class_names):
+        for i in np.flatnonzero(y == c)[:per_class]:
+            ax = axes.ravel()[k]
+            ax.imshow(x[i], origin="lower", aspect="auto", cmap="magma")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            k += 1
+    for ax in axes.ravel()[k:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -86,3 +86,17 @@ def test_metrics_mask_and_absent_classes():
     assert float(M.balanced_accuracy(conf)) == pytest.approx((0.5 + 1.0) / 2)
     for pred_, y_ in itertools.product([pred], [y]):
         assert M.confusion_matrix(pred_, y_, 3).shape == (3, 3)
+
+
+def test_per_class_against_brute_force():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 100)
+    pred = np.where(rng.random(100) < 0.7, y, rng.integers(0, 3, 100))
+    out = M.per_class(_brute_confusion(pred, y, 3))
+    for k in range(3):
+        tp = np.sum((pred == k) & (y == k))
+        assert out["precision"][k] == pytest.approx(tp / np.sum(pred == k))
+        assert out["recall"][k] == pytest.approx(tp / np.sum(y == k))
+        p, r = out["precision"][k], out["recall"][k]
+        assert out["f1"][k] == pytest.approx(2 * p * r / (p + r))
+        assert out["support"][k] == np.sum(y == k)
