@@ -44,6 +44,8 @@ class Config:
         cnn_channels: stage channels of the CNN.
         epochs: training epochs of both models.
         batch_size: batch size.
+        real_epochs: epochs on the small real task (sonic-pi has about 40 training segments).
+        real_batch_size: batch size on the small real task.
         learning_rate: Adam's learning rate.
         seed: training seed.
         name: run name.
@@ -58,6 +60,8 @@ class Config:
     cnn_channels: tuple[int, ...] = (16, 32, 32)
     epochs: int = 12
     batch_size: int = 32
+    real_epochs: int = 60
+    real_batch_size: int = 8
     learning_rate: float = 3e-3
     seed: int = 0
     name: str = "compare_models"
@@ -77,7 +81,8 @@ PRESETS = {
     "cpu": Config(),
     "gpu": Config(n=400, clip_seconds=2.0, cnn_channels=(32, 64, 128), epochs=30, preset="gpu"),
     "tiny": Config(tasks=("soundscapes",), n=4, clip_seconds=0.5, mlp_widths=(8,),
-                   cnn_channels=(4, 4), epochs=2, batch_size=5, preset="tiny"),
+                   cnn_channels=(4, 4), epochs=2, batch_size=5, real_epochs=2,
+                   real_batch_size=5, preset="tiny"),
 }
 
 
@@ -91,10 +96,13 @@ def _run(cfg: Config, task: str, model: str) -> RunConfig:
     arch = (ModelConfig(kind="mlp", widths=cfg.mlp_widths, activation="relu", dropout=0.1)
             if model == "mlp" else
             ModelConfig(kind="cnn", channels=cfg.cnn_channels, activation="relu"))
+    real = task == "sonic-pi"
     return RunConfig(data=data, model=arch,
                      optim=OptimConfig(name="adam", learning_rate=cfg.learning_rate,
                                        schedule="cosine"),
-                     train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                     train=TrainConfig(epochs=cfg.real_epochs if real else cfg.epochs,
+                                       batch_size=cfg.real_batch_size if real else cfg.batch_size,
+                                       seed=cfg.seed,
                                        loss="softmax_ce", eval_batch_size=256,
                                        checkpoint_every=10**6, progress=False),
                      name=f"{task}_{model}", workdir=os.path.join(cfg.workdir, cfg.name))
