@@ -67,6 +67,8 @@ class DataConfig:
         n_mfcc: MFCC coefficients.
         skip_bad_files: skip unreadable audio files (reported by count) instead of stopping.
         cache_dir: on-disk feature cache ('' disables it).
+        standardize: standardise audio features with training-split statistics (per frequency
+            row for spectrograms, per dimension for vectors).
     """
 
     dataset: str = "xor"
@@ -87,6 +89,7 @@ class DataConfig:
     n_mfcc: int = 20
     skip_bad_files: bool = False
     cache_dir: str = ".cache/features"
+    standardize: bool = True
 
     def __post_init__(self):
         c = "DataConfig"
@@ -106,6 +109,10 @@ class DataConfig:
         _check_choice(c, "feature", self.feature, ("logmel", "mfcc_stats", "mfcc"))
         for name in ("n_fft", "hop_length", "n_mels", "n_mfcc"):
             _check_positive(c, name, getattr(self, name))
+        if self.feature in ("mfcc", "mfcc_stats") and self.n_mfcc > self.n_mels:
+            _fail(c, "n_mfcc", f"must be <= n_mels ({self.n_mels}), got {self.n_mfcc}")
+        if not isinstance(self.standardize, bool):
+            _fail(c, "standardize", f"must be a bool, got {self.standardize!r}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Throughput of the JAX log-mel front end against librosa on the same clips, and generation speed.
+
+Prints seconds of audio processed per second of wall time for the jitted JAX front end
+(`research.audio.frontend.make_frontend`) on the default JAX device, for librosa on one CPU core
+(one clip at a time, and one batched call), their ratio, the largest dB difference between the
+two on the measured clips, and how many procedural clips per second `research.data.synth`
+generates on one core.
+
+Run:
+
+    python -m benchmarks.frontend                      # defaults: 256 clips of 4 s at 22.05 kHz
+    python -m benchmarks.frontend --batch 32 --single-thread   # JAX on one CPU thread too
+    JAX_PLATFORMS=cuda python -m benchmarks.frontend   # on a GPU
+
+Targets (issue 3): on one H100 at least 1,000,000 s of audio per second for batches of 256
+four-second 22.05 kHz clips (n_fft 2048, hop 512, 64 mels), over 1,000x librosa on one core; on
+CPU not slower than librosa; at least 200 four-second 16 kHz procedural clips per second.
+librosa is optional here (GPU hosts may lack it): without it only the JAX figures print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256, help="clips per front-end call")
+    p.add_argument("--seconds", type=float, default=4.0, help="clip length")
+    p.add_argument("--sample-rate", type=int, default=22050)
+    p.add_argument("--n-fft", type=int, default=2048)
+    p.add_argument("--hop", type=int, default=512)
+    p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="timed JAX calls (after one warm-up)")
+    p.add_argument("--librosa-clips", type=int, default=16,
+                   help="clips timed with librosa (a subset of the same batch)")
+    p.add_argument("--gen-clips", type=int, default=60,
+                   help="procedural clips timed per set (4 s at 16 kHz, default difficulty)")
+    p.add_argument("--single-thread", action="store_true",
+                   help="restrict XLA's CPU backend to one thread (set before JAX starts)")
+    return p.parse_args()
+
+
+def main() -> None:
+    """Run the measurements and print them (a JSON line last)."""
+    args = _parse()
+    # One core for the host libraries (librosa's BLAS, numpy); must precede their import.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if args.single_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                                   "=false intra_op_parallelism_threads=1").strip()
+    import jax
+    import numpy as np
+
+    from research.audio import frontend as fe
+
+    try:
+        from research.data import synth
+    except ImportError as e:  # scipy missing on a bare accelerator host
+        synth = None
+        missing = str(e)
+
+    result: dict = {"device": str(jax.devices()[0]), "platform": jax.default_backend(),
+                    "batch": args.batch, "clip_seconds": args.seconds,
+                    "sample_rate": args.sample_rate, "n_fft": args.n_fft, "hop": args.hop,
+                    "n_mels": args.n_mels, "single_thread": args.single_thread}
+    n = int(round(args.seconds * args.sample_rate))
+    rng = np.random.default_rng(0)
+    t = np.arange(n) / args.sample_rate
+    # Noise plus a chirp per clip, so the spectra are not trivial.
+    f0 = rng.uniform(100, 1000, (args.batch, 1))
+    x_BxT = (0.1 * rng.standard_normal((args.batch, n))
+             + 0.5 * np.sin(2 * np.pi * f0 * t[None, :] * (1 + t[None, :]))).astype(np.float32)
+    audio_s = args.batch * args.seconds
+
+    frontend = fe.make_frontend(args.sample_rate, args.n_fft, args.hop, args.n_mels)
+    x_dev = jax.device_put(x_BxT)
+    with jax.default_matmul_precision("highest"):
+        t0 = time.perf_counter()
+        out = frontend(x_dev).block_until_ready()
+        result["jax_compile_and_first_call_s"] = round(time.perf_counter() - t0, 3)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            frontend(x_dev).block_until_ready()
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    result["jax_call_s"] = {"best": round(best, 5), "median": round(float(np.median(times)), 5)}
+    result["jax_audio_s_per_s"] = round(audio_s / best, 1)
+    result["jax_audio_s_per_s_median"] = round(audio_s / float(np.median(times)), 1)
+
+    try:
+        import librosa
+    except ImportError:
+        librosa = None
+        result["librosa"] = "not installed: JAX figures only"
+    if librosa is not None:
+        k = min(args.librosa_clips, args.batch)
+        kw = dict(sr=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop,
+                  n_mels=args.n_mels)
+        librosa.power_to_db(librosa.feature.melspectrogram(y=x_BxT[0], **kw))  # warm caches
+        t0 = time.perf_counter()
+        refs = [librosa.power_to_db(librosa.feature.melspectrogram(y=x_BxT[i], **kw))
+                for i in range(k)]
+        per_clip = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        librosa.power_to_db(librosa.feature.melspectrogram(y=x_BxT[:k], **kw), top_db=None)
+        batched = time.perf_counter() - t0
+        lib_rate = k * args.seconds / min(per_clip, batched)
+        result["librosa_audio_s_per_s"] = {"per_clip": round(k * args.seconds / per_clip, 1),
+                                           "batched_call": round(k * args.seconds / batched, 1)}
+        result["librosa_clips_timed"] = k
+        result["ratio_jax_over_librosa"] = round(result["jax_audio_s_per_s"] / lib_rate, 2)
+        out_np = np.asarray(out[:k, ..., 0])
+        diff = max(float(np.abs(out_np[i] - refs[i]).max()) for i in range(k))
+        result["max_abs_diff_db_vs_librosa"] = float(f"{diff:.3g}")
+
+    gen = {}
+    if synth is None:
+        result["generation_4s_16khz"] = f"skipped: {missing}"
+    for name in synth.SETS if synth is not None else ():
+        synth.generate(name, range(1), 0, 16000, 4.0)  # warm caches
+        c0, t0 = time.process_time(), time.perf_counter()
+        per = max(1, args.gen_clips // len(synth.SETS[name]))
+        waves, _, _ = synth.generate(name, range(per), 0, 16000, 4.0)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        gen[name] = {"clips": len(waves), "clips_per_cpu_s": round(len(waves) / cpu, 1),
+                     "clips_per_wall_s": round(len(waves) / wall, 1)}
+    if synth is not None:
+        result["generation_4s_16khz"] = gen
+
+    print(f"device: {result['device']}  batch {args.batch} x {args.seconds} s at "
+          f"{args.sample_rate} Hz, n_fft {args.n_fft}, hop {args.hop}, {args.n_mels} mels")
+    print(f"JAX front end: {result['jax_audio_s_per_s']:,.0f} s of audio per s "
+          f"(best of {args.repeats}; median {result['jax_audio_s_per_s_median']:,.0f})")
+    if librosa is not None:
+        lib = result["librosa_audio_s_per_s"]
+        print(f"librosa, one core: {lib['per_clip']:,.0f} s/s clip by clip, "
+              f"{lib['batched_call']:,.0f} s/s in one batched call")
+        print(f"ratio JAX / best librosa: {result['ratio_jax_over_librosa']}x; "
+              f"max |dB difference|: {result['max_abs_diff_db_vs_librosa']}")
+    for name, g in gen.items():
+        print(f"generation {name}: {g['clips_per_cpu_s']} clips per CPU second "
+              f"({g['clips_per_wall_s']} per wall second), 4 s at 16 kHz")
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

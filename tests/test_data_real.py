@@ -1,0 +1,249 @@
+"""Real-audio loaders on tiny fake ESC-50 / UrbanSound8K / GTZAN trees, and the sonic-pi task."""
+
+import csv
+import dataclasses
+import json
+import os
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from research.config import DataConfig
+from research.data import load_dataset, real
+
+SR = 8000
+SONIC_PI = real.find_sonic_pi()
+needs_sonic_pi = pytest.mark.skipif(
+    SONIC_PI is None, reason="sonic-pi-samples is not installed (apt-get install "
+    "sonic-pi-samples puts the CC0 clips in /usr/share/sonic-pi/samples)")
+
+
+def _tone(value: float, seconds=0.2, sr=SR, channels=1) -> np.ndarray:
+    """A constant-plus-sine signal whose mean encodes `value`, so a loaded clip names its file."""
+    t = np.arange(int(seconds * sr)) / sr
+    x = value + 0.05 * np.sin(2 * np.pi * 440 * t)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def _write(path, data, sr=SR, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, data, sr, format=fmt)
+
+
+def _code(fold, target):
+    return 0.1 * fold + 0.01 * target
+
+
+def _esc50(root, corrupt=True, stereo=True, orphan=True):
+    rows = []
+    for fold in range(1, 6):
+        for target, cat in enumerate(["dog", "rain", "siren"]):
+            name = f"{fold}-1000{target}-A-{target}.wav"
+            rows.append([name, fold, target, cat, "False", "1000", "A"])
+            if stereo and fold == 2 and target == 1:
+                # A stereo 48 kHz file: downmixed and resampled to SR on load.
+                _write(os.path.join(root, "audio", name), _tone(_code(fold, target), sr=48000,
+                                                                channels=2), sr=48000)
+            else:
+                _write(os.path.join(root, "audio", name), _tone(_code(fold, target)))
+    if corrupt:
+        rows.append(["3-99999-A-0.wav", 3, 0, "dog", "False", "99999", "A"])
+        with open(os.path.join(root, "audio", "3-99999-A-0.wav"), "wb") as f:
+            f.write(b"RIFF\x00\x00garbage, not a wave file")
+    if orphan:
+        _write(os.path.join(root, "audio", "4-55555-A-1.wav"), _tone(0.9))
+    os.makedirs(os.path.join(root, "meta"), exist_ok=True)
+    with open(os.path.join(root, "meta", "esc50.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        w.writerows(rows)
+
+
+def test_esc50_stops_with_every_bad_file_named(tmp_path):
+    _esc50(str(tmp_path))
+    with pytest.raises(real.BadFilesError) as e:
+        real.load_esc50(str(tmp_path), 1, SR, 0.25)
+    msg = str(e.value)
+    assert "3-99999-A-0.wav" in msg and "unreadable" in msg
+    assert "4-55555-A-1.wav" in msg and "no row in meta/esc50.csv" in msg
+    assert len(e.value.bad) == 2 and "skip_bad_files" in msg
+
+
+@pytest.mark.parametrize("test_fold", [1, 2, 5])
+def test_esc50_official_folds_skip_option_and_stereo_48k(tmp_path, test_fold):
+    _esc50(str(tmp_path))
+    d = real.load_esc50(str(tmp_path), test_fold, SR, 0.25, skip_bad_files=True)
+    assert d.info["bad_files_skipped"] == 2
+    assert {os.path.basename(b["path"]) for b in d.info["bad_files"]} == {"3-99999-A-0.wav",
+                                                                         "4-55555-A-1.wav"}
+    assert d.class_names == ("dog", "rain", "siren")
+    assert d.wave_train.shape == (12, 2000) and d.wave_test.shape == (3, 2000)
+    # Each clip's mean names its (fold, target): the test split is exactly the held-out fold.
+    for wave, y in zip(d.wave_test, d.y_test):
+        assert np.mean(wave[:1600]) == pytest.approx(_code(test_fold, y), abs=2e-3)
+    folds = {round((np.mean(w[:1600]) - 0.01 * y) / 0.1) for w, y in zip(d.wave_train,
+                                                                         d.y_train)}
+    assert folds == set(range(1, 6)) - {test_fold}
+    assert d.info["original_sample_rates"] == {"8000": 14, "48000": 1}
+    assert d.info["original_channels"] == {"1": 14, "2": 1}
+    # The stereo 48 kHz file: mean of channels, resampled by librosa, padded to 0.25 s.
+    wave = d.wave_test[d.y_test == 1][0] if test_fold == 2 else d.wave_train[
+        (d.y_train == 1) & (np.abs(d.wave_train.mean(axis=1) - 0.8 * _code(2, 1)) < 0.01)][0]
+    # librosa.load (mono, resampled) is the reference.
+    ref, _ = librosa.load(str(tmp_path / "audio" / "2-10001-A-1.wav"), sr=SR, mono=True)
+    np.testing.assert_allclose(wave[:len(ref)], ref, atol=1e-5)
+    assert np.all(wave[len(ref):] == 0.0)
+
+
+def test_esc50_missing_pieces_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        real.load_esc50(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="DataConfig.root"):
+        real.load_esc50("")
+    os.makedirs(tmp_path / "audio")
+    with pytest.raises(FileNotFoundError, match="esc50.csv"):
+        real.load_esc50(str(tmp_path))
+    _esc50(str(tmp_path), corrupt=False, orphan=False)
+    with pytest.raises(ValueError, match="folds 1..5"):
+        real.load_esc50(str(tmp_path), test_fold=6)
+    os.remove(tmp_path / "audio" / "1-10000-A-0.wav")
+    with pytest.raises(real.BadFilesError, match="1-10000-A-0.wav: file not found"):
+        real.load_esc50(str(tmp_path), 1, SR, 0.25)
+
+
+def test_empty_and_nan_files_are_reported(tmp_path):
+    _esc50(str(tmp_path), corrupt=False, orphan=False, stereo=False)
+    _write(str(tmp_path / "audio" / "1-10000-A-0.wav"), np.zeros(0))
+    bad = _tone(0.1)
+    bad[5] = np.nan
+    _write(str(tmp_path / "audio" / "1-10001-A-1.wav"), bad, fmt="WAV")
+    sf.write(str(tmp_path / "audio" / "1-10001-A-1.wav"), bad.astype(np.float32), SR,
+             subtype="FLOAT")
+    with pytest.raises(real.BadFilesError) as e:
+        real.load_esc50(str(tmp_path), 1, SR, 0.25)
+    reasons = {os.path.basename(p): r for p, r in e.value.bad}
+    assert reasons == {"1-10000-A-0.wav": "empty audio (0 samples)",
+                       "1-10001-A-1.wav": "non-finite samples (NaN or inf)"}
+
+
+def _urbansound(root):
+    rows = []
+    names = ["air_conditioner", "car_horn", "children_playing"]
+    for fold in range(1, 11):
+        for cid in range(3):
+            name = f"{100 + fold}-{cid}-0-0.wav"
+            sr, ch = [(SR, 1), (48000, 2), (22050, 1)][cid]
+            _write(os.path.join(root, "audio", f"fold{fold}", name),
+                   _tone(_code(fold, cid), seconds=0.1 + 0.05 * cid, sr=sr, channels=ch), sr=sr)
+            rows.append([name, 100 + fold, 0.0, 1.0, 1, fold, cid, names[cid]])
+    with open(os.path.join(root, "audio", "fold3", "999-1-0-0.wav"), "wb") as f:
+        f.write(b"")  # an empty, unreadable file
+    rows.append(["999-1-0-0.wav", 999, 0.0, 1.0, 1, 3, 1, "car_horn"])
+    _write(os.path.join(root, "audio", "fold7", "555-0-0-0.wav"), _tone(0.5))  # no row
+    os.makedirs(os.path.join(root, "metadata"))
+    with open(os.path.join(root, "metadata", "UrbanSound8K.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID",
+                    "class"])
+        w.writerows(rows)
+
+
+def test_urbansound8k_folds_mixed_rates_and_bad_files(tmp_path):
+    _urbansound(str(tmp_path))
+    with pytest.raises(real.BadFilesError) as e:
+        real.load_urbansound8k(str(tmp_path), 4, SR, 0.2)
+    assert {os.path.basename(p) for p, _ in e.value.bad} == {"999-1-0-0.wav", "555-0-0-0.wav"}
+    d = real.load_urbansound8k(str(tmp_path), 4, SR, 0.2, skip_bad_files=True)
+    assert d.class_names == ("air_conditioner", "car_horn", "children_playing")
+    assert len(d.y_train) == 27 and len(d.y_test) == 3
+    assert d.info["bad_files_skipped"] == 2 and d.info["folds"]["4"] == 3
+    for wave, y in zip(d.wave_test, d.y_test):
+        n = int((0.1 + 0.05 * y) * SR)
+        assert np.mean(wave[:n - 10]) == pytest.approx(_code(4, y), abs=5e-3)
+    assert d.info["original_sample_rates"] == {"8000": 10, "22050": 10, "48000": 10}
+    with pytest.raises(ValueError, match="folds 1..10"):
+        real.load_urbansound8k(str(tmp_path), 11)
+
+
+def test_gtzan_contiguous_index_folds(tmp_path):
+    genres = ["blues", "jazz"]
+    for g, genre in enumerate(genres):
+        for i in range(30):
+            _write(str(tmp_path / "genres" / genre / f"{genre}.{i:05d}.au"),
+                   _tone(0.01 * i + 0.5 * g, seconds=0.1), fmt="AU")
+    _write(str(tmp_path / "genres" / "jazz" / "oops.wav"), _tone(0.0))
+    # A stereo 48 kHz file in place of one .au, and a corrupt .au.
+    os.remove(tmp_path / "genres" / "jazz" / "jazz.00012.au")
+    _write(str(tmp_path / "genres" / "jazz" / "jazz.00012.wav"),
+           _tone(0.12 + 0.5, seconds=0.1, sr=48000, channels=2), sr=48000)
+    with open(tmp_path / "genres" / "blues" / "blues.00031.au", "wb") as f:
+        f.write(b".snd\x00\x00\x00\x18truncated")
+    with pytest.raises(real.BadFilesError) as e:
+        real.load_gtzan(str(tmp_path), 2, SR, 0.1)
+    reasons = {os.path.basename(p): r for p, r in e.value.bad}
+    assert set(reasons) == {"oops.wav", "blues.00031.au"}
+    assert reasons["oops.wav"].startswith("name does not match")
+    assert reasons["blues.00031.au"].startswith("unreadable audio")
+    d = real.load_gtzan(str(tmp_path), 2, SR, 0.1, skip_bad_files=True)
+    assert d.info["original_channels"] == {"1": 59, "2": 1}
+    assert d.class_names == tuple(genres) and len(d.y_test) == 20 and len(d.y_train) == 40
+    idx = sorted(round((np.mean(w) - 0.5 * y) / 0.01) for w, y in zip(d.wave_test, d.y_test))
+    assert idx == sorted(list(range(10, 20)) * 2)  # fold 2 = files 10..19 of every genre
+    assert "no official folds" in d.info["split"]
+
+
+@needs_sonic_pi
+def test_sonic_pi_task_splits_by_file_into_segments():
+    d = real.load_sonic_pi("", 0.5, 0, SR, 0.5)
+    assert d.class_names == ("kick", "snare", "cymbal", "tabla")
+    files = d.info["files"]
+    for cls in d.class_names:
+        train, test = set(files["train"][cls]), set(files["test"][cls])
+        assert train and test and not train & test
+        assert all(f.startswith({"kick": ("bd_", "drum_", "elec_"), "snare": ("sn_", "drum_",
+                                                                              "elec_"),
+                                 "cymbal": ("drum_", "elec_"), "tabla": ("tabla_",)}[cls])
+                   for f in train | test)
+    # Segment counts by hand from each file's length after librosa.load (the reference).
+    seg = int(0.5 * SR)
+    for side, y in (("train", d.y_train), ("test", d.y_test)):
+        for c, cls in enumerate(d.class_names):
+            expect = 0
+            for f in files[side][cls]:
+                n = len(librosa.load(os.path.join(SONIC_PI, f), sr=SR)[0])
+                full, rest = divmod(n, seg)
+                expect += max(1, full + int(rest >= 0.25 * seg))
+            assert np.sum(y == c) == expect
+    assert d.wave_train.shape[1] == int(0.5 * SR)
+
+
+@needs_sonic_pi
+def test_sonic_pi_through_load_dataset(tmp_path):
+    cfg = DataConfig(dataset="sonic-pi", sample_rate=SR, clip_seconds=0.5, n_fft=256,
+                     hop_length=128, n_mels=24, feature="mfcc_stats", n_mfcc=8,
+                     cache_dir=str(tmp_path))
+    d = load_dataset(cfg)
+    assert d.x_train.shape[1:] == (16,) and d.num_classes == 4
+    assert d.info["root"] == SONIC_PI
+
+
+def test_sonic_pi_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install sonic-pi-samples"):
+        real.load_sonic_pi(str(tmp_path / "none"))
+
+
+def test_benchmark_through_load_dataset(tmp_path):
+    _esc50(str(tmp_path / "esc"), corrupt=False, orphan=False)
+    cfg = DataConfig(dataset="esc50", root=str(tmp_path / "esc"), test_fold=3, sample_rate=SR,
+                     clip_seconds=0.2, n_fft=256, hop_length=64, n_mels=16,
+                     cache_dir=str(tmp_path / "cache"))
+    d = load_dataset(cfg)
+    assert d.x_train.shape == (12, 16, 26, 1) and d.x_test.shape == (3, 16, 26, 1)
+    assert d.info["counts"]["test"] == {"dog": 1, "rain": 1, "siren": 1}
+    assert d.info["split"] == "official fold 3 held out"
+    assert json.loads(json.dumps(d.info)) == d.info  # JSON-ready
+    with pytest.raises(real.BadFilesError):
+        _esc50(str(tmp_path / "esc2"))
+        load_dataset(dataclasses.replace(cfg, root=str(tmp_path / "esc2")))
