@@ -13,12 +13,12 @@ training and finished grid points are not recomputed.
 Command:
     make run                                   # = python -m experiments.main --preset cpu
     python -m experiments.main --preset gpu    # larger CNN, more data, the paper's grids
-Run time: about 4.5 minutes on a busy 2-core CPU (cpu preset: data 3 s, training 150 s,
-landscape 110 s); under a minute with --preset tiny.
-Expected result (cpu preset, measured): test accuracy 0.89 (balanced 0.89, macro-F1 0.89) on the
-ten soundscape classes (train 0.94); a bowl-shaped filter-normalised plane around the trained
+Run time: 3.6 minutes on a 2-core CPU shared with other jobs (cpu preset: training 62 s,
+landscapes 145 s, data 3 s with the feature cache warm); under a minute with --preset tiny.
+Expected result (cpu preset, measured): test accuracy 0.90 (balanced 0.90, macro-F1 0.90) on the
+ten soundscape classes (train 0.95); a bowl-shaped filter-normalised plane around the trained
 weights (cosine of the two random directions -0.004); the first two principal components of the
-trajectory explain 82% + 13% of its movement, checkpoints lie up to 2.0 off that plane.
+trajectory explain 82% + 13% of its movement, and checkpoints lie up to 2.0 off that plane.
 """
 
 from __future__ import annotations
