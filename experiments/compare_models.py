@@ -10,8 +10,10 @@ sonic-pi-samples, split by file; skipped with a message when the package is abse
 
 Command:
     python -m experiments.compare_models --preset cpu
-Run time: about 8 minutes on a 2-core CPU (cpu preset).
-Expected result: the CNN beats the MLP on every task; see `results.md` and the README table.
+Run time: 2 minutes on a 2-core CPU with the feature cache warm (cpu preset; about 4 cold).
+Expected result (measured, cpu preset, test accuracy, MLP vs CNN with ~14k parameters each):
+soundscapes 0.750 vs 0.895 (chance 0.10), music 0.550 vs 0.800 (0.14), sonic-pi 0.800 vs 0.956
+(0.25, 45 test segments). The CNN beats the MLP on every task.
 """
 
 from __future__ import annotations
