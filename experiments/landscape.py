@@ -35,8 +35,11 @@ from research.sharding import make_mesh
 def _split(cfg: LandscapeConfig, dataset) -> dict[str, np.ndarray]:
     x, y = ((dataset.x_train, dataset.y_train) if cfg.split == "train"
             else (dataset.x_test, dataset.y_test))
-    if cfg.max_examples:
-        x, y = x[: cfg.max_examples], y[: cfg.max_examples]
+    if cfg.max_examples and cfg.max_examples < len(x):
+        # A fixed random subset: data sets are often stored class by class, so the first N
+        # examples would cover only some classes.
+        idx = np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.max_examples])
+        x, y = x[idx], y[idx]
     return {"x": np.asarray(x), "y": np.asarray(y)}
 
 

@@ -178,7 +178,8 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
                 for i, n in enumerate(names)]),
         f"\n![confusion matrix]({_rel(figures['confusion'], out_dir)})\n",
         "## Loss landscape (Li et al. 2018)\n",
-        f"Evaluated on the first {cfg.landscape.max_examples or 'all'} training examples, "
+        f"Evaluated on {cfg.landscape.max_examples or 'all'} training examples (a fixed random "
+        "subset when not all), "
         f"{cfg.landscape.normalization} normalisation, biases and BatchNorm parameters "
         f"ignored ({cfg.landscape.ignore}), BatchNorm statistics: {cfg.landscape.bn_policy} "
         f"(interpolation: {cfg.landscape.interpolation_bn_policy}).\n",

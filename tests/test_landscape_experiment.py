@@ -115,3 +115,19 @@ def test_batchnorm_cnn_run_with_interpolated_statistics(tmp_path):
 
     assert surf.values["loss"][0] == pytest.approx(evaluate(state, x, y, 16)["loss"], rel=1e-5)
     assert surf.values["loss"][1] == pytest.approx(evaluate(trained, x, y, 16)["loss"], rel=1e-5)
+
+
+def test_max_examples_takes_a_fixed_subset_across_classes():
+    import types
+
+    from experiments.landscape import _split
+    from research.landscape.config import LandscapeConfig
+
+    y = np.repeat(np.arange(4), 25)  # stored class by class
+    data = types.SimpleNamespace(x_train=np.arange(100.0)[:, None], y_train=y,
+                                 x_test=None, y_test=None)
+    cfg = LandscapeConfig(run_dir="-", max_examples=20)
+    a, b = _split(cfg, data), _split(cfg, data)
+    assert len(a["y"]) == 20 and set(a["y"].tolist()) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(a["y"], y[a["x"][:, 0].astype(int)])

@@ -69,7 +69,8 @@ class LandscapeConfig:
         interpolation_bn_policy: BatchNorm statistics along the interpolation: keep,
             interpolate (the initial statistics to the trained ones) or recompute.
         split: evaluate on the train (the paper) or test split.
-        max_examples: use only the first this many examples (0: the whole split).
+        max_examples: use a fixed random subset (seed 0) of this many examples (0: the whole
+            split).
         batch_size: examples per step.
         points_per_call: grid points per compiled call (the surface file is saved after each).
         dtype: float32 or bfloat16 compute.
