@@ -29,18 +29,16 @@ from research import landscape as L
 from research.config import cli
 from research.io import atomic_write_json
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
+from research.reproductions import fixed_subset
 from research.sharding import make_mesh
 
 
 def _split(cfg: LandscapeConfig, dataset) -> dict[str, np.ndarray]:
     x, y = ((dataset.x_train, dataset.y_train) if cfg.split == "train"
             else (dataset.x_test, dataset.y_test))
-    if cfg.max_examples and cfg.max_examples < len(x):
-        # A fixed random subset: data sets are often stored class by class, so the first N
-        # examples would cover only some classes.
-        idx = np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.max_examples])
-        x, y = x[idx], y[idx]
-    return {"x": np.asarray(x), "y": np.asarray(y)}
+    # A fixed random subset: data sets are often stored class by class, so the first N
+    # examples would cover only some classes.
+    return fixed_subset(x, y, cfg.max_examples, seed=0)
 
 
 def _pca_axes(coords_KxC: np.ndarray, margin: float, num: int) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ Typical use::
     L.save_figure(L.plot_contour(surface), "plane_contour")
 """
 
+from research.landscape import hessian, measures
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
 from research.landscape.directions import (
     PCADirections,
@@ -53,9 +54,9 @@ from research.landscape.surface import (
 __all__ = [
     "BN_POLICIES", "LANDSCAPE_PRESETS", "LandscapeConfig", "PCADirections", "Surface",
     "SurfaceMismatchError", "animate_trajectory", "contour_levels", "cosine", "evaluate_grid",
-    "evaluate_point", "export_vtp", "fingerprint", "gaussian_direction", "interpolation_direction",
-    "linen_functions", "load_surface", "normalize_direction", "orthogonalize", "param_kind",
-    "parse_grid", "pca_directions", "plane_directions", "plot_1d", "plot_contour",
-    "plot_interpolation", "plot_surface_3d", "plot_trajectory", "random_direction",
-    "save_figure", "save_surface",
+    "evaluate_point", "export_vtp", "fingerprint", "gaussian_direction", "hessian",
+    "interpolation_direction", "linen_functions", "load_surface", "measures",
+    "normalize_direction", "orthogonalize", "param_kind", "parse_grid", "pca_directions",
+    "plane_directions", "plot_1d", "plot_contour", "plot_interpolation", "plot_surface_3d",
+    "plot_trajectory", "random_direction", "save_figure", "save_surface",
 ]

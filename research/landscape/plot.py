@@ -14,16 +14,13 @@ from collections.abc import Sequence
 from xml.sax.saxutils import quoteattr
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from research.landscape.surface import Surface, load_surface  # noqa: E402
+from research.landscape.surface import Surface, load_surface
 
 _LABELS = {"loss": "loss", "accuracy": "accuracy", "objective": "objective (loss + penalty)"}
 

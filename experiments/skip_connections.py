@@ -1,0 +1,357 @@
+"""Skip connections vs none: loss surfaces of residual and plain CNNs of growing depth.
+
+Reproduces the experiment of Li et al. (2018, section 6, figure 5) at CPU size: for each depth
+(`depth` extra two-convolution blocks per stage of a 3-stage BatchNorm CNN) a residual and a
+plain network are trained on the procedural soundscapes (log-mel), each in its own resumable
+run folder `runs/<name>/<resnet|plain>_depth<d>/` (at depth 0 both are the same network, trained
+once as `depth0`). Around each trained model a 2D plane along two filter-normalised random
+directions (biases and BN parameters ignored, BN statistics kept at theta*'s) is evaluated on a
+fixed subset of training examples. Convexity of each surface is measured by the paper's
+principal-curvature ratio |lambda_min / lambda_max|, here of the 2x2 Hessian of the plotted
+surface at every interior grid point (central differences; see `research.landscape.measures`),
+not of the full Hessian: the share of points with significant negative curvature (ratio > 0.1)
+and the mean ratio, over the whole plane, over its centre |a|, |b| <= 0.5, and over the basin
+(points with loss below halfway from theta*'s to the border's mean); plus the loss rise from the
+centre to the plane's border. Writes `contours`, `surfaces_3d` and
+`convexity_maps` (PNG and PDF) and `results.json|md` under `runs/<name>/`.
+
+Command:
+    python -m experiments.skip_connections --preset cpu
+Run time: 5.1 minutes (308 s) on a 2-core CPU shared with two other jobs (5 trained models, 25
+epochs each; 6 planes of 11 x 11 points over 128 training examples, 32 x 32 log-mel inputs,
+channels 8/16/16); re-running reuses the trained runs and surfaces.
+Expected result (measured, cpu preset; depth 0 / 2 / 4 = 3 / 15 / 27 conv layers):
+    test accuracy     ResNet 0.635 / 0.692 / 0.577   plain 0.635 / 0.588 / 0.546
+    train accuracy    ResNet 0.762 / 0.958 / 0.869   plain 0.762 / 0.758 / 0.692
+    non-convex share  ResNet 0.72 / 0.68 / 0.75      plain 0.72 / 0.62 / 0.65   (whole plane)
+    mean ratio        ResNet 0.60 / 0.60 / 0.68      plain 0.60 / 0.57 / 0.58
+    centre share      ResNet 0.44 / 0.33 / 0.11      plain 0.44 / 0.11 / 0.00   (3 x 3 points)
+    basin share       ResNet 0.31 / 0.33 / 0.31      plain 0.31 / 0.28 / 0.00   (12-18 points)
+    edge rise         ResNet 1.64 / 2.38 / 2.34      plain 1.64 / 2.33 / 1.77
+The paper's finding does NOT reproduce at this size. Skip connections help training (the deep
+plain nets fit and generalise worse: 0.546 vs 0.577 test accuracy at depth 4, 0.588 vs 0.692
+at depth 2), and the plain depth-4 contour looks more irregular away from the minimum, but the
+curvature measure does not separate the architectures: every surface is a narrow basin
+(|a|, |b| < ~0.4) inside a plateau near chance-level loss (ln 10 = 2.3, up to ~3.5), and the
+plateau's saturation and evaluation noise make about 2/3 of the plane "non-convex" for every
+model, including the 3-layer one; within the basin the plain depth-4 net is, if anything, the
+most convex-looking. The paper's chaotic surfaces appear with 56-110 layers and
+full-size ResNets; this preset has at most 27 narrow layers trained for 25 epochs. Use the
+`gpu` preset (3 / 21 / 57 / 111 conv layers like the paper's ResNet-20/56/110, channels
+16/32/64, 51 x 51 planes over 2000 examples; not run here) for a closer test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
+
+from research import landscape as L
+from research.config import Config as RunConfig
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.data import load_dataset
+from research.io import atomic_write_json, atomic_write_text
+from research.landscape.measures import convexity, edge_rise
+from research.models import param_count
+from research.reproductions import fixed_subset, markdown_table, state_surface
+from research.train import train_and_evaluate
+from research.viz import save_figure
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the skip-connection experiment.
+
+    Attributes:
+        depths: extra two-convolution blocks per stage, one model pair per entry.
+        channels: CNN stage channels.
+        clips_per_class: procedural soundscape clips per class (half train, half test).
+        clip_seconds: clip length.
+        n_mels: mel bands (the input's height).
+        n_fft: STFT size.
+        hop_length: STFT hop (the input's width is about clip length / hop).
+        epochs: training epochs of every model.
+        batch_size: training batch size.
+        learning_rate: Adam's peak learning rate (cosine schedule).
+        grid: both plane axes, "min:max:num".
+        examples: training examples in the fixed landscape subset (0: all).
+        eval_batch_size: examples per landscape step.
+        threshold: |lambda_min / lambda_max| above which a point counts as non-convex.
+        center: the measures are also reported on the central part |a|, |b| <= center of the
+            plane (far out the loss saturates near chance level, which bends the surface down
+            whatever the architecture).
+        seed: training, data and direction seed (directions use seed and seed + 1).
+        cache_dir: feature cache.
+        progress: progress bars while training.
+        name: run name.
+        workdir: parent folder.
+        preset: the preset these defaults came from.
+    """
+
+    depths: tuple[int, ...] = (0, 2, 4)
+    channels: tuple[int, ...] = (8, 16, 16)
+    clips_per_class: int = 52
+    clip_seconds: float = 1.0
+    n_mels: int = 32
+    n_fft: int = 1024
+    hop_length: int = 512
+    epochs: int = 25
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    grid: str = "-1:1:11"
+    examples: int = 128
+    eval_batch_size: int = 128
+    threshold: float = 0.1
+    center: float = 0.5
+    seed: int = 0
+    cache_dir: str = ".cache/features"
+    progress: bool = False
+    name: str = "skip_connections"
+    workdir: str = "runs"
+    preset: str = "cpu"
+
+    def __post_init__(self):
+        if not self.depths or any(d < 0 for d in self.depths):
+            raise ValueError(f"Config.depths: give depths >= 0, got {self.depths}")
+        if len(L.parse_grid(self.grid, "Config.grid")) < 3:
+            raise ValueError("Config.grid: need at least 3 points per axis for curvatures")
+        if self.examples < 0:
+            raise ValueError(f"Config.examples: must be >= 0, got {self.examples}")
+        centre = L.parse_grid(self.grid)
+        if np.sum(np.abs(centre) <= self.center + 1e-9) < 3:
+            raise ValueError(f"Config.center: the grid has fewer than 3 points per axis within "
+                             f"+-{self.center}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"Config.threshold: must be in (0, 1), got {self.threshold}")
+
+
+PRESETS = {
+    "cpu": Config(),
+    # 3 / 21 / 57 / 111 conv layers: the depths of the paper's ResNet-20, -56 and -110.
+    "gpu": Config(depths=(0, 3, 9, 18), channels=(16, 32, 64), clips_per_class=200, n_mels=40,
+                  hop_length=256, epochs=40, grid="-1:1:51", examples=2000, eval_batch_size=500,
+                  preset="gpu"),
+    "tiny": Config(depths=(0, 1), channels=(2, 4), clips_per_class=4, clip_seconds=0.5,
+                   n_mels=16, n_fft=256, hop_length=128, epochs=2, batch_size=8, grid="-1:1:5",
+                   examples=16, eval_batch_size=16, preset="tiny"),
+}
+
+
+def run_config(cfg: Config, depth: int, residual: bool) -> RunConfig:
+    """The training configuration of one model of the experiment.
+
+    Args:
+        cfg: experiment settings.
+        depth: extra blocks per stage.
+        residual: skip connections around the blocks.
+
+    Returns:
+        The run's `research.config.Config`.
+    """
+    # At depth 0 there are no blocks to skip: both variants are the same network, trained once.
+    tag = "depth0" if depth == 0 else f"{'resnet' if residual else 'plain'}_depth{depth}"
+    residual = residual and depth > 0
+    return RunConfig(
+        data=DataConfig(dataset="soundscapes", n=cfg.clips_per_class, feature="logmel",
+                        clip_seconds=cfg.clip_seconds, n_mels=cfg.n_mels, n_fft=cfg.n_fft,
+                        hop_length=cfg.hop_length, seed=cfg.seed, cache_dir=cfg.cache_dir),
+        model=ModelConfig(kind="cnn", channels=cfg.channels, depth=depth, residual=residual,
+                          batch_norm=True),
+        optim=OptimConfig(name="adam", learning_rate=cfg.learning_rate, schedule="cosine"),
+        train=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                          loss="softmax_ce", eval_every=cfg.epochs, eval_train=False,
+                          eval_batch_size=256, checkpoint_every=10_000, keep_checkpoints=1,
+                          progress=cfg.progress),
+        name=tag, workdir=os.path.join(cfg.workdir, cfg.name), preset=cfg.preset)
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Train the residual and plain CNNs, compute their planes, measure and draw them.
+
+    Args:
+        cfg: experiment settings.
+
+    Returns:
+        {"rows": one dict of numbers per model, "figures": paths}, as in results.json.
+    """
+    out_dir = os.path.join(cfg.workdir, cfg.name)
+    axis = L.parse_grid(cfg.grid)
+    rows, surfaces = [], {}
+    for residual in (True, False):
+        for depth in cfg.depths:
+            rc = run_config(cfg, depth, residual)
+            if (rc.name, "done") in surfaces:  # depth 0: one network serves both rows
+                s, row = surfaces[(rc.name, "done")]
+                surfaces[(residual, depth)] = s
+                rows.append({**row, "residual": residual,
+                             "model": f"{'resnet' if residual else 'plain'}_depth{depth}"})
+                continue
+            state, summary = train_and_evaluate(rc)
+            data = load_dataset(rc.data)
+            sub = fixed_subset(data.x_train, data.y_train, cfg.examples, cfg.seed)
+            d1 = L.random_direction(state.params, cfg.seed)
+            d2 = L.random_direction(state.params, cfg.seed + 1)
+            s = state_surface(state, [d1, d2], [axis, axis], sub,
+                              path=os.path.join(rc.run_dir(), "plane.npz"),
+                              batch_size=cfg.eval_batch_size,
+                              settings={"normalization": "filter", "ignore": "biasbn",
+                                        "seeds": [cfg.seed, cfg.seed + 1],
+                                        "examples": cfg.examples},
+                              info={"title": rc.name})
+            surfaces[(residual, depth)] = s
+            conv = convexity(s.values["loss"], axis, axis, cfg.threshold)
+            rise = edge_rise(s.values["loss"], axis, axis)
+            inner = np.abs(axis) <= cfg.center + 1e-9
+            # The basin: points below halfway from theta*'s loss to the border's mean loss.
+            basin_level = rise["center"] + 0.5 * (rise["edge_mean"] - rise["center"])
+            conv_b = convexity(s.values["loss"], axis, axis, cfg.threshold, level=basin_level)
+            conv_c = convexity(s.values["loss"][np.ix_(inner, inner)], axis[inner], axis[inner],
+                               cfg.threshold)
+            rows.append({
+                "model": f"{'resnet' if residual else 'plain'}_depth{depth}", "run": rc.name,
+                "residual": residual, "depth": depth,
+                "conv_layers": len(cfg.channels) * (1 + 2 * depth),
+                "params": param_count(state.params),
+                "train_accuracy": summary["train"]["accuracy"],
+                "test_accuracy": summary["test"]["accuracy"],
+                "train_loss": summary["train"]["loss"],
+                "center_loss": rise["center"], "edge_mean_loss": rise["edge_mean"],
+                "edge_rise": rise["rise"], "surface_min": rise["min"],
+                "nonconvex_fraction": conv["nonconvex_fraction"],
+                "mean_ratio": conv["mean_ratio"], "max_ratio": conv["max_ratio"],
+                "center_nonconvex_fraction": conv_c["nonconvex_fraction"],
+                "center_mean_ratio": conv_c["mean_ratio"],
+                "basin_level": basin_level, "basin_points": conv_b["points"],
+                "basin_nonconvex_fraction": conv_b["nonconvex_fraction"],
+                "basin_mean_ratio": conv_b["mean_ratio"],
+                "cosine": float(s.info.get("cosine", L.cosine(d1, d2)))})
+            surfaces[(rc.name, "done")] = (s, rows[-1])
+            print(f"[{cfg.name}] {rc.name}: test acc {rows[-1]['test_accuracy']:.3f}, "
+                  f"non-convex {conv['nonconvex_fraction']:.2f}, mean ratio "
+                  f"{conv['mean_ratio']:.3f}, edge rise {rise['rise']:.3g}", flush=True)
+
+    surfaces = {k: v for k, v in surfaces.items() if v is not None and k[1] != "done"}
+    figures = _draw(cfg, axis, surfaces, out_dir)
+    results = {"rows": rows, "figures": figures, "grid": cfg.grid, "examples": cfg.examples,
+               "threshold": cfg.threshold}
+    atomic_write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_write_text(os.path.join(out_dir, "results.md"), _markdown(cfg, rows))
+    return results
+
+
+COLUMNS = (("model", "model", "s"), ("conv_layers", "conv layers", "d"),
+           ("params", "params", ",d"), ("train_accuracy", "train acc", ".3f"),
+           ("test_accuracy", "test acc", ".3f"), ("center_loss", "loss at theta*", ".3f"),
+           ("edge_mean_loss", "mean loss on border", ".3f"), ("edge_rise", "edge rise", ".3f"),
+           ("nonconvex_fraction", "non-convex share", ".3f"),
+           ("mean_ratio", "mean abs(lmin/lmax)", ".3f"),
+           ("center_nonconvex_fraction", "non-convex share, centre", ".3f"),
+           ("center_mean_ratio", "mean ratio, centre", ".3f"),
+           ("basin_points", "basin points", "d"),
+           ("basin_nonconvex_fraction", "non-convex share, basin", ".3f"),
+           ("basin_mean_ratio", "mean ratio, basin", ".3f"))
+
+
+def _markdown(cfg: Config, rows: list[dict]) -> str:
+    return (f"# Skip connections vs none (Li et al. 2018, section 6)\n\n"
+            f"Plane {cfg.grid} x {cfg.grid} along two filter-normalised random directions "
+            f"(seeds {cfg.seed}, {cfg.seed + 1}; biases/BN ignored; BN statistics kept), over "
+            f"{cfg.examples or 'all'} training examples. Non-convex share: interior grid points "
+            f"where the surface's 2x2 Hessian has max(0, -lmin) / max(abs(lmin), abs(lmax)) > "
+            f"{cfg.threshold}; 'centre': the same over |a|, |b| <= {cfg.center}; 'basin': over "
+            f"the points whose loss is below halfway from theta*'s loss to the border's mean."
+            f"\n\n"
+            + markdown_table(rows, COLUMNS))
+
+
+def _label(residual: bool, depth: int, ncv: int) -> str:
+    return f"{'ResNet' if residual else 'plain'}, depth {depth} ({ncv} conv)"
+
+
+def _draw(cfg: Config, axis: np.ndarray, surfaces: dict, out_dir: str) -> list[str]:
+    depths = list(cfg.depths)
+    nrow, ncol = 2, len(depths)
+    allv = np.concatenate([s.values["loss"].ravel() for s in surfaces.values()])
+    lo, hi = float(np.nanmin(allv)), float(np.nanquantile(allv, 0.95))
+    hi = max(hi, 2 * lo)
+    levels = np.geomspace(lo * 1.05, hi, 16)
+    norm = mcolors.LogNorm(vmin=lo, vmax=hi)
+    X, Y = np.meshgrid(axis, axis, indexing="ij")
+    size = 3.1
+    figures = []
+
+    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol + 1.2, size * nrow),
+                             squeeze=False, sharex=True, sharey=True)
+    for r, residual in enumerate((True, False)):
+        for c, depth in enumerate(depths):
+            ax = axes[r, c]
+            v = surfaces[(residual, depth)].values["loss"]
+            m = ax.contourf(X, Y, np.clip(v, lo, hi), levels=np.concatenate([[lo], levels]),
+                            cmap="viridis", norm=norm, extend="max")
+            ax.contour(X, Y, v, levels=levels, colors="k", linewidths=0.4, alpha=0.6)
+            ax.plot(0, 0, "+", color="w", ms=10, mew=2)
+            ax.set_title(_label(residual, depth, len(cfg.channels) * (1 + 2 * depth)),
+                         fontsize=10)
+            ax.set_aspect("equal")
+            if r == nrow - 1:
+                ax.set_xlabel("direction 1 (filter-normalised)")
+            if c == 0:
+                ax.set_ylabel("direction 2")
+    cb = fig.colorbar(m, ax=axes, shrink=0.85, pad=0.02, ticks=levels[::3])
+    cb.ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%.3g"))
+    cb.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+    cb.set_label("training loss (log scale, shared)")
+    fig.suptitle("Loss surfaces with (top) and without (bottom) skip connections", y=1.0)
+    figures += save_figure(fig, os.path.join(out_dir, "contours"), ("png", "pdf"))
+
+    fig = plt.figure(figsize=(size * ncol + 0.5, size * nrow))
+    zlo, zhi = np.log10(lo), np.log10(hi)
+    for r, residual in enumerate((True, False)):
+        for c, depth in enumerate(depths):
+            ax = fig.add_subplot(nrow, ncol, r * ncol + c + 1, projection="3d")
+            z = np.log10(np.clip(surfaces[(residual, depth)].values["loss"], lo, hi))
+            ax.plot_surface(X, Y, z, cmap="viridis", vmin=zlo, vmax=zhi, linewidth=0.2,
+                            edgecolor=(0, 0, 0, 0.15), antialiased=True, rstride=1, cstride=1)
+            ax.set_zlim(zlo, zhi)
+            ax.view_init(elev=35, azim=-55)
+            ax.set_title(_label(residual, depth, len(cfg.channels) * (1 + 2 * depth)),
+                         fontsize=9)
+            ax.set_zlabel("log$_{10}$ loss", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("Loss surfaces in 3D: ResNet (top) vs plain (bottom)")
+    fig.tight_layout()
+    figures += save_figure(fig, os.path.join(out_dir, "surfaces_3d"), ("png", "pdf"))
+
+    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol + 1.2, size * nrow),
+                             squeeze=False, sharex=True, sharey=True)
+    h = (axis[1] - axis[0]) / 2
+    inner = axis[1:-1]
+    for r, residual in enumerate((True, False)):
+        for c, depth in enumerate(depths):
+            ax = axes[r, c]
+            conv = convexity(surfaces[(residual, depth)].values["loss"], axis, axis,
+                             cfg.threshold)
+            m = ax.imshow(conv["ratio_IxJ"].T, origin="lower", cmap="magma", vmin=0, vmax=1,
+                          extent=(inner[0] - h, inner[-1] + h, inner[0] - h, inner[-1] + h),
+                          interpolation="nearest")
+            ax.set_title(f"{_label(residual, depth, len(cfg.channels) * (1 + 2 * depth))}\n"
+                         f"non-convex share {conv['nonconvex_fraction']:.2f}", fontsize=9)
+            if r == nrow - 1:
+                ax.set_xlabel("direction 1")
+            if c == 0:
+                ax.set_ylabel("direction 2")
+    cb = fig.colorbar(m, ax=axes, shrink=0.85, pad=0.02)
+    cb.set_label(r"max(0, $-\lambda_{min}$) / max(|$\lambda$|)  (0: convex)")
+    fig.suptitle("Negative curvature of each plane (Hessian of the surface)", y=1.0)
+    figures += save_figure(fig, os.path.join(out_dir, "convexity_maps"), ("png", "pdf"))
+    return figures
+
+
+if __name__ == "__main__":
+    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
