@@ -406,7 +406,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         bar = tqdm(total=int(todo.size), unit="pt", desc="landscape",
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} points "

@@ -17,7 +17,7 @@ from collections import defaultdict
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from research import checkpoint as ckpt
 from research import metrics as M
