@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from research.io import atomic_write_bytes
 
 FEATURES = ("logmel", "mfcc", "mfcc_stats")
 _LOG = logging.getLogger(__name__)
@@ -220,25 +222,15 @@ def cache_key(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> str:
 
 
 def save_atomic(path: str, array: np.ndarray) -> None:
-    """Write a .npy file atomically: a temporary file in the same folder, then `os.replace`.
+    """Write a .npy file atomically (`research.io.atomic_write_bytes`).
 
     Args:
         path: destination.
         array: the array to save.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclasses.dataclass(frozen=True)
