@@ -50,6 +50,7 @@ class Config:
         audio_n: clips per class of the audio set.
         audio_widths: hidden widths of the audio MLP.
         audio_epochs: audio training epochs.
+        audio_batch_size: audio batch size.
         seed: training seed.
         name: run name.
         workdir: parent folder.
@@ -68,6 +69,7 @@ class Config:
     audio_n: int = 40
     audio_widths: tuple[int, ...] = (64, 64)
     audio_epochs: int = 40
+    audio_batch_size: int = 32
     seed: int = 0
     name: str = "activations"
     workdir: str = "runs"
@@ -77,7 +79,8 @@ class Config:
 PRESETS = {
     "cpu": Config(),
     "gpu": Config(epochs=300, audio_n=100, audio_epochs=100, preset="gpu"),
-    "tiny": Config(datasets=("xor",), activations=("tanh", "relu"), epochs=2, audio_dataset="",
+    "tiny": Config(datasets=("xor",), activations=("tanh", "relu"), epochs=2, audio_n=3,
+                   audio_widths=(8,), audio_epochs=2, audio_batch_size=8,
                    preset="tiny"),
 }
 
@@ -97,7 +100,7 @@ def _audio_run(cfg: Config, activation: str) -> RunConfig:
         data=DataConfig(dataset=cfg.audio_dataset, n=cfg.audio_n, feature="mfcc_stats"),
         model=ModelConfig(kind="mlp", widths=cfg.audio_widths, activation=activation),
         optim=OptimConfig(name="adam", learning_rate=1e-3),
-        train=TrainConfig(epochs=cfg.audio_epochs, batch_size=32, seed=cfg.seed,
+        train=TrainConfig(epochs=cfg.audio_epochs, batch_size=cfg.audio_batch_size, seed=cfg.seed,
                           loss="softmax_ce", checkpoint_every=10**6, progress=False),
         name=f"audio_{cfg.audio_dataset}_{activation}", workdir=os.path.join(cfg.workdir, cfg.name))
 

@@ -8,6 +8,11 @@ def test_activations_end_to_end(tmp_path):
     cfg = dataclasses.replace(activations.PRESETS["tiny"], workdir=str(tmp_path))
     results = activations.main(cfg)
     assert set(results["xor"]) == {"tanh", "relu"}
+    assert set(results["soundscapes (MFCC stats)"]) == {"tanh", "relu"}
+    audio_cfg = json.loads((tmp_path / "activations" / "audio_soundscapes_relu" / "config.json")
+                           .read_text())
+    assert audio_cfg["data"]["feature"] == "mfcc_stats"
+    assert audio_cfg["model"]["activation"] == "relu"
     out = tmp_path / "activations"
     for name in ("boundaries.png", "boundaries.pdf", "curves.png", "results.md"):
         assert (out / name).stat().st_size > 0, name
