@@ -189,6 +189,13 @@ def _as_batch(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]), lead
 
 
+def _spectrum(x_BxT: jax.Array, n_fft: int, hop_length: int, center: bool) -> jax.Array:
+    """Windowed rfft of every frame, spec_BxNxF (frames before frequency)."""
+    frames_BxNxW = _frames(x_BxT, n_fft, hop_length, center)
+    window_W = jnp.asarray(hann_window(n_fft), dtype=x_BxT.dtype)
+    return jnp.fft.rfft(frames_BxNxW * window_W[None, None, :], axis=-1)
+
+
 def stft(x: jax.Array, n_fft: int = 2048, hop_length: int = 512,
          center: bool = True) -> jax.Array:
     """Short-time Fourier transform as librosa computes it (periodic Hann, zero padding).
@@ -203,10 +210,7 @@ def stft(x: jax.Array, n_fft: int = 2048, hop_length: int = 512,
         Complex STFT `[..., 1 + n_fft // 2, N]` (frequency, then frames), as librosa.
     """
     x_BxT, lead = _as_batch(x)
-    frames_BxNxW = _frames(x_BxT, n_fft, hop_length, center)
-    window_W = jnp.asarray(hann_window(n_fft), dtype=x_BxT.dtype)
-    spec_BxNxF = jnp.fft.rfft(frames_BxNxW * window_W[None, None, :], axis=-1)
-    spec_BxFxN = jnp.swapaxes(spec_BxNxF, 1, 2)
+    spec_BxFxN = jnp.swapaxes(_spectrum(x_BxT, n_fft, hop_length, center), 1, 2)
     return spec_BxFxN.reshape(lead + spec_BxFxN.shape[1:])
 
 
@@ -230,9 +234,7 @@ def melspectrogram(x: jax.Array, sample_rate: int, n_fft: int = 2048, hop_length
         Mel spectrogram `[..., n_mels, N]`.
     """
     x_BxT, lead = _as_batch(x)
-    frames_BxNxW = _frames(x_BxT, n_fft, hop_length, center)
-    window_W = jnp.asarray(hann_window(n_fft), dtype=x_BxT.dtype)
-    spec_BxNxF = jnp.fft.rfft(frames_BxNxW * window_W[None, None, :], axis=-1)
+    spec_BxNxF = _spectrum(x_BxT, n_fft, hop_length, center)
     mag2_BxNxF = jnp.square(spec_BxNxF.real) + jnp.square(spec_BxNxF.imag)
     if power == 2.0:
         s_BxNxF = mag2_BxNxF
