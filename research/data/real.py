@@ -260,6 +260,37 @@ def _audio_files(folder: str) -> list[str]:
                   if f.lower().endswith(AUDIO_EXTENSIONS))
 
 
+def _metadata_items(meta: str, rows: list[dict], label_key: str, name_key: str, num_folds: int,
+                    path_of) -> tuple[list, set, tuple[str, ...]]:
+    """(path, label, fold) per metadata row, the listed paths, and the class names.
+
+    Args:
+        meta: the metadata file (for error messages).
+        rows: its rows.
+        label_key: column of the integer class id.
+        name_key: column of the class name.
+        num_folds: folds are 1..num_folds.
+        path_of: maps (row, fold) to the audio file's path.
+
+    Returns:
+        items, the set of absolute listed paths, class names by id.
+    """
+    names: dict[int, str] = {}
+    items, listed = [], set()
+    for i, row in enumerate(rows, start=2):
+        label = _int_field(meta, i, row, label_key)
+        fold = _int_field(meta, i, row, "fold")
+        if not 1 <= fold <= num_folds:
+            raise ValueError(f"{meta}, row {i}: fold {fold} is not in 1..{num_folds}")
+        if names.setdefault(label, row[name_key]) != row[name_key]:
+            raise ValueError(f"{meta}, row {i}: {label_key} {label} is {row[name_key]!r} here "
+                             f"but {names[label]!r} earlier")
+        path = path_of(row, fold)
+        items.append((path, label, fold))
+        listed.add(os.path.abspath(path))
+    return items, listed, _dense_names(names, meta)
+
+
 def load_esc50(root: str, test_fold: int = 1, sample_rate: int = 44100,
                seconds: float = 5.0, skip_bad_files: bool = False) -> Loaded:
     """ESC-50 from a local copy, with the official five folds.
@@ -279,20 +310,9 @@ def load_esc50(root: str, test_fold: int = 1, sample_rate: int = 44100,
         raise ValueError(f"DataConfig.test_fold: ESC-50 has folds 1..5, got {test_fold}")
     meta = os.path.join(root, "meta", "esc50.csv")
     rows = _read_csv(meta, ("filename", "fold", "target", "category"))
-    names: dict[int, str] = {}
-    items, listed = [], set()
-    for i, row in enumerate(rows, start=2):
-        target = _int_field(meta, i, row, "target")
-        fold = _int_field(meta, i, row, "fold")
-        if not 1 <= fold <= 5:
-            raise ValueError(f"{meta}, row {i}: fold {fold} is not in 1..5")
-        if names.setdefault(target, row["category"]) != row["category"]:
-            raise ValueError(f"{meta}, row {i}: target {target} is {row['category']!r} here but "
-                             f"{names[target]!r} earlier")
-        path = os.path.join(root, "audio", row["filename"])
-        items.append((path, target, fold))
-        listed.add(os.path.abspath(path))
-    class_names = _dense_names(names, meta)
+    items, listed, class_names = _metadata_items(
+        meta, rows, "target", "category", 5,
+        lambda row, fold: os.path.join(root, "audio", row["filename"]))
     orphans = _orphans(_audio_files(os.path.join(root, "audio")), listed, "meta/esc50.csv")
     n = int(round(seconds * sample_rate))
     wave, y, folds, summary = _read_all(items, sample_rate, n, skip_bad_files, orphans)
@@ -320,20 +340,9 @@ def load_urbansound8k(root: str, test_fold: int = 1, sample_rate: int = 22050,
         raise ValueError(f"DataConfig.test_fold: UrbanSound8K has folds 1..10, got {test_fold}")
     meta = os.path.join(root, "metadata", "UrbanSound8K.csv")
     rows = _read_csv(meta, ("slice_file_name", "fold", "classID", "class"))
-    names: dict[int, str] = {}
-    items, listed = [], set()
-    for i, row in enumerate(rows, start=2):
-        cid = _int_field(meta, i, row, "classID")
-        fold = _int_field(meta, i, row, "fold")
-        if not 1 <= fold <= 10:
-            raise ValueError(f"{meta}, row {i}: fold {fold} is not in 1..10")
-        if names.setdefault(cid, row["class"]) != row["class"]:
-            raise ValueError(f"{meta}, row {i}: classID {cid} is {row['class']!r} here but "
-                             f"{names[cid]!r} earlier")
-        path = os.path.join(root, "audio", f"fold{fold}", row["slice_file_name"])
-        items.append((path, cid, fold))
-        listed.add(os.path.abspath(path))
-    class_names = _dense_names(names, meta)
+    items, listed, class_names = _metadata_items(
+        meta, rows, "classID", "class", 10,
+        lambda row, fold: os.path.join(root, "audio", f"fold{fold}", row["slice_file_name"]))
     on_disk = [p for k in range(1, 11) for p in _audio_files(os.path.join(root, "audio",
                                                                           f"fold{k}"))]
     orphans = _orphans(on_disk, listed, "metadata/UrbanSound8K.csv")
