@@ -247,3 +247,27 @@ def test_benchmark_through_load_dataset(tmp_path):
     with pytest.raises(real.BadFilesError):
         _esc50(str(tmp_path / "esc2"))
         load_dataset(dataclasses.replace(cfg, root=str(tmp_path / "esc2")))
+
+
+def _edit_esc50_rows(path, edit):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    edit(rows)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return rows
+
+
+def test_esc50_inconsistent_metadata_rows_are_named(tmp_path):
+    _esc50(str(tmp_path), corrupt=False, orphan=False)
+    meta = tmp_path / "meta" / "esc50.csv"
+    # a fold outside 1..5 on the first data row (file row 2)
+    _edit_esc50_rows(meta, lambda rows: rows[1].__setitem__(1, "7"))
+    with pytest.raises(ValueError, match=r"row 2: fold 7 is not in 1\.\.5"):
+        real.load_esc50(str(tmp_path), 1, SR, 0.25)
+    _edit_esc50_rows(meta, lambda rows: rows[1].__setitem__(1, "1"))
+    # a class id whose name disagrees with an earlier row
+    rows = _edit_esc50_rows(meta, lambda rows: rows.append(
+        ["1-10000-A-0.wav", "1", "0", "cat", "False", "1", "A"]))
+    with pytest.raises(ValueError, match=rf"row {len(rows)}: target 0 is 'cat' here but 'dog'"):
+        real.load_esc50(str(tmp_path), 1, SR, 0.25)
