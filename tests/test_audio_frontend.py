@@ -153,9 +153,28 @@ def test_make_frontend_batches_and_jits_like_per_clip_calls():
     assert g(jnp.asarray(x_BxT)).shape == (3, 7, out.shape[2], 1)
 
 
+def test_cpu_chunking_gives_the_unchunked_result_for_a_ragged_batch():
+    sr, n_fft, hop, n_mels = 16000, 256, 64, 24
+    x_BxT = np.stack([_signal(k, sr, 0.25) for k in ("chirp", "noise", "logchirp")] * 2)[:5]
+    x_BxT = (x_BxT * np.array([1.0, 0.1, 3.0, 0.01, 1.0])[:, None]).astype(np.float32)
+    frame_mb = 4 * n_fft * fe.num_frames(x_BxT.shape[1], n_fft, hop) / 1e6
+    # Two examples per chunk: five examples make three chunks, the last one padded.
+    chunked = fe.make_frontend(sr, n_fft, hop, n_mels, cpu_chunk_mb=2.5 * frame_mb)
+    whole = fe.make_frontend(sr, n_fft, hop, n_mels, cpu_chunk_mb=0)
+    out = np.asarray(chunked(jnp.asarray(x_BxT)))
+    assert out.shape == (5, n_mels, fe.num_frames(x_BxT.shape[1], n_fft, hop), 1)
+    np.testing.assert_allclose(out, np.asarray(whole(jnp.asarray(x_BxT))), atol=1e-5)
+    # Each example on its own: chunks (and their padding) do not leak into neighbours.
+    for i in range(5):
+        alone = np.asarray(whole(jnp.asarray(x_BxT[i:i + 1])))[0]
+        np.testing.assert_allclose(out[i], alone, atol=1e-5)
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="feature"):
         fe.make_frontend(16000, feature="cqt")
+    with pytest.raises(ValueError, match="cpu_chunk_mb"):
+        fe.make_frontend(16000, cpu_chunk_mb=-1.0)
     with pytest.raises(ValueError, match="amin"):
         fe.power_to_db(jnp.ones((1, 2, 2)), amin=0.0)
     with pytest.raises(ValueError, match="ref"):
