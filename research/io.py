@@ -1,16 +1,18 @@
-"""Atomic file writes: write a temporary file in the same folder, then rename over the target.
+"""Atomic file writes (a temporary file in the same folder, then a rename) and content fingerprints.
 
 A killed process therefore leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -46,3 +48,22 @@ def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def fingerprint(tree: Any) -> str:
+    """A short, stable hash of a pytree's paths, shapes, dtypes and values.
+
+    Args:
+        tree: any pytree of arrays (parameters, data, directions).
+
+    Returns:
+        16 hex characters.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    for path, leaf in flat:
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()

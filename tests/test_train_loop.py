@@ -77,6 +77,30 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         train_and_evaluate(other, str(tmp_path))
 
 
+def test_resume_on_changed_data_is_refused(tmp_path, monkeypatch):
+    from research.data import playground
+
+    cfg = _cfg(epochs=2, stop_after=3)
+    train_and_evaluate(cfg, str(tmp_path))
+    real_load = playground.load
+
+    def changed(c):
+        d = real_load(c)
+        x = d.x_train.copy()
+        x[5, 0] += 1e-3  # one value of one example: same settings, other data
+        return Dataset(x, d.y_train, d.x_test, d.y_test, d.class_names, d.info)
+
+    monkeypatch.setattr(playground, "load", changed)
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="trained on other data"):
+        train_and_evaluate(_cfg(epochs=2), str(tmp_path))
+    # The refused run leaves the folder as it was.
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    monkeypatch.setattr(playground, "load", real_load)
+    _, summary = train_and_evaluate(_cfg(epochs=2), str(tmp_path))
+    assert summary["finished"]
+
+
 def test_nan_in_data_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from research.data import playground
 

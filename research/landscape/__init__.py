@@ -12,6 +12,7 @@ Typical use::
     L.save_figure(L.plot_contour(surface), "plane_contour")
 """
 
+from research.io import fingerprint
 from research.landscape import hessian, measures
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
 from research.landscape.directions import (
@@ -46,7 +47,6 @@ from research.landscape.plot import (
 from research.landscape.surface import (
     Surface,
     SurfaceMismatchError,
-    fingerprint,
     load_surface,
     save_surface,
 )

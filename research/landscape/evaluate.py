@@ -45,12 +45,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research.io import fingerprint
 from research.landscape.directions import check_finite, check_same_structure, cosine, path_str
 from research.landscape.surface import (
     Surface,
     check_resumable,
     empty_surface,
-    fingerprint,
     load_surface,
     save_surface,
 )

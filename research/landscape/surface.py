@@ -19,7 +19,6 @@ different `settings` refuses to mix results and says which setting changed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from research.io import atomic_write_bytes
@@ -224,20 +222,3 @@ def _grid_text(axis: np.ndarray) -> str:
     return f"{float(axis[0]):g}:{float(axis[-1]):g}:{len(axis)}"
 
 
-def fingerprint(tree: Any) -> str:
-    """A short, stable hash of a pytree's paths, shapes, dtypes and values.
-
-    Args:
-        tree: any pytree of arrays (parameters, data, directions).
-
-    Returns:
-        16 hex characters.
-    """
-    h = hashlib.blake2b(digest_size=8)
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    for path, leaf in flat:
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(f"{arr.dtype.str}{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()

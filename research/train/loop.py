@@ -1,9 +1,10 @@
 """The host training loop: data order, jitted steps, evaluation, logging, checkpoints, resume.
 
 `train_and_evaluate(cfg)` is the only place with side effects (files, progress bar, printing).
-A run folder holds `config.json`, `metrics.jsonl`, `summary.json`, `checkpoints/`, `best/`,
-`init_params.npz` and optionally `trajectory/`. Running the same config again resumes from the
-newest checkpoint and gives the same numbers as an uninterrupted run.
+A run folder holds `config.json`, `data.json` (the data's fingerprint), `metrics.jsonl`,
+`summary.json`, `checkpoints/`, `best/`, `init_params.npz` and optionally `trajectory/`.
+Running the same config again resumes from the newest checkpoint and gives the same numbers as
+an uninterrupted run; other settings or other data are refused.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from research import checkpoint as ckpt
 from research import metrics as M
 from research.config import RUN_CONTROL_FIELDS, Config, config_diff, from_dict, to_dict
 from research.data import Dataset, load_dataset
-from research.io import atomic_write_json
+from research.io import atomic_write_json, fingerprint
 from research.losses import Loss
 from research.models import make_model, param_count
 from research.optim import make_optimizer
@@ -119,6 +120,29 @@ def _check_config(run_dir: str, cfg: Config) -> None:
     atomic_write_json(path, ours)
 
 
+def _check_data(run_dir: str, data: Dataset) -> None:
+    """Refuse to resume on other data than the run was trained on; else record its fingerprint.
+
+    The settings can match while the data do not: a generator that changed between versions, a
+    user's folder with files added or removed. Resuming would then mix two data sets in one run.
+    """
+    path = os.path.join(run_dir, "data.json")
+    ours = {"fingerprint": fingerprint({"x_train": data.x_train, "y_train": data.y_train,
+                                        "x_test": data.x_test, "y_test": data.y_test}),
+            "train": list(np.shape(data.x_train)), "test": list(np.shape(data.x_test))}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            theirs = json.load(f)
+        if theirs.get("fingerprint") != ours["fingerprint"]:
+            raise ValueError(f"{run_dir} was trained on other data (data fingerprint "
+                             f"{theirs.get('fingerprint')}, shapes train {theirs.get('train')} "
+                             f"test {theirs.get('test')}; now {ours['fingerprint']}, train "
+                             f"{ours['train']} test {ours['test']}): the data changed since "
+                             "(generator version, files, feature settings). Choose another "
+                             "--name or --workdir, or delete that folder")
+    atomic_write_json(path, ours)
+
+
 def _batch_problem(batch: dict) -> str:
     """A hint about non-finite inputs in a batch, for the error message."""
     bad = ~np.isfinite(np.asarray(batch["x"], np.float64)).reshape(len(batch["x"]), -1).all(1)
@@ -146,6 +170,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     os.makedirs(run_dir, exist_ok=True)
     _check_config(run_dir, cfg)
     data = load_dataset(cfg.data)
+    _check_data(run_dir, data)
     state, spe = build_state(cfg, data)
     total = spe * cfg.train.epochs
     stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
