@@ -40,7 +40,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--librosa-clips", type=int, default=16,
                    help="clips timed with librosa (a subset of the same batch)")
     p.add_argument("--gen-clips", type=int, default=100,
-                   help="procedural clips timed per set (4 s at 16 kHz, default difficulty)")
+                   help="procedural clips timed per set (4 s at 16 kHz, default difficulty); "
+                   "0 skips generation")
     p.add_argument("--single-thread", action="store_true",
                    help="restrict XLA's CPU backend to one thread (set before JAX starts)")
     return p.parse_args()
@@ -135,7 +136,7 @@ def main() -> None:
     gen = {}
     if synth is None:
         result["generation_4s_16khz"] = f"skipped: {missing}"
-    for name in synth.SETS if synth is not None else ():
+    for name in synth.SETS if synth is not None and args.gen_clips > 0 else ():
         per = max(1, args.gen_clips // len(synth.SETS[name]))
         synth.generate(name, range(per), 0, 16000, 4.0)  # warm caches (tail bank, tables)
         rates = []
@@ -145,7 +146,7 @@ def main() -> None:
             rates.append(len(waves) / (time.process_time() - c0))
         gen[name] = {"clips": len(waves), "clips_per_cpu_s": round(max(rates), 1),
                      "clips_per_cpu_s_median": round(float(np.median(rates)), 1)}
-    if synth is not None:
+    if synth is not None and gen:
         result["generation_4s_16khz"] = gen
 
     print(f"device: {result['device']}  batch {args.batch} x {args.seconds} s at "

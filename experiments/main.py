@@ -88,7 +88,8 @@ PRESETS: dict[str, Config] = {
                         batch_size=256, points_per_call=21, log=True, preset="cpu"),
         "cpu"),
     "gpu": _job(
-        RunConfig(data=dataclasses.replace(_SOUNDSCAPES, n=400, clip_seconds=2.0, n_mels=64),
+        RunConfig(data=dataclasses.replace(_SOUNDSCAPES, n=400, clip_seconds=2.0, n_mels=64,
+                                           frontend="jax"),
                   model=ModelConfig(kind="cnn", channels=(32, 64, 128), activation="relu",
                                     batch_norm=True, global_pool="mean", depth=1,
                                     residual=True),

@@ -65,6 +65,8 @@ class DataConfig:
         hop_length: STFT hop.
         n_mels: mel bands.
         n_mfcc: MFCC coefficients.
+        frontend: feature computation: librosa (host CPU) or jax (`research.audio.frontend` on
+            the JAX device; the same features within 1e-3 dB, far faster on a GPU, no librosa).
         skip_bad_files: skip unreadable audio files (reported by count) instead of stopping.
         cache_dir: on-disk feature cache ('' disables it).
         standardize: standardise audio features with training-split statistics (per frequency
@@ -87,6 +89,7 @@ class DataConfig:
     hop_length: int = 256
     n_mels: int = 40
     n_mfcc: int = 20
+    frontend: str = "librosa"
     skip_bad_files: bool = False
     cache_dir: str = ".cache/features"
     standardize: bool = True
@@ -109,6 +112,7 @@ class DataConfig:
         _check_choice(c, "feature", self.feature, ("logmel", "mfcc_stats", "mfcc"))
         for name in ("n_fft", "hop_length", "n_mels", "n_mfcc"):
             _check_positive(c, name, getattr(self, name))
+        _check_choice(c, "frontend", self.frontend, ("librosa", "jax"))
         if self.feature in ("mfcc", "mfcc_stats") and self.n_mfcc > self.n_mels:
             _fail(c, "n_mfcc", f"must be <= n_mels ({self.n_mels}), got {self.n_mfcc}")
         if not isinstance(self.standardize, bool):

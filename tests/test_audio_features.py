@@ -139,3 +139,28 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_unknown_feature():
     with pytest.raises(ValueError, match="unknown feature"):
         F.settings_of("chroma", SR)
+
+
+@pytest.mark.parametrize("feature", ["logmel", "mfcc", "mfcc_stats"])
+def test_jax_backend_matches_librosa_backend(feature):
+    # 70 clips: more than one front-end batch, the last one ragged.
+    w = np.concatenate([_waves(3, seed=s) for s in range(24)])[:70]
+    lib = F.compute(w, F.settings_of(feature, SR, 256, 64, 32, n_mfcc=13))
+    jx = F.compute(w, F.settings_of(feature, SR, 256, 64, 32, n_mfcc=13, backend="jax"))
+    assert jx.shape == lib.shape and jx.dtype == np.float32
+    if feature == "logmel":
+        # Within 70 dB of each clip's maximum (see the front end's parity tests).
+        keep = lib > lib.max(axis=(1, 2), keepdims=True) - 70
+        assert np.abs(jx - lib)[keep].max() < 1e-3
+    else:
+        np.testing.assert_allclose(jx, lib, atol=2e-3)
+
+
+def test_backends_have_separate_cache_entries(tmp_path):
+    w = _waves()
+    a = F.cached_compute(w, F.settings_of("logmel", SR, 256, 64, 32), str(tmp_path))
+    b = F.cached_compute(w, F.settings_of("logmel", SR, 256, 64, 32, backend="jax"),
+                         str(tmp_path))
+    assert not b.hit and a.path != b.path
+    with pytest.raises(ValueError, match="backend"):
+        F.settings_of("logmel", SR, backend="torch")

@@ -134,6 +134,10 @@ def test_load_dataset_gives_standardised_features_and_a_summary(tmp_path):
                                             standardize=False))
     assert mfcc.x_train.shape == (14, 10, 32, 1) and mfcc.num_classes == 7
     assert "standardization" not in mfcc.info
+    # The JAX front end gives the same standardised inputs (standardisation is ~1/(10 dB)).
+    on_device = load_dataset(dataclasses.replace(cfg, frontend="jax"))
+    assert on_device.info["features"]["backend"] == "jax" and not on_device.info["cache"]["hit"]
+    np.testing.assert_allclose(on_device.x_train, d.x_train, atol=2e-3)
 
 
 def test_config_refuses_n_fft_longer_than_a_clip():
@@ -147,6 +151,8 @@ def test_data_config_validates_the_audio_fields():
         DataConfig(dataset="music", feature="mfcc", n_mels=16, n_mfcc=20)
     with pytest.raises(ValueError, match="DataConfig.standardize"):
         DataConfig(dataset="music", standardize="yes")
+    with pytest.raises(ValueError, match="DataConfig.frontend"):
+        DataConfig(dataset="music", frontend="torchaudio")
     with pytest.raises(ValueError, match="DataConfig.sample_rate"):
         DataConfig(dataset="music", sample_rate=0)
 

@@ -1,11 +1,14 @@
-"""Audio features on the host with librosa: log-mel, MFCC, MFCC statistics; standardisation; cache.
+"""Audio features: log-mel, MFCC, MFCC statistics with librosa or the JAX front end; cache.
 
 All settings default to librosa's (see DESIGN.md, "Audio features"); batches of clips are computed
-in one vectorised librosa call. `top_db` floors each clip at its own maximum, exactly as calling
-librosa on one clip at a time. Features are cached on disk under a key made of the feature
-settings, the librosa version and the audio samples themselves, written atomically (a temporary
-file, then `os.replace`), so an interrupted run never leaves a half-written cache entry and a
-change of any setting or of any sample recomputes.
+in one vectorised librosa call. With `backend="jax"` the same features come from
+`research.audio.frontend` (jitted, batched, on the default JAX device: a GPU computes them in a
+fraction of librosa's time, and no librosa is needed), within 1e-3 dB of librosa's. `top_db`
+floors each clip at its own maximum, exactly as calling librosa on one clip at a time. Features
+are cached on disk under a key made of the feature settings, the backend's version and the audio
+samples themselves, written atomically (a temporary file, then `os.replace`), so an interrupted
+run never leaves a half-written cache entry and a change of any setting or of any sample
+recomputes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 from research.io import atomic_write_bytes
 
 FEATURES = ("logmel", "mfcc", "mfcc_stats")
+BACKENDS = ("librosa", "jax")
+_JAX_BATCH = 64  # clips per front-end call: one compiled shape, bounded device memory
 _LOG = logging.getLogger(__name__)
 
 
@@ -151,7 +156,8 @@ def loudness(wave_NxT: np.ndarray, n_fft: int = 2048, hop_length: int = 512) -> 
 
 def settings_of(feature: str, sample_rate: int, n_fft: int = 2048, hop_length: int = 512,
                 n_mels: int = 128, n_mfcc: int = 20, fmin: float = 0.0,
-                fmax: float | None = None, top_db: float | None = 80.0) -> dict[str, Any]:
+                fmax: float | None = None, top_db: float | None = 80.0,
+                backend: str = "librosa") -> dict[str, Any]:
     """The settings that define a feature (and its cache key), as a JSON-ready dict.
 
     Args:
@@ -164,13 +170,18 @@ def settings_of(feature: str, sample_rate: int, n_fft: int = 2048, hop_length: i
         fmin: lowest mel band edge in Hz.
         fmax: highest mel band edge in Hz (None: sample_rate / 2).
         top_db: dynamic range of the dB mel spectrogram.
+        backend: "librosa" (host) or "jax" (`research.audio.frontend` on the JAX device).
 
     Returns:
         The settings dict.
     """
     if feature not in FEATURES:
         raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
-    out = {"feature": feature, "sample_rate": int(sample_rate), "n_fft": int(n_fft),
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown feature backend {backend!r}; choose one of "
+                         f"{', '.join(BACKENDS)}")
+    out = {"feature": feature, "backend": backend, "sample_rate": int(sample_rate),
+           "n_fft": int(n_fft),
            "hop_length": int(hop_length), "n_mels": int(n_mels), "fmin": float(fmin),
            "fmax": None if fmax is None else float(fmax),
            "top_db": None if top_db is None else float(top_db)}
@@ -191,6 +202,8 @@ def compute(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
     """
     s = dict(settings)
     feature = s.pop("feature")
+    if s.pop("backend", "librosa") == "jax":
+        return _jax_compute(_check_waves(wave_NxT), feature, s)
     if feature == "logmel":
         s.pop("n_mfcc", None)
         return logmel(wave_NxT, **s)
@@ -201,8 +214,35 @@ def compute(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
 
 
+def _jax_compute(wave_NxT: np.ndarray, feature: str, s: dict[str, Any]) -> np.ndarray:
+    """The features of `compute` from the JAX front end, in fixed-size batches."""
+    import jax
+
+    from research.audio import frontend as fe
+
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+    fn = fe.make_frontend(s["sample_rate"], s["n_fft"], s["hop_length"], s["n_mels"],
+                          feature="logmel" if feature == "logmel" else "mfcc",
+                          n_mfcc=s.get("n_mfcc", 20), fmin=s["fmin"], fmax=s["fmax"],
+                          top_db=s["top_db"])
+    n = len(wave_NxT)
+    batch = min(_JAX_BATCH, n)
+    out = []
+    for i in range(0, n, batch):
+        chunk_BxT = wave_NxT[i:i + batch]
+        real = len(chunk_BxT)
+        # The last batch is padded to the same shape, so there is one compilation.
+        chunk_BxT = np.pad(chunk_BxT, ((0, batch - real), (0, 0)))
+        out.append(np.asarray(jax.device_get(fn(chunk_BxT)))[:real, ..., 0])
+    feats = np.concatenate(out) if out else np.zeros((0,), np.float32)
+    if feature == "mfcc_stats":
+        feats = np.concatenate([feats.mean(axis=2), feats.std(axis=2)], axis=1)
+    return feats.astype(np.float32)
+
+
 def cache_key(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> str:
-    """A hash of the feature settings, the librosa version and the exact audio samples.
+    """A hash of the feature settings, the backend's version and the exact audio samples.
 
     Args:
         wave_NxT: clips.
@@ -211,10 +251,14 @@ def cache_key(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> str:
     Returns:
         A hex digest.
     """
-    librosa = _librosa()
+    if settings.get("backend", "librosa") == "jax":
+        import jax
+        version = {"jax": jax.__version__}
+    else:
+        version = {"librosa": _librosa().__version__}
     wave_NxT = np.ascontiguousarray(wave_NxT, dtype=np.float32)
     h = hashlib.sha256()
-    head = {"settings": dict(settings), "librosa": librosa.__version__,
+    head = {"settings": dict(settings), **version,
             "shape": list(wave_NxT.shape), "dtype": "float32", "format": 1}
     h.update(json.dumps(head, sort_keys=True).encode())
     h.update(wave_NxT.tobytes())

@@ -71,7 +71,7 @@ def feature_settings(cfg: DataConfig) -> dict[str, Any]:
         The settings dict of `research.audio.features.settings_of`.
     """
     return features.settings_of(cfg.feature, cfg.sample_rate, cfg.n_fft, cfg.hop_length,
-                                cfg.n_mels, cfg.n_mfcc)
+                                cfg.n_mels, cfg.n_mfcc, backend=cfg.frontend)
 
 
 def load(cfg: DataConfig) -> Dataset:

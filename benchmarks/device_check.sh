@@ -1,0 +1,64 @@
+#!/bin/bash
+# The GPU checks of issues 3-5 as one prepared script, for a session that is lent an H100.
+#
+# The device machine has jax, flax, optax, orbax, scipy, matplotlib, tqdm and torch, but not
+# tyro (our CLI) or librosa. The main job's gpu preset computes its features with the JAX front
+# end, so only tyro and its two pure-Python needs travel, as wheels. Once, here, in the repo root:
+#
+#     echo /.whl/ >> .git/info/exclude
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#         --implementation cp -d .whl tyro docstring-parser typeguard
+#
+# Then two device calls, back to back (the machine is given back after 30 idle seconds), each
+# with carry [".whl"]; every step has its own time limit, so a slow step cannot eat the budget:
+#
+#     bash benchmarks/device_check.sh quick   # about 4 min: versions, tests, front end, landscape
+#     bash benchmarks/device_check.sh main    # at most 9 min: make run PRESET=gpu, timed
+#
+# Everything is written under $OUT (or /tmp/device_check) and printed.
+set -uo pipefail
+part=${1:-quick}
+out=${OUT:-/tmp/device_check}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt" | grep -v "it/s\]\|pt/s\]\|step/s"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
+
+case $part in
+    quick)
+        python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch; \
+print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', \
+optax.__version__, 'torch', torch.__version__, jax.devices())" | tee "$out/versions.txt"
+        # jax 0.11 / flax 0.12.10 compatibility: the suites that need neither librosa nor tyro,
+        # on the host's 16 cores (tiny models compile faster than they run on a GPU).
+        xdist=""
+        python3 -c "import xdist" 2> /dev/null && xdist="-n 8"
+        JAX_PLATFORMS=cpu step tests 120 python3 -m pytest -q -x $xdist -p no:cacheprovider \
+            tests/test_models.py \
+            tests/test_train_steps.py tests/test_train_loop.py tests/test_landscape_evaluate.py \
+            tests/test_landscape_directions.py tests/test_landscape_hessian.py
+        step frontend 60 python3 -m benchmarks.frontend --gen-clips 0
+        step landscape 150 python3 -m benchmarks.landscape --bf16 --repeats 2 \
+            --json "$out/landscape.json"
+        ;;
+    main)
+        rm -rf /tmp/runs
+        step main_gpu 540 python3 -m experiments.main --preset gpu --workdir /tmp/runs
+        cp /tmp/runs/main/report.md /tmp/runs/main/results.json "$out/" 2> /dev/null
+        ;;
+    *)
+        echo "usage: $0 quick|main" >&2
+        exit 2
+        ;;
+esac
