@@ -24,11 +24,11 @@ Measured (2-core CPU shared with other jobs, jax 0.10.2; 100 clips per class of 
 
 | set (chance), seed | RMS | RMS + frame RMS | NB, MFCC stats | MLP, MFCC stats | CNN, log-mel |
 | --- | --- | --- | --- | --- | --- |
-| soundscapes (0.10), 0 | 0.09 | 0.155 | 0.715 | 0.815 | 0.91 |
-| soundscapes (0.10), 1 | 0.10 | 0.17 | 0.70 | 0.82 | 0.905 |
-| music (0.143), 0 | 0.157 | 0.179 | 0.486 | 0.664 | 0.886 |
+| soundscapes (0.10), 0 | 0.09 | 0.155 | 0.705 | 0.805 | 0.90 |
+| soundscapes (0.10), 1 | 0.10 | 0.175 | 0.71 | 0.81 | 0.905 |
+| music (0.143), 0 | 0.157 | 0.179 | 0.486 | 0.671 | 0.886 |
 
-(2-3.5 minutes of wall time each on the busy machine). One test clip is 0.5 points
+(1.5-2 minutes of wall time each). One test clip is 0.5 points
 (soundscapes) or 0.7 points (music).
 """
 

@@ -13,8 +13,8 @@ Expected result (measured, cpu preset): the linear network fails everywhere (cir
 0.34, spiral 0.64); sigmoid, tanh and ReLU solve circle (1.00); xor: sigmoid 0.95, tanh and ReLU
 1.00; in 100 epochs only ReLU solves the spiral (1.00 vs tanh 0.69, sigmoid 0.54). ReLU's loss
 falls fastest and sigmoid's slowest (saturating units pass back small gradients). Audio MLPs on
-MFCC statistics of the soundscapes (40 clips per class, half for training): linear 0.68, sigmoid
-0.62, tanh 0.68, ReLU 0.71 (chance 0.10): the statistics are nearly linearly separable, so the
+MFCC statistics of the soundscapes (40 clips per class, half for training): linear 0.675, sigmoid
+0.615, tanh 0.69, ReLU 0.69 (chance 0.10): the statistics are nearly linearly separable, so the
 activation matters less there than on the Playground.
 """
 

@@ -10,9 +10,9 @@ sonic-pi-samples, split by file; skipped with a message when the package is abse
 
 Command:
     python -m experiments.compare_models --preset cpu
-Run time: 2 minutes on a 2-core CPU with the feature cache warm (cpu preset; about 4 cold).
+Run time: 2.3 minutes on a 2-core CPU with a cold feature cache (cpu preset).
 Expected result (measured, cpu preset, test accuracy, MLP vs CNN with ~14k parameters each):
-soundscapes 0.750 vs 0.895 (chance 0.10), music 0.550 vs 0.800 (0.14), sonic-pi 0.800 vs 0.956
+soundscapes 0.765 vs 0.900 (chance 0.10), music 0.543 vs 0.807 (0.14), sonic-pi 0.800 vs 0.956
 (0.25, 45 test segments). The CNN beats the MLP on every task.
 """
 

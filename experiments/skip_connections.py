@@ -17,28 +17,27 @@ centre to the plane's border. Writes `contours`, `surfaces_3d` and
 
 Command:
     python -m experiments.skip_connections --preset cpu
-Run time: 5.1 minutes (308 s) on a 2-core CPU shared with two other jobs (5 trained models, 25
-epochs each; 6 planes of 11 x 11 points over 128 training examples, 32 x 32 log-mel inputs,
-channels 8/16/16); re-running reuses the trained runs and surfaces.
+Run time: 3.3 minutes on a 2-core CPU (5 trained models, 25 epochs each; 6 planes of 11 x 11
+points over 128 training examples, 32 x 32 log-mel inputs, channels 8/16/16); re-running reuses
+the trained runs and surfaces.
 Expected result (measured, cpu preset; depth 0 / 2 / 4 = 3 / 15 / 27 conv layers):
-    test accuracy     ResNet 0.635 / 0.692 / 0.577   plain 0.635 / 0.588 / 0.546
-    train accuracy    ResNet 0.762 / 0.958 / 0.869   plain 0.762 / 0.758 / 0.692
-    non-convex share  ResNet 0.72 / 0.68 / 0.75      plain 0.72 / 0.62 / 0.65   (whole plane)
-    mean ratio        ResNet 0.60 / 0.60 / 0.68      plain 0.60 / 0.57 / 0.58
-    centre share      ResNet 0.44 / 0.33 / 0.11      plain 0.44 / 0.11 / 0.00   (3 x 3 points)
-    basin share       ResNet 0.31 / 0.33 / 0.31      plain 0.31 / 0.28 / 0.00   (12-18 points)
-    edge rise         ResNet 1.64 / 2.38 / 2.34      plain 1.64 / 2.33 / 1.77
-The paper's finding does NOT reproduce at this size. Skip connections help training (the deep
-plain nets fit and generalise worse: 0.546 vs 0.577 test accuracy at depth 4, 0.588 vs 0.692
-at depth 2), and the plain depth-4 contour looks more irregular away from the minimum, but the
-curvature measure does not separate the architectures: every surface is a narrow basin
+    test accuracy     ResNet 0.631 / 0.646 / 0.527   plain 0.631 / 0.638 / 0.458
+    train accuracy    ResNet 0.769 / 0.835 / 0.754   plain 0.769 / 0.854 / 0.627
+    non-convex share  ResNet 0.77 / 0.73 / 0.70      plain 0.77 / 0.73 / 0.61   (whole plane)
+    mean ratio        ResNet 0.61 / 0.63 / 0.62      plain 0.61 / 0.56 / 0.48
+    centre share      ResNet 0.67 / 0.44 / 0.44      plain 0.67 / 0.11 / 0.22   (3 x 3 points)
+    basin share       ResNet 0.43 / 0.18 / 0.42      plain 0.43 / 0.48 / 0.21   (12-24 points)
+    edge rise         ResNet 1.71 / 2.61 / 1.66      plain 1.71 / 2.02 / 1.55
+The paper's finding does NOT reproduce at this size. Skip connections help training at depth
+(the plain depth-4 net fits and generalises worse: train 0.627 vs 0.754, test 0.458 vs 0.527),
+but the curvature measure does not separate the architectures: every surface is a narrow basin
 (|a|, |b| < ~0.4) inside a plateau near chance-level loss (ln 10 = 2.3, up to ~3.5), and the
-plateau's saturation and evaluation noise make about 2/3 of the plane "non-convex" for every
-model, including the 3-layer one; within the basin the plain depth-4 net is, if anything, the
-most convex-looking. The paper's chaotic surfaces appear with 56-110 layers and
-full-size ResNets; this preset has at most 27 narrow layers trained for 25 epochs. Use the
-`gpu` preset (3 / 21 / 57 / 111 conv layers like the paper's ResNet-20/56/110, channels
-16/32/64, 51 x 51 planes over 2000 examples; not run here) for a closer test.
+plateau's saturation and evaluation noise make 60-77% of the plane "non-convex" for every
+model, including the 3-layer one; the plain depth-4 net, if anything, has the smallest share.
+The paper's chaotic surfaces appear with 56-110 layers and full-size ResNets; this preset has at
+most 27 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
+like the paper's ResNet-20/56/110, channels 16/32/64, 51 x 51 planes over 2000 examples; not
+run here) for a closer test.
 """
 
 from __future__ import annotations
