@@ -22,10 +22,10 @@ other processes hits both sides of a round's ratio; the median ratio is the head
 
 Measured (2-core AMD EPYC VM, jax 0.10.2, librosa 0.11, defaults): JAX 4,473 s of audio per s
 (best; median 4,081), librosa 1,639 (batched call; 1,063 clip by clip), ratio 2.56x median
-(worst round 2.22x), max difference 1.2e-5 dB; generation 253 soundscape and 306 music clips per
-CPU second (medians 245 and 302). On CPU `make_frontend` works through the batch in chunks
-that fit the cache, which doubled its throughput. The H100 figure is not measured yet
-(`benchmarks/device_check.sh`).
+(worst round 2.22x; with --single-thread 2.77x, worst 2.48x), max difference 1.2e-5 dB;
+generation 253 soundscape and 306 music clips per CPU second (medians 245 and 302). On CPU
+`make_frontend` works through the batch in chunks that fit the cache, which doubled its
+throughput. The H100 figure is not measured yet (`benchmarks/device_check.sh`).
 """
 
 from __future__ import annotations
