@@ -202,7 +202,7 @@ def test_frontend_imports_and_runs_without_librosa():
 def test_benchmark_script_runs_and_agrees_with_librosa():
     cmd = [sys.executable, "-m", "benchmarks.frontend", "--batch", "2", "--seconds", "0.25",
            "--sample-rate", "8000", "--n-fft", "256", "--hop", "64", "--n-mels", "16",
-           "--repeats", "1", "--librosa-clips", "2", "--gen-clips", "0"]
+           "--repeats", "1", "--librosa-clips", "2", "--gen-clips", "10"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(__file__)),
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -213,3 +213,10 @@ def test_benchmark_script_runs_and_agrees_with_librosa():
     assert out["jax_audio_s_per_s"] > 0 and out["librosa_audio_s_per_s"]["per_clip"] > 0
     assert out["max_abs_diff_db_vs_librosa"] < 1e-3
     assert set(out["generation_4s_16khz"]) == {"soundscapes", "music"}
+    assert out["generation_4s_16khz"]["music"]["clips"] == 7  # one per class
+    assert out["ratio_jax_over_librosa"]["worst"] <= out["ratio_jax_over_librosa"]["median"]
+    # --gen-clips 0 skips generation (the GPU check has no use for it).
+    res0 = subprocess.run(cmd[:-1] + ["0"], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert "generation_4s_16khz" not in json.loads(res0.stdout.strip().splitlines()[-1])
