@@ -1,0 +1,116 @@
+"""Audio data sets as model inputs: waveforms (procedural or real) to cached, standardised features.
+
+`load(cfg)` is the loader `research.data.load_dataset` dispatches the audio set names to:
+
+- soundscapes, music: procedural sets (`research.data.synth`), `cfg.n` clips per class, split by
+  generator seed with `cfg.train_ratio`;
+- sonic-pi: the kick / snare / cymbal / tabla task from the Debian `sonic-pi-samples` package,
+  split by source file with `cfg.train_ratio` and `cfg.seed`, cut into segments of
+  `cfg.clip_seconds`;
+- esc50, urbansound8k, gtzan: a user's local copy at `cfg.root`, `cfg.test_fold` held out.
+
+Features (`cfg.feature`): logmel and mfcc give `x_NxFxTx1` (frequency as height, time as width),
+mfcc_stats gives `x_NxD`. They are computed with librosa (`research.audio.features`), cached on
+disk under `cfg.cache_dir`, and standardised with statistics of the training split only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from research.audio import features
+from research.config import DataConfig
+from research.data import Dataset, real, synth
+
+PROCEDURAL = tuple(synth.SETS)
+BENCHMARKS = ("esc50", "urbansound8k", "gtzan")
+
+
+def _waveforms(cfg: DataConfig) -> real.Loaded:
+    """Waveforms and labels of both splits, with a summary of where they came from."""
+    if cfg.dataset in PROCEDURAL:
+        s = synth.split(cfg.dataset, cfg.n, cfg.train_ratio, cfg.seed, cfg.sample_rate,
+                        cfg.clip_seconds, cfg.difficulty)
+        names = synth.SETS[cfg.dataset]
+        n_train = len(s["y_train"]) // len(names)
+        info = {"dataset": cfg.dataset, "source": "procedural (research.data.synth)",
+                "difficulty": cfg.difficulty,
+                "split": (f"by generator seed: clip indices 0..{n_train - 1} of each class train, "
+                          f"{n_train}..{cfg.n - 1} test; seed = (data seed {cfg.seed}, set, "
+                          "class, index)"),
+                "counts": {"train": _counts(s["y_train"], names),
+                           "test": _counts(s["y_test"], names)}}
+        return real.Loaded(s["wave_train"], s["y_train"], s["wave_test"], s["y_test"], names,
+                           info)
+    if cfg.dataset == "sonic-pi":
+        return real.load_sonic_pi(cfg.root, cfg.train_ratio, cfg.seed, cfg.sample_rate,
+                                  cfg.clip_seconds, cfg.skip_bad_files)
+    loaders = {"esc50": real.load_esc50, "urbansound8k": real.load_urbansound8k,
+               "gtzan": real.load_gtzan}
+    if cfg.dataset not in loaders:
+        raise ValueError(f"DataConfig.dataset: {cfg.dataset!r} is not an audio data set; "
+                         f"choose one of {', '.join(PROCEDURAL + ('sonic-pi',) + BENCHMARKS)}")
+    return loaders[cfg.dataset](cfg.root, cfg.test_fold, cfg.sample_rate, cfg.clip_seconds,
+                                cfg.skip_bad_files)
+
+
+def _counts(y_N: np.ndarray, names) -> dict[str, int]:
+    return {name: int(np.sum(y_N == i)) for i, name in enumerate(names)}
+
+
+def feature_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The feature settings of a data config (librosa's defaults for everything not in it).
+
+    Args:
+        cfg: data configuration.
+
+    Returns:
+        The settings dict of `research.audio.features.settings_of`.
+    """
+    return features.settings_of(cfg.feature, cfg.sample_rate, cfg.n_fft, cfg.hop_length,
+                                cfg.n_mels, cfg.n_mfcc, backend=cfg.frontend)
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """Load an audio data set as features.
+
+    Args:
+        cfg: data configuration.
+
+    Returns:
+        The Dataset: `x_NxFxTx1` (logmel, mfcc) or `x_NxD` (mfcc_stats) float32, int32 labels,
+        class names, and an info dict (counts per class, bad files, sources, settings, cache).
+    """
+    n_samples = int(round(cfg.clip_seconds * cfg.sample_rate))
+    if n_samples < cfg.n_fft:
+        raise ValueError(f"DataConfig.n_fft: {cfg.n_fft} is longer than a clip "
+                         f"({cfg.clip_seconds} s at {cfg.sample_rate} Hz = {n_samples} samples)")
+    t0 = time.perf_counter()
+    loaded = _waveforms(cfg)
+    t_audio = time.perf_counter() - t0
+    settings = feature_settings(cfg)
+    t0 = time.perf_counter()
+    tr = features.cached_compute(loaded.wave_train, settings, cfg.cache_dir)
+    te = features.cached_compute(loaded.wave_test, settings, cfg.cache_dir)
+    t_feat = time.perf_counter() - t0
+    x_train, x_test = tr.features, te.features
+    if x_train.ndim == 3:
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    info = dict(loaded.info)
+    if cfg.standardize:
+        std = features.Standardizer.fit(x_train)
+        x_train, x_test = std(x_train), std(x_test)
+        info["standardization"] = {"fit_on": "train", "axes": (
+            "per dimension" if x_train.ndim == 2 else "per frequency row"), **std.to_dict()}
+    info.update(
+        features=settings, input_shape=list(x_train.shape[1:]),
+        n_train=int(len(x_train)), n_test=int(len(x_test)),
+        clip_samples=n_samples,
+        cache={"train": tr.path, "test": te.path, "hit": bool(tr.hit and te.hit)},
+        seconds={"audio": round(t_audio, 3), "features": round(t_feat, 3)})
+    return Dataset(x_train.astype(np.float32), loaded.y_train.astype(np.int32),
+                   x_test.astype(np.float32), loaded.y_test.astype(np.int32),
+                   tuple(loaded.class_names), info)

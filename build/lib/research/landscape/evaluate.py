@@ -1,0 +1,540 @@
+"""The grid evaluator: f(a, b) = L(theta + a d1 + b d2) over a whole data split, fast.
+
+Design (measured in `benchmarks/landscape.py`):
+
+- One compiled call evaluates a chunk of grid points: `lax.map` over the points, and inside it a
+  `lax.scan` over the batches of the split, so there is no Python loop and no host round trip per
+  point or per batch. Memory does not grow with the number of points per call. A `vmap` over
+  points turns convolutions into grouped convolutions, which measured slower (on a 2-core CPU
+  here, and on an H100 in DESIGN.md section 4), and multiplies activation memory;
+  `points_per_step > 1` vmaps a few points at a time, for models and devices where that pays.
+- The split is padded to whole batches and masked, so the mean over the split is exact with a
+  ragged last batch; means are computed on the device, accumulated in float32.
+- The data are put on the device once, before the first chunk.
+- Optional bfloat16 compute: parameters and floating inputs are cast after the perturbation (done in
+  float32); metric sums stay in float32.
+- A `("grid", "data")` device mesh (`research.sharding.make_mesh`): grid points are split across
+  the grid axis, each batch across the data axis, partial sums added with `psum`. The numbers equal
+  the single-device ones up to float32 summation order.
+- Chunks are dispatched one ahead, so the host writes the surface file of chunk i while the device
+  computes chunk i + 1.
+
+BatchNorm at perturbed points (`bn_policy`), for models with state (`model_state`):
+
+- `keep`: theta*'s running statistics at every point (the reference's default);
+- `interpolate`: the state moves along `state_directions` with the same coefficients (the
+  reference's `states` mode; use `interpolation_direction` of the two models' statistics);
+- `recompute`: at each point, a training-mode pass over `bn_data` (default: the evaluation data)
+  recomputes the statistics: each batch's statistics are averaged, weighted by batch size (as
+  `torch.optim.swa_utils.update_bn`). `bn_update_fn(params, state, batch)` is the model's own
+  training-mode update of its running averages (`r <- m r + (1 - m) s` for any momentum m); the
+  engine runs it from r = 0 and r = 1 to read off the batch statistic s = r0 / (1 - (r1 - r0)),
+  so it works for any BatchNorm implementation and momentum. State leaves the update does not
+  touch keep their value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research.io import fingerprint
+from research.landscape.directions import check_finite, check_same_structure, cosine, path_str
+from research.landscape.surface import (
+    Surface,
+    check_resumable,
+    empty_surface,
+    load_surface,
+    save_surface,
+)
+from research.sharding import DATA_AXIS, GRID_AXIS, mesh_axis_sizes, single_device_mesh
+
+PyTree = Any
+Batch = Mapping[str, Any]
+
+BN_POLICIES = ("keep", "interpolate", "recompute")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _combine(base: PyTree, directions: Sequence[PyTree], coef_K: jax.Array) -> PyTree:
+    """Return base + sum_k coef_K[k] * directions[k], in float32."""
+    def leaf(b, *ds):
+        out = b.astype(jnp.float32)
+        for k, d in enumerate(ds):
+            out = out + coef_K[k] * d.astype(jnp.float32)
+        return out
+    return jax.tree_util.tree_map(leaf, base, *directions)
+
+
+def _cast_floats(tree: PyTree, dtype) -> PyTree:
+    def leaf(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def _clamp_variances(state: PyTree) -> PyTree:
+    """Interpolated running variances can cross zero when extrapolating; keep them >= 0."""
+    def leaf(path, x):
+        name = path_str(path).rsplit("/", 1)[-1].lower()
+        return jnp.maximum(x, 0.0) if name in ("var", "running_var") else x
+    return jax.tree_util.tree_map_with_path(leaf, state)
+
+
+def _batch_statistics(update_fn: Callable, params: PyTree, state: PyTree, batch: Batch) -> PyTree:
+    """The statistic s each running average would absorb from this batch (any momentum)."""
+    zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jnp.float32), state)
+    ones = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape, jnp.float32), state)
+    r0 = update_fn(params, zeros, batch)
+    r1 = update_fn(params, ones, batch)
+    check_same_structure(r0, state, "bn_update_fn(...)", "model_state")
+
+    def leaf(a, b, old):
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        keep = (b - a) == 1.0  # the pass did not update this leaf
+        return jnp.where(keep, old.astype(jnp.float32), a / jnp.where(keep, 1.0, 1.0 - (b - a)))
+    return jax.tree_util.tree_map(leaf, r0, r1, state)
+
+
+def _split_batches(data: Batch, batch_size: int, multiple: int) -> tuple[dict, np.ndarray, int]:
+    """Pad the split to whole batches: ({name: [nb, B, ...]}, mask [nb, B], B)."""
+    n = _num_examples(data)
+    b = min(batch_size, n)
+    b = int(math.ceil(b / multiple) * multiple)
+    nb = int(math.ceil(n / b))
+    pad = nb * b - n
+    out = {}
+    for k, v in data.items():
+        v = np.asarray(v)
+        if pad:
+            v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+        out[k] = v.reshape((nb, b) + v.shape[1:])
+    mask = np.arange(nb * b).reshape(nb, b) < n
+    return out, mask, b
+
+
+def _num_examples(data: Batch) -> int:
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError("data: must be a non-empty dict of arrays with a leading example axis, "
+                         "e.g. {'x': x_NxD, 'y': y_N}")
+    sizes = {k: (np.shape(v)[0] if np.ndim(v) else None) for k, v in data.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(f"data: every array needs the same leading (example) axis, got {sizes}")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("data: the split is empty")
+    return int(n)
+
+
+def _bn_batches(data: Batch, batch_size: int) -> tuple[dict, dict, int, int]:
+    """Whole batches [nb, B, ...] plus the ragged tail [r, ...].
+
+    BatchNorm statistics must not see padding, so the tail is its own (smaller) batch.
+    """
+    n = _num_examples(data)
+    b = min(batch_size, n)
+    nb, r = n // b, n % b
+    full = {k: np.asarray(v)[: nb * b].reshape((nb, b) + np.shape(v)[1:]) for k, v in data.items()}
+    tail = {k: np.asarray(v)[nb * b:] for k, v in data.items()}
+    return full, tail, b, r
+
+
+def _per_example(fn: Callable, has_state: bool, params: PyTree, state: PyTree,
+                 batch: Batch) -> tuple[Callable, tuple[str, ...]]:
+    """Wrap `fn` as (params, state, batch) -> {name: [B] float32}, checking its output shapes."""
+    def call(p, s, b):
+        return fn(p, s, b) if has_state else fn(p, b)
+
+    def as_dict(out):
+        return dict(out) if isinstance(out, Mapping) else {"loss": out}
+
+    shapes = as_dict(jax.eval_shape(call, params, state, batch))
+    bsz = _num_examples(batch)
+    if not shapes:
+        raise ValueError("fn: returned no metrics")
+    kinds = set()
+    for name, s in shapes.items():
+        if not hasattr(s, "shape") or s.shape not in ((), (bsz,)):
+            raise ValueError(f"fn: metric {name!r} has shape {getattr(s, 'shape', s)}; return a "
+                             f"scalar (mean over the batch) or one value per example ({bsz},)")
+        kinds.add(s.shape)
+    if len(kinds) > 1:
+        raise ValueError("fn: return either all scalars or all per-example arrays, not a mix")
+    names = tuple(shapes)
+    if kinds == {()}:
+        # A scalar is taken as a mean of per-example terms: evaluate it one example at a time
+        # (vmap, so still one batched computation) to keep the split mean exact with padding.
+        def per_example(p, s, b):
+            one = jax.vmap(lambda ex: as_dict(call(p, s, jax.tree_util.tree_map(
+                lambda a: a[None], ex))))(b)
+            return {k: one[k].astype(jnp.float32) for k in names}
+    else:
+        def per_example(p, s, b):
+            out = as_dict(call(p, s, b))
+            return {k: out[k].astype(jnp.float32) for k in names}
+    return per_example, names
+
+
+def _build_chunk_fn(per_example, names, policy: str, update_fn, compute_dtype,
+                    mesh, num_examples: int, bn_examples: int, points_per_step: int,
+                    has_tail: bool):
+    """The compiled function: (arrays..., coords_CxK) -> {name: mean_C}."""
+    def point(consts, coef_K):
+        params, dirs, state, sdirs, batches, mask, bn_full, bn_tail = consts
+        p = _combine(params, dirs, coef_K)
+        if policy == "interpolate":
+            s = _clamp_variances(_combine(state, sdirs, coef_K))
+        elif policy == "recompute":
+            s = recompute(p, state, bn_full, bn_tail)
+        else:
+            s = state
+        p = _cast_floats(p, compute_dtype)
+
+        def body(acc, xs):
+            batch, mask_B = xs
+            out = per_example(p, s, _cast_floats(batch, compute_dtype))
+            return {k: acc[k] + jnp.sum(jnp.where(mask_B, out[k], 0.0)) for k in names}, None
+
+        zeros = {k: jnp.zeros((), jnp.float32) for k in names}
+        sums, _ = jax.lax.scan(body, zeros, (batches, mask))
+        return sums
+
+    def recompute(p, state, bn_full, bn_tail):
+        p_c = _cast_floats(p, compute_dtype)
+
+        def body(acc, batch):
+            stats = _batch_statistics(update_fn, p_c, state, _cast_floats(batch, compute_dtype))
+            w = _num_examples_traced(batch)
+            return jax.tree_util.tree_map(lambda a, x: a + w * x, acc, stats), None
+
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jnp.float32), state)
+        acc, _ = jax.lax.scan(body, zeros, bn_full)
+        if has_tail:
+            stats = _batch_statistics(update_fn, p_c, state, _cast_floats(bn_tail, compute_dtype))
+            w = _num_examples_traced(bn_tail)
+            acc = jax.tree_util.tree_map(lambda a, x: a + w * x, acc, stats)
+        return jax.tree_util.tree_map(
+            lambda a, old: (a / bn_examples).astype(old.dtype), acc, state)
+
+    def local(params, dirs, state, sdirs, batches, mask, bn_full, bn_tail, coords_CxK):
+        consts = (params, dirs, state, sdirs, batches, mask, bn_full, bn_tail)
+        sums = jax.lax.map(lambda c: point(consts, c), coords_CxK,
+                           batch_size=points_per_step if points_per_step > 1 else None)
+        sums = jax.lax.psum(sums, DATA_AXIS)
+        return {k: v / num_examples for k, v in sums.items()}
+
+    replicated = P()
+    in_specs = (replicated, replicated, replicated, replicated, P(None, DATA_AXIS),
+                P(None, DATA_AXIS), replicated, replicated, P(GRID_AXIS))
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(GRID_AXIS),
+                            check_vma=False)
+    return jax.jit(sharded)
+
+
+def _num_examples_traced(batch: Batch) -> float:
+    return float(jax.tree_util.tree_leaves(batch)[0].shape[0])
+
+
+def _as_tuple(x, name: str) -> tuple:
+    if not isinstance(x, (list, tuple)):
+        raise ValueError(f"{name}: pass a list with one entry per direction, e.g. [d1] or [d1, d2]")
+    return tuple(x)
+
+
+def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
+                  axes: Sequence[Any], data: Batch, *, model_state: PyTree | None = None,
+                  bn_policy: str = "keep", state_directions: Sequence[PyTree] | None = None,
+                  bn_update_fn: Callable | None = None, bn_data: Batch | None = None,
+                  batch_size: int = 256, points_per_call: int = 32, points_per_step: int = 1,
+                  dtype: str = "float32", mesh=None, path: str | None = None,
+                  settings: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
+                  extras: Mapping[str, np.ndarray] | None = None, progress: bool = False,
+                  on_chunk: Callable[[Surface, int], None] | None = None,
+                  max_memory_bytes: int | None = None) -> Surface:
+    """Evaluate metrics at theta + sum_k c_k d_k for every point c of a grid, over a whole split.
+
+    Args:
+        fn: the model's metrics: `fn(params, batch)` (or `fn(params, model_state, batch)` when
+            `model_state` is given) returning a scalar loss, an array of per-example losses
+            `loss_B`, or a dict of either (e.g. `{"loss": loss_B, "accuracy": correct_B}`).
+            Scalars are taken as means of per-example terms and evaluated per example, so the
+            mean over the split stays exact; per-example outputs are faster.
+        params: theta, the centre of the plot (any pytree).
+        directions: one or two (or more) directions shaped like `params`.
+        axes: one 1-D array of coefficients per direction; the grid is their product.
+        data: the split, `{name: array}` with a common leading example axis (e.g. x and y).
+        model_state: non-trained model state such as BatchNorm statistics (any pytree).
+        bn_policy: keep, interpolate or recompute (see the module docstring).
+        state_directions: for `interpolate`: one direction per entry of `directions`, shaped like
+            `model_state`.
+        bn_update_fn: for `recompute`: `(params, state, batch) -> state` after a training-mode
+            pass (the new running averages).
+        bn_data: for `recompute`: the data for the statistics (default: `data`); should be the
+            training split.
+        batch_size: examples per step (rounded up to a multiple of the mesh's data axis); memory
+            grows with `batch_size * points_per_step`, not with the grid size.
+        points_per_call: grid points per compiled call (the file is saved after each call).
+        points_per_step: points evaluated together by `vmap` inside a call (1: one at a time).
+        dtype: float32 or bfloat16 (compute; sums stay float32).
+        mesh: a ("grid", "data") mesh from `research.sharding.make_mesh`; default one device.
+        path: surface file (.npz); if it exists, only missing points are computed.
+        settings: extra settings to record and compare on resume (seeds, normalisation ...).
+        info: descriptive metadata to record.
+        extras: arrays to store with the surface.
+        progress: show a progress bar (points done, rate, time left).
+        on_chunk: called as `on_chunk(surface, n_new)` after each chunk is stored.
+        max_memory_bytes: refuse to run (before computing anything) if the compiled call needs
+            more device scratch memory than this, per device (XLA's own estimate); lower
+            `batch_size` or `points_per_step` then.
+
+    Returns:
+        The `Surface` (values shaped like the grid).
+    """
+    directions = _as_tuple(directions, "directions")
+    axes = tuple(np.asarray(a, np.float64) for a in _as_tuple(axes, "axes"))
+    if len(axes) != len(directions):
+        raise ValueError(f"axes: got {len(axes)} coordinate arrays for {len(directions)} "
+                         "directions; pass one per direction")
+    for i, a in enumerate(axes):
+        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+            raise ValueError(f"axes[{i}]: must be a non-empty 1-D array of finite coordinates")
+    for i, d in enumerate(directions):
+        check_same_structure(d, params, f"directions[{i}]")
+        check_finite(d, f"directions[{i}]")
+    check_finite(params, "params")
+    if bn_policy not in BN_POLICIES:
+        raise ValueError(f"bn_policy: unknown value {bn_policy!r}; "
+                         f"choose one of {', '.join(BN_POLICIES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown value {dtype!r}; choose one of {', '.join(DTYPES)}")
+    for name, v in (("batch_size", batch_size), ("points_per_call", points_per_call),
+                    ("points_per_step", points_per_step)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+    has_state = model_state is not None
+    state = model_state if has_state else {}
+    if has_state:
+        check_finite(state, "model_state")
+    sdirs: tuple = ()
+    if bn_policy != "keep" and not has_state:
+        raise ValueError(f"bn_policy: {bn_policy!r} needs model_state (the BatchNorm statistics)")
+    if bn_policy == "interpolate":
+        if state_directions is None:
+            raise ValueError("state_directions: the interpolate policy needs one state direction "
+                             "per direction (e.g. interpolation_direction(stats_a, stats_b))")
+        sdirs = _as_tuple(state_directions, "state_directions")
+        if len(sdirs) != len(directions):
+            raise ValueError(f"state_directions: got {len(sdirs)}, need {len(directions)}")
+        for i, d in enumerate(sdirs):
+            check_same_structure(d, state, f"state_directions[{i}]", "model_state")
+    if bn_policy == "recompute" and bn_update_fn is None:
+        raise ValueError("bn_update_fn: the recompute policy needs the model's training-mode "
+                         "update, (params, state, batch) -> new state")
+
+    mesh = single_device_mesh() if mesh is None else mesh
+    n_grid, n_data = mesh_axis_sizes(mesh)
+    num_examples = _num_examples(data)
+    batches, mask, b = _split_batches(data, batch_size, n_data)
+    first = {k: v[0] for k, v in batches.items()}
+    per_example, names = _per_example(fn, has_state, params, state, first)
+
+    bn_full, bn_tail, bn_examples, bn_b = {}, {}, 0, 0
+    if bn_policy == "recompute":
+        bn_src = data if bn_data is None else bn_data
+        bn_examples = _num_examples(bn_src)
+        bn_full, bn_tail, bn_b, _ = _bn_batches(bn_src, batch_size)
+
+    all_settings = {
+        "params_fingerprint": fingerprint(params),
+        "directions_fingerprint": [fingerprint(d) for d in directions],
+        "data_fingerprint": fingerprint(dict(data)),
+        "num_examples": num_examples,
+        "model_state_fingerprint": fingerprint(state) if has_state else None,
+        "bn_policy": bn_policy if has_state else "none",
+        "dtype": dtype,
+    }
+    if bn_policy == "interpolate":
+        all_settings["state_directions_fingerprint"] = [fingerprint(d) for d in sdirs]
+    if bn_policy == "recompute":
+        all_settings["bn_data_fingerprint"] = fingerprint(dict(bn_src))
+        all_settings["bn_batch_size"] = bn_b
+    for key, value in (settings or {}).items():
+        if key in all_settings:
+            raise ValueError(f"settings: {key!r} is recorded by the engine; use another name")
+        all_settings[key] = value
+    all_info = dict(info or {})
+    if len(directions) == 2 and "cosine" not in all_info:
+        all_info["cosine"] = cosine(directions[0], directions[1])
+    all_info.update({"batch_size": b, "mesh": {"grid": n_grid, "data": n_data}})
+
+    surface = None
+    if path is not None:
+        try:
+            surface = load_surface(path)
+        except FileNotFoundError:
+            surface = None
+        if surface is not None:
+            check_resumable(surface, axes, names, all_settings, path)
+            surface.info.update(all_info)
+            if extras:
+                surface.extras.update({k: np.asarray(v) for k, v in extras.items()})
+    if surface is None:
+        surface = empty_surface(axes, names, all_settings, all_info, extras)
+        if path is not None:
+            save_surface(path, surface)
+
+    todo = np.flatnonzero(~surface.done.ravel())
+    if todo.size == 0:
+        return surface
+    coords_GxK = surface.coords()
+    chunk = int(math.ceil(points_per_call / (n_grid * points_per_step)) * n_grid * points_per_step)
+
+    compute_dtype = DTYPES[dtype]
+    step = _build_chunk_fn(per_example, names, bn_policy, bn_update_fn,
+                           compute_dtype, mesh, num_examples, bn_examples, points_per_step,
+                           has_tail=bool(bn_tail) and _num_examples_or_zero(bn_tail) > 0)
+    put = _placer(mesh)
+    consts = (put(params, P()), put(directions, P()), put(state, P()), put(sdirs, P()),
+              put(batches, P(None, DATA_AXIS)), put(mask, P(None, DATA_AXIS)),
+              put(bn_full, P()), put(bn_tail, P()))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=int(todo.size), unit="pt", desc="landscape",
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} points "
+                              "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def coords_for(idx):
+        # Pad the last chunk by repeating a point: one compiled shape, identical numbers.
+        padded = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
+        return put(coords_GxK[padded].astype(np.float32), P(GRID_AXIS))
+
+    chunks = [todo[i:i + chunk] for i in range(0, todo.size, chunk)]
+    compiled = step.lower(*consts, coords_for(chunks[0])).compile()
+    scratch = _scratch_bytes(compiled)
+    if max_memory_bytes is not None and scratch is not None and scratch > max_memory_bytes:
+        raise ValueError(f"max_memory_bytes: one call needs {scratch / 2**20:.1f} MiB of device "
+                         f"scratch memory, over the limit of {max_memory_bytes / 2**20:.1f} MiB; "
+                         "lower batch_size or points_per_step")
+    surface.info["scratch_bytes_per_device"] = scratch
+
+    def dispatch(idx):
+        return idx, compiled(*consts, coords_for(idx))
+
+    try:
+        pending = dispatch(chunks[0])
+        for i in range(len(chunks)):
+            idx, out = pending
+            if i + 1 < len(chunks):
+                pending = dispatch(chunks[i + 1])
+            host = {k: np.asarray(v) for k, v in out.items()}
+            flat_done = surface.done.reshape(-1)
+            for k in names:
+                surface.values[k].reshape(-1)[idx] = host[k][: idx.size]
+            flat_done[idx] = True
+            if path is not None:
+                save_surface(path, surface)
+            if bar is not None:
+                bar.update(int(idx.size))
+            if on_chunk is not None:
+                on_chunk(surface, int(idx.size))
+    finally:
+        if bar is not None:
+            bar.close()
+    return surface
+
+
+def _scratch_bytes(compiled) -> int | None:
+    try:
+        stats = compiled.memory_analysis()
+        return int(stats.temp_size_in_bytes) if stats is not None else None
+    except Exception:  # noqa: BLE001 - not every backend reports memory use
+        return None
+
+
+def _num_examples_or_zero(data: Batch) -> int:
+    leaves = jax.tree_util.tree_leaves(data)
+    return int(np.shape(leaves[0])[0]) if leaves else 0
+
+
+def _placer(mesh):
+    def put(tree, spec):
+        sharding = NamedSharding(mesh, spec)
+        return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), sharding)
+                                      if not isinstance(x, jax.Array) else
+                                      jax.device_put(x, sharding), tree)
+    return put
+
+
+def evaluate_point(fn: Callable, params: PyTree, data: Batch, *, model_state: PyTree | None = None,
+                   batch_size: int = 256, dtype: str = "float32") -> dict[str, float]:
+    """Metrics of one model over a whole split (the value at the origin of every surface).
+
+    Args:
+        fn: as in `evaluate_grid`.
+        params: the parameters.
+        data: the split.
+        model_state: model state, if `fn` takes one.
+        batch_size: examples per step.
+        dtype: float32 or bfloat16.
+
+    Returns:
+        metric name -> mean over the split.
+    """
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    surface = evaluate_grid(fn, params, [zero], [np.zeros(1)], data, model_state=model_state,
+                            batch_size=batch_size, points_per_call=1, dtype=dtype)
+    return {k: float(v[0]) for k, v in surface.values.items()}
+
+
+def linen_functions(apply_fn: Callable, loss: Any, x_key: str = "x", y_key: str = "y",
+                    with_state: bool = True) -> tuple[Callable, Callable]:
+    """`fn` and `bn_update_fn` for a Flax Linen model and a `research.losses.Loss`.
+
+    Args:
+        apply_fn: the model's `apply`.
+        loss: an object with `per_example(outputs, y)`, and optionally `predict(outputs)`,
+            `classification` and `penalty(params)` (the training objective's regulariser).
+        x_key: the inputs' key in a batch.
+        y_key: the targets' key.
+        with_state: the model has `batch_stats` (then `fn` takes `(params, state, batch)`).
+
+    Returns:
+        (fn, bn_update_fn): `fn` returns per-example `loss`, `accuracy` for classification, and
+        `objective` (loss plus penalty) when the loss has a non-zero penalty.
+    """
+    classification = bool(getattr(loss, "classification", hasattr(loss, "predict")))
+
+    def metrics(params, state, batch):
+        variables = {"params": params, "batch_stats": state} if with_state else {"params": params}
+        out_BxO = apply_fn(variables, batch[x_key], train=False).astype(jnp.float32)
+        y_B = batch[y_key]
+        loss_B = loss.per_example(out_BxO, y_B).astype(jnp.float32)
+        m = {"loss": loss_B}
+        if classification and hasattr(loss, "predict"):
+            m["accuracy"] = (loss.predict(out_BxO) == y_B).astype(jnp.float32)
+        penalty = getattr(loss, "penalty", None)
+        if penalty is not None and float(getattr(loss, "reg_rate", 0.0)) > 0.0:
+            pen = penalty(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params))
+            m["objective"] = loss_B + pen
+        return m
+
+    def bn_update(params, state, batch):
+        _, updates = apply_fn({"params": params, "batch_stats": state}, batch[x_key], train=True,
+                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return updates["batch_stats"]
+
+    if with_state:
+        return metrics, bn_update
+    return (lambda params, batch: metrics(params, None, batch)), bn_update
+
+
+__all__ = ["BN_POLICIES", "evaluate_grid", "evaluate_point", "linen_functions"]

@@ -1,0 +1,360 @@
+"""Training figures: learning curves, confusion matrices, and the Playground's pictures.
+
+Figures are written with `save_figure`, atomically, as PNG (and PDF when asked). Plotting needs
+only arrays and metric records, so it runs after training, from files. No backend is forced:
+matplotlib picks Agg on a machine without a display, and notebooks keep their inline backend.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
+
+from research.io import atomic_write_bytes
+
+# The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
+PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
+    "playground", ["#f59322", "#e8eaeb", "#0877bd"])
+NEG_COLOR, POS_COLOR = "#f59322", "#0877bd"
+
+
+def save_figure(fig, path: str, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[str]:
+    """Save a figure atomically in each format and close it.
+
+    Args:
+        fig: the matplotlib figure.
+        path: output path without extension (an extension given is replaced).
+        formats: file types, e.g. ("png", "pdf").
+        dpi: resolution of raster formats.
+
+    Returns:
+        The written paths.
+    """
+    stem = os.path.splitext(path)[0]
+    written = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(f"{stem}.{fmt}", buf.getvalue())
+        written.append(f"{stem}.{fmt}")
+    plt.close(fig)
+    return written
+
+
+def plot_learning_curves(records: list[dict], title: str = "", log_loss: bool = False):
+    """Train and test loss (and accuracy when present) against epochs.
+
+    Args:
+        records: metric records from `metrics.jsonl` (splits train_steps, train, test).
+        title: figure title.
+        log_loss: log scale for the loss axis.
+
+    Returns:
+        The figure.
+    """
+    has_acc = any("accuracy" in r for r in records)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8),
+                             squeeze=False)
+    styles = {"train_steps": ("step average", "0.6", ":"), "train": ("train", "C0", "-"),
+              "test": ("test", "C1", "-")}
+    for col, key in enumerate(["loss", "accuracy"][: 1 + has_acc]):
+        ax = axes[0, col]
+        for split, (label, color, ls) in styles.items():
+            rs = [r for r in records if r.get("split") == split and key in r]
+            if rs:
+                ax.plot([r["epoch"] for r in rs], [r[key] for r in rs], ls, color=color,
+                        label=label, lw=1.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        if key == "loss" and log_loss:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion_CxC, class_names: Sequence[str], title: str = "Confusion matrix"):
+    """A confusion matrix (rows true, columns predicted) with counts and row-normalised colour."""
+    conf = np.asarray(confusion_CxC, np.float64)
+    frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    return fig
+
+
+def grid_points(resolution: int = 100, domain: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """A square grid over [-domain, domain]^2: coordinates_R and points_(R*R)x2 (x1 fastest)."""
+    c_R = np.linspace(-domain, domain, resolution)
+    g1, g2 = np.meshgrid(c_R, c_R)
+    return c_R, np.stack([g1.ravel(), g2.ravel()], axis=1)
+
+
+def _scatter(ax, points_Nx2, labels_N, edge: str, label: str):
+    colors = np.where(np.asarray(labels_N) > 0, POS_COLOR, NEG_COLOR)
+    ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], c=colors, s=14, edgecolors=edge,
+               linewidths=0.8)
+    # A neutral proxy, so the legend shows the edge that marks the split, not a class colour.
+    ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=label)
+
+
+def draw_decision_boundary(ax, score_fn: Callable[[np.ndarray], np.ndarray], train, test,
+                           resolution: int = 120, domain: float = 6.0, regression: bool = False,
+                           legend: bool = True):
+    """Draw the Playground's output heat map with train and test points into an axis.
+
+    Args:
+        ax: the matplotlib axis.
+        score_fn: maps points_Nx2 to outputs in [-1, 1] (the Playground's colour scale).
+        train: (points_Nx2, labels_N) with labels -1/+1 (or float targets for regression).
+        test: likewise for the test split.
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        regression: colour points by target value instead of by class.
+        legend: show which edge marks train (white) and test (black) points.
+
+    Returns:
+        The heat map's image, for a colorbar.
+    """
+    c_R, pts = grid_points(resolution, domain)
+    s_RxR = np.asarray(score_fn(pts)).reshape(resolution, resolution)
+    im = ax.imshow(s_RxR, origin="lower", extent=(-domain, domain, -domain, domain),
+                   cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1, interpolation="bilinear")
+    if not regression and s_RxR.min() < 0 < s_RxR.max():
+        ax.contour(c_R, c_R, s_RxR, levels=[0.0], colors="k", linewidths=1.0)
+    for (pts_, lab), edge, name in ((train, "white", "train"), (test, "black", "test")):
+        if regression:
+            ax.scatter(pts_[:, 0], pts_[:, 1], c=lab, cmap=PLAYGROUND_CMAP, vmin=-1, vmax=1,
+                       s=14, edgecolors=edge, linewidths=0.8)
+            ax.scatter([], [], c="0.6", s=14, edgecolors=edge, linewidths=0.8, label=name)
+        else:
+            _scatter(ax, pts_, lab, edge, name)
+    ax.set_xlim(-domain, domain)
+    ax.set_ylim(-domain, domain)
+    if legend:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8, facecolor="0.3",
+                  labelcolor="w")
+    return im
+
+
+def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, test,
+                           title: str, resolution: int = 120, domain: float = 6.0,
+                           regression: bool = False):
+    """The Playground's output heat map with train (white edge) and test (black edge) points.
+
+    Args:
+        score_fn: maps points_Nx2 to outputs in [-1, 1] (the Playground's colour scale).
+        train: (points_Nx2, labels_N) with labels -1/+1 (or float targets for regression).
+        test: likewise for the test split.
+        title: figure title (say which loss and output the heat map shows).
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        regression: colour points by target value instead of by class.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    im = draw_decision_boundary(ax, score_fn, train, test, resolution, domain, regression)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="network output")
+    fig.tight_layout()
+    return fig
+
+
+def plot_neuron_maps(layers: Sequence[np.ndarray], resolution: int, domain: float = 6.0,
+                     title: str = "Hidden neurons"):
+    """Each hidden neuron's output over the input plane, one row per layer.
+
+    Args:
+        layers: per hidden layer, activations `a_(R*R)xW` on `grid_points(resolution, domain)`.
+        resolution: grid points per side.
+        domain: half-width of the square shown.
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    cols = max(a.shape[1] for a in layers)
+    fig, axes = plt.subplots(len(layers), cols, figsize=(1.7 * cols, 1.8 * len(layers)),
+                             squeeze=False)
+    for row, a in enumerate(layers):
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= a.shape[1]:
+                ax.axis("off")
+                continue
+            m = a[:, col].reshape(resolution, resolution)
+            lim = max(float(np.abs(m).max()), 1e-6)
+            ax.imshow(m, origin="lower", extent=(-domain, domain, -domain, domain),
+                      cmap=PLAYGROUND_CMAP, vmin=-lim, vmax=lim)
+            ax.set_title(f"layer {row + 1}, neuron {col + 1}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paths_on_contour(w1_R, w2_S, loss_SxR, paths: dict, theta_star=None, title: str = "",
+                          log_levels: bool = True):
+    """Optimiser paths drawn over a two-parameter loss contour.
+
+    Args:
+        w1_R: grid of the first parameter.
+        w2_S: grid of the second parameter.
+        loss_SxR: loss on the grid (rows follow w2).
+        paths: label -> iterates `thetas_Kx2`; points outside the grid are clipped by the axes.
+        theta_star: the minimum, marked with a star.
+        title: figure title.
+        log_levels: log-spaced contour levels (the valley floor stays visible).
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(6.2, 5.0))
+    lo, hi = float(np.min(loss_SxR)), float(np.max(loss_SxR))
+    if log_levels:
+        floor = max(lo, hi * 1e-5, 1e-12)
+        levels = np.geomspace(floor, hi, 25)
+        norm = matplotlib.colors.LogNorm(floor, hi)
+    else:
+        levels, norm = np.linspace(lo, hi, 25), None
+    cf = ax.contourf(w1_R, w2_S, np.maximum(loss_SxR, levels[0]), levels=levels, norm=norm,
+                     cmap="viridis", alpha=0.85)
+    ax.contour(w1_R, w2_S, loss_SxR, levels=levels, colors="white", linewidths=0.3, alpha=0.6)
+    for i, (label, thetas) in enumerate(paths.items()):
+        t = np.asarray(thetas)
+        inside = ((t[:, 0] >= w1_R[0]) & (t[:, 0] <= w1_R[-1]) & (t[:, 1] >= w2_S[0])
+                  & (t[:, 1] <= w2_S[-1]))
+        if not inside.all():  # a diverging path: draw it until it first leaves the window
+            t = t[: int(np.argmin(inside)) + 1]
+            label = f"{label} (diverges)"
+        ax.plot(t[:, 0], t[:, 1], "-o", color=f"C{(i + 1) % 10}", ms=2.5, lw=1.2, label=label)
+    if theta_star is not None:
+        ax.plot(*theta_star, "*", color="white", mec="k", ms=14, label="minimum")
+    starts = {tuple(np.asarray(t)[0]) for t in paths.values()}
+    for s in starts:
+        ax.plot(*s, "s", color="white", mec="k", ms=6)
+    ax.set_xlim(w1_R[0], w1_R[-1])
+    ax.set_ylim(w2_S[0], w2_S[-1])
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if log_levels:
+        fig.colorbar(cf, ax=ax, fraction=0.046, label="loss (log scale)",
+                     ticks=matplotlib.ticker.LogLocator(),
+                     format=matplotlib.ticker.LogFormatterSciNotation())
+    else:
+        fig.colorbar(cf, ax=ax, fraction=0.046, label="loss")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = ""):
+    """Loss above the minimum against step, log scale, one line per optimiser or learning rate."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (label, losses) in enumerate(curves.items()):
+        gap = np.maximum(np.asarray(losses, np.float64) - min_loss, 1e-12)
+        ax.semilogy(np.arange(len(gap)), gap, color=f"C{(i + 1) % 10}", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss - minimum")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_activations(names: Sequence[str] = ("linear", "sigmoid", "tanh", "relu", "gelu"),
+                     lo: float = -4.0, hi: float = 4.0):
+    """Activation functions and their derivatives (by automatic differentiation)."""
+    import jax
+    import jax.numpy as jnp
+
+    from research.models import activation_fn
+
+    z = jnp.linspace(lo, hi, 401)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, name in enumerate(names):
+        f = activation_fn(name)
+        axes[0].plot(z, f(z), color=f"C{i}", label=name)
+        axes[1].plot(z, jax.vmap(jax.grad(f))(z), color=f"C{i}", label=name)
+    for ax, title in zip(axes, ("activation $g(z)$", "derivative $g'(z)$")):
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axvline(0, color="0.7", lw=0.8)
+        ax.set_xlabel("$z$")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-1.5, 2.5)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_playground_datasets(datasets: dict):
+    """Scatter plots of Playground data sets: name -> (points_Nx2, labels_N in -1/+1 or float)."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(2.8 * len(datasets), 2.9), squeeze=False)
+    for ax, (name, (points, labels)) in zip(axes[0], datasets.items()):
+        labels = np.asarray(labels)
+        if set(np.unique(labels)) <= {-1.0, 1.0}:
+            _scatter(ax, points, labels, "white", name)
+        else:
+            ax.scatter(points[:, 0], points[:, 1], c=labels, cmap=PLAYGROUND_CMAP, vmin=-1,
+                       vmax=1, s=10)
+        ax.set_xlim(-6, 6)
+        ax.set_ylim(-6, 6)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_spectrogram_examples(x_NxFxTx1, y_N, class_names: Sequence[str], per_class: int = 1,
+                              title: str = "One example per class (standardised log-mel)"):
+    """A grid of input spectrograms, the first `per_class` examples of every class."""
+    x = np.asarray(x_NxFxTx1)[..., 0]
+    y = np.asarray(y_N)
+    cols = min(len(class_names), 5)
+    rows = int(np.ceil(len(class_names) * per_class / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    k = 0
+    for c, name in enumerate(class_names):
+        for i in np.flatnonzero(y == c)[:per_class]:
+            ax = axes.ravel()[k]
+            ax.imshow(x[i], origin="lower", aspect="auto", cmap="magma")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            k += 1
+    for ax in axes.ravel()[k:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
