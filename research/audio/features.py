@@ -181,8 +181,8 @@ def settings_of(feature: str, sample_rate: int, n_fft: int = 2048, hop_length: i
         raise ValueError(f"unknown feature backend {backend!r}; choose one of "
                          f"{', '.join(BACKENDS)}")
     out = {"feature": feature, "backend": backend, "sample_rate": int(sample_rate),
-           "n_fft": int(n_fft),
-           "hop_length": int(hop_length), "n_mels": int(n_mels), "fmin": float(fmin),
+           "n_fft": int(n_fft), "hop_length": int(hop_length), "n_mels": int(n_mels),
+           "fmin": float(fmin),
            "fmax": None if fmax is None else float(fmax),
            "top_db": None if top_db is None else float(top_db)}
     if feature != "logmel":

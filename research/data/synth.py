@@ -531,6 +531,8 @@ _SYNTHS: dict[str, dict[str, SynthFn]] = {
 
 
 _TAIL_MAX_S = 0.5  # reverberation tails are cut here
+_RESPONSE_STEP = 8
+_RT60_GRID = np.geomspace(0.05, 0.95, 24)
 
 
 @functools.lru_cache(maxsize=32)
@@ -547,8 +549,6 @@ def _fft_size(k: int) -> int:
         best = min(best, p2)
         p3 *= 3
     return best
-_RESPONSE_STEP = 8
-_RT60_GRID = np.geomspace(0.05, 0.95, 24)
 
 
 @functools.lru_cache(maxsize=4)
