@@ -12,8 +12,11 @@
 # Then two device calls, back to back (the machine is given back after 30 idle seconds), each
 # with carry [".whl"]; every step has its own time limit, so a slow step cannot eat the budget:
 #
-#     bash benchmarks/device_check.sh quick   # about 4 min: versions, tests, front end, landscape
+#     bash benchmarks/device_check.sh quick   # at most 5 min: front end, landscape, versions, tests
 #     bash benchmarks/device_check.sh main    # at most 9 min: make run PRESET=gpu, timed
+#
+# With machine starts, both need about 15 min of device time, a whole session's budget; where
+# less is left, run `main` first (its 10-minute target is the one most at risk), `quick` later.
 #
 # Everything is written under $OUT (or /tmp/device_check) and printed.
 set -uo pipefail
@@ -40,17 +43,19 @@ case $part in
         python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch; \
 print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', \
 optax.__version__, 'torch', torch.__version__, jax.devices())" | tee "$out/versions.txt"
+        # The targets first, so that a cut-off loses only the compatibility tests.
+        step frontend 45 python3 -m benchmarks.frontend --gen-clips 0
+        # JAX would take 75% of the GPU's memory up front and leave PyTorch's loop the rest.
+        XLA_PYTHON_CLIENT_PREALLOCATE=false step landscape 150 python3 -m benchmarks.landscape \
+            --bf16 --repeats 2 --json "$out/landscape.json"
         # jax 0.11 / flax 0.12.10 compatibility: the suites that need neither librosa nor tyro,
         # on the host's 16 cores (tiny models compile faster than they run on a GPU).
         xdist=""
         python3 -c "import xdist" 2> /dev/null && xdist="-n 8"
-        JAX_PLATFORMS=cpu step tests 120 python3 -m pytest -q -x $xdist -p no:cacheprovider \
-            tests/test_models.py \
-            tests/test_train_steps.py tests/test_train_loop.py tests/test_landscape_evaluate.py \
-            tests/test_landscape_directions.py tests/test_landscape_hessian.py
-        step frontend 60 python3 -m benchmarks.frontend --gen-clips 0
-        step landscape 150 python3 -m benchmarks.landscape --bf16 --repeats 2 \
-            --json "$out/landscape.json"
+        JAX_PLATFORMS=cpu step tests 90 python3 -m pytest -q -x $xdist -p no:cacheprovider \
+            tests/test_models.py tests/test_train_steps.py tests/test_train_loop.py \
+            tests/test_landscape_evaluate.py tests/test_landscape_directions.py \
+            tests/test_landscape_hessian.py
         ;;
     main)
         rm -rf /tmp/runs

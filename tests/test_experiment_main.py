@@ -56,14 +56,15 @@ def test_main_job_resumes_without_recomputing(job, capsys):
 
 
 def test_main_job_runs_without_librosa_on_the_jax_front_end(tmp_path):
-    # Accelerator hosts often lack librosa: with frontend=jax the whole job needs none of it.
+    # Accelerator hosts often lack librosa (and soundfile): with frontend=jax the whole job
+    # needs neither.
     import os
     import subprocess
     import sys
 
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(
-        "import sys\nsys.modules['librosa'] = None\n")
+        "import sys\nsys.modules['librosa'] = sys.modules['soundfile'] = None\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "block"), JAX_PLATFORMS="cpu")
     res = subprocess.run(
