@@ -53,6 +53,10 @@ class DataConfig:
             class).
         noise: Playground noise level in [0, 0.5].
         train_ratio: fraction of generated examples used for training (generated sets only).
+        val_fraction: share of the training split held out for validation (model selection), per
+            class and seeded (Playground and procedural sets by clip, sonic-pi by source file).
+        val_fold: official fold used for validation (ESC-50, UrbanSound8K, GTZAN); 0 picks the
+            fold after `test_fold` (cyclically). Never the test fold.
         features: Playground input features, any of x1, x2, x1^2, x2^2, x1*x2, sin_x1, sin_x2.
         seed: data seed (generation and splits); independent of the training seed.
         root: folder of a user's local copy of ESC-50, UrbanSound8K or GTZAN.
@@ -77,10 +81,12 @@ class DataConfig:
     n: int = 500
     noise: float = 0.0
     train_ratio: float = 0.5
+    val_fraction: float = 0.1
     features: tuple[str, ...] = ("x1", "x2")
     seed: int = 0
     root: str = ""
     test_fold: int = 1
+    val_fold: int = 0
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     difficulty: float = 0.5
@@ -101,6 +107,11 @@ class DataConfig:
             _fail(c, "noise", f"must be in [0, 0.5], got {self.noise!r}")
         if not 0.0 < self.train_ratio < 1.0:
             _fail(c, "train_ratio", f"must be in (0, 1), got {self.train_ratio!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            _fail(c, "val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
+        _check_positive(c, "val_fold", self.val_fold, allow_zero=True)
+        if self.val_fold and self.val_fold == self.test_fold:
+            _fail(c, "val_fold", f"must differ from test_fold ({self.test_fold})")
         if not self.features:
             _fail(c, "features", "must name at least one input feature")
         for f in self.features:

@@ -75,10 +75,18 @@ def test_features_and_determinism():
 
 def test_load_splits_by_ratio_without_overlap():
     d = load_dataset(DataConfig(dataset="xor", n=200, train_ratio=0.7, features=("x1", "x1*x2")))
-    assert len(d.x_train) == 140 and len(d.x_test) == 60
+    # 140 points for training, of which 10% per class (seeded) held out for validation.
+    assert len(d.x_train) + len(d.x_val) == 140 and len(d.x_test) == 60
     assert d.x_train.shape[1] == 2 and d.x_train.dtype == np.float32
     pts = {tuple(r) for r in np.asarray(d.info["points_train"])}
-    assert not pts & {tuple(r) for r in np.asarray(d.info["points_test"])}
+    val = {tuple(r) for r in np.asarray(d.info["points_val"])}
+    test = {tuple(r) for r in np.asarray(d.info["points_test"])}
+    assert not pts & test and not pts & val and not val & test
+    assert len(pts | val | test) == 200
+    # stratified: each class keeps its share in the validation split (within rounding)
+    for c in (0, 1):
+        n_c = np.sum(d.y_train == c) + np.sum(d.y_val == c)
+        assert np.sum(d.y_val == c) == round(0.1 * n_c)
     np.testing.assert_array_equal(d.y_train, (d.x_train[:, 1] >= 0).astype(np.int32))
 
 

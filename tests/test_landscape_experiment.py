@@ -47,9 +47,9 @@ def test_landscape_experiment_end_to_end(run_dir):
     interp = L.load_surface(os.path.join(out, "interpolation.npz"))
     i1 = int(np.argmin(np.abs(interp.axes[0] - 1.0)))
     assert interp.values["loss"][i1] == pytest.approx(ref["loss"], rel=1e-4)
-    # PCA: the trajectory (steps 0, 3, ..., 15) is stored and ends at the origin.
+    # PCA: the trajectory (steps 0, 3, ..., 12: 3 epochs x 4 steps) ends at the origin.
     pca = L.load_surface(os.path.join(out, "pca.npz"))
-    np.testing.assert_array_equal(pca.extras["trajectory_steps"], [0, 3, 6, 9, 12, 15])
+    np.testing.assert_array_equal(pca.extras["trajectory_steps"], [0, 3, 6, 9, 12])
     np.testing.assert_allclose(pca.extras["trajectory"][-1], 0.0, atol=1e-6)
     assert 0.5 < sum(pca.info["explained_variance_ratio"]) <= 1.0 + 1e-9
     with open(os.path.join(out, "landscape.json")) as f:
@@ -98,7 +98,7 @@ def test_batchnorm_cnn_run_with_interpolated_statistics(tmp_path):
     cfg = dataclasses.replace(
         PLAYGROUND_PRESETS["tiny"], data=DataConfig(dataset="xor"),
         model=ModelConfig(kind="cnn", channels=(2, 3), batch_norm=True))
-    data = Dataset(x, y, x, y, ("a", "b"))
+    data = Dataset(x, y, x, y, ("a", "b"), x_val=x, y_val=y)
     state, _ = build_state(cfg, data)
     init_stats = state.batch_stats
     trained_stats = jax.tree_util.tree_map(lambda s: s + 0.5, init_stats)

@@ -8,7 +8,6 @@ import pytest
 
 from research import checkpoint as ckpt
 from research.config import PLAYGROUND_PRESETS
-from research.data import Dataset
 from research.train import load_run, train_and_evaluate
 from research.writers import read_jsonl
 
@@ -27,14 +26,15 @@ def _leaves(tree):
 
 
 def test_resume_gives_identical_parameters(tmp_path):
-    # 4 epochs x 5 steps; stop at step 7 (mid-epoch), resume, finish; compare to one go.
+    # 4 epochs x 4 steps (45 training examples, batch 10); stop at step 7 (mid-epoch),
+    # resume, finish; compare to one go.
     cfg = _cfg(epochs=4, checkpoint_every=3, trajectory_every=4)
     full, s_full = train_and_evaluate(cfg, str(tmp_path / "full"))
     part, s_part = train_and_evaluate(dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, stop_after=7)), str(tmp_path / "split"))
     assert s_part["steps"] == 7 and not s_part["finished"]
     resumed, s_res = train_and_evaluate(cfg, str(tmp_path / "split"))
-    assert s_res["finished"] and int(resumed.step) == 20
+    assert s_res["finished"] and int(resumed.step) == 16
     for a, b in zip(_leaves(full.params) + _leaves(full.opt_state),
                     _leaves(resumed.params) + _leaves(resumed.opt_state)):
         np.testing.assert_array_equal(a, b)
@@ -45,7 +45,7 @@ def test_resume_gives_identical_parameters(tmp_path):
     assert [r["epoch"] for r in recs] == [1, 2, 3, 4]
     # trajectory: initialisation plus every 4 steps; the last equals the final parameters
     traj = ckpt.load_trajectory(str(tmp_path / "split"))
-    assert [s for s, _ in traj] == [0, 4, 8, 12, 16, 20]
+    assert [s for s, _ in traj] == [0, 4, 8, 12, 16]
     for a, b in zip(_leaves(traj[-1][1]), _leaves(full.params)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(_leaves(traj[0][1]), _leaves(ckpt.load_init_params(str(tmp_path / "full")))):
@@ -57,7 +57,7 @@ def test_run_folder_contents_and_load_run(tmp_path):
     state, summary = train_and_evaluate(cfg, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["train"]["epochs"] == 2
-    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")) == [8, 10]
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")) == [4, 8]
     assert len(os.listdir(tmp_path / "best")) == 1
     assert json.loads((tmp_path / "summary.json").read_text())["test"] == summary["test"]
     cfg2, state2, data = load_run(str(tmp_path))
@@ -88,7 +88,7 @@ def test_resume_on_changed_data_is_refused(tmp_path, monkeypatch):
         d = real_load(c)
         x = d.x_train.copy()
         x[5, 0] += 1e-3  # one value of one example: same settings, other data
-        return Dataset(x, d.y_train, d.x_test, d.y_test, d.class_names, d.info)
+        return dataclasses.replace(d, x_train=x)
 
     monkeypatch.setattr(playground, "load", changed)
     metrics_before = (tmp_path / "metrics.jsonl").read_text()
@@ -110,12 +110,12 @@ def test_nan_in_data_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeyp
         d = real_load(cfg)
         x = d.x_train.copy()
         x[:] = np.where(np.arange(len(x))[:, None] == 17, np.nan, x)
-        return Dataset(x, d.y_train, d.x_test, d.y_test, d.class_names, d.info)
+        return dataclasses.replace(d, x_train=x)
 
     monkeypatch.setattr(playground, "load", poisoned)
     cfg = _cfg(epochs=3, checkpoint_every=2)
     # Which step sees row 17 depends on the seeded shuffle: find it the way the loop does.
-    order = np.concatenate([np.random.default_rng([cfg.train.seed, e]).permutation(50)[:50]
+    order = np.concatenate([np.random.default_rng([cfg.train.seed, e]).permutation(45)[:45]
                             for e in range(3)])
     bad_step = int(np.argmax(order == 17)) // cfg.train.batch_size + 1
     with pytest.raises(FloatingPointError, match=rf"step {bad_step}\b.*NaN"):

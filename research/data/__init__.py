@@ -17,7 +17,10 @@ from research.config import DataConfig
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A train/test split as host arrays.
+    """A train/validation/test split as host arrays.
+
+    The validation split is for model selection (best checkpoint, early stopping, tuning); the
+    test split is only ever reported. Both validation arrays are keyword-only.
 
     Attributes:
         x_train: training inputs, `x_NxD` or `x_NxFxTx1`, float32.
@@ -26,6 +29,8 @@ class Dataset:
         y_test: test labels.
         class_names: one name per class id; empty for regression.
         info: a JSON-ready summary of what was loaded (sources, counts, settings).
+        x_val: validation inputs (held out from training; see `DataConfig.val_fraction`).
+        y_val: validation labels.
     """
 
     x_train: np.ndarray
@@ -34,11 +39,43 @@ class Dataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    x_val: np.ndarray = dataclasses.field(kw_only=True)
+    y_val: np.ndarray = dataclasses.field(kw_only=True)
 
     @property
     def num_classes(self) -> int:
         """Number of classes (0 for regression)."""
         return len(self.class_names)
+
+
+def holdout(y_N: np.ndarray, fraction: float, seed: int,
+            stratified: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, class-stratified hold-out: indices that stay and indices held out.
+
+    Within each class `round(fraction * n_c)` examples are held out (at least one when the
+    class has two or more, never all of them), chosen by a permutation seeded with
+    `(seed, 2)`; regression targets (`stratified=False`) are held out from one permutation.
+
+    Args:
+        y_N: labels (class ids) of the split to carve from.
+        fraction: share held out, in (0, 1).
+        seed: data seed.
+        stratified: hold out per class (classification) or overall (regression).
+
+    Returns:
+        (keep_idx, held_idx), both sorted, disjoint, covering `range(len(y_N))`.
+    """
+    rng = np.random.default_rng([seed, 2])
+    groups = [np.flatnonzero(y_N == c) for c in np.unique(y_N)] if stratified else [
+        np.arange(len(y_N))]
+    held = []
+    for idx in groups:
+        k = int(round(fraction * len(idx)))
+        k = min(max(k, 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        held.append(rng.permutation(idx)[:k])
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep_idx = np.setdiff1d(np.arange(len(y_N)), held_idx)
+    return keep_idx, held_idx
 
 
 def _playground(cfg: DataConfig) -> Dataset:

@@ -16,6 +16,7 @@ disk under `cfg.cache_dir`, and standardised with statistics of the training spl
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from research.audio import features
 from research.config import DataConfig
-from research.data import Dataset, real, synth
+from research.data import Dataset, holdout, real, synth
 
 PROCEDURAL = tuple(synth.SETS)
 BENCHMARKS = ("esc50", "urbansound8k", "gtzan")
@@ -89,28 +90,53 @@ def load(cfg: DataConfig) -> Dataset:
         raise ValueError(f"DataConfig.n_fft: {cfg.n_fft} is longer than a clip "
                          f"({cfg.clip_seconds} s at {cfg.sample_rate} Hz = {n_samples} samples)")
     t0 = time.perf_counter()
-    loaded = _waveforms(cfg)
+    loaded = _with_validation(_waveforms(cfg), cfg)
     t_audio = time.perf_counter() - t0
     settings = feature_settings(cfg)
     t0 = time.perf_counter()
     tr = features.cached_compute(loaded.wave_train, settings, cfg.cache_dir)
+    va = features.cached_compute(loaded.wave_val, settings, cfg.cache_dir)
     te = features.cached_compute(loaded.wave_test, settings, cfg.cache_dir)
     t_feat = time.perf_counter() - t0
-    x_train, x_test = tr.features, te.features
+    x_train, x_val, x_test = tr.features, va.features, te.features
     if x_train.ndim == 3:
-        x_train, x_test = x_train[..., None], x_test[..., None]
+        x_train, x_val, x_test = x_train[..., None], x_val[..., None], x_test[..., None]
     info = dict(loaded.info)
     if cfg.standardize:
         std = features.Standardizer.fit(x_train)
-        x_train, x_test = std(x_train), std(x_test)
+        x_train, x_val, x_test = std(x_train), std(x_val), std(x_test)
         info["standardization"] = {"fit_on": "train", "axes": (
             "per dimension" if x_train.ndim == 2 else "per frequency row"), **std.to_dict()}
     info.update(
         features=settings, input_shape=list(x_train.shape[1:]),
-        n_train=int(len(x_train)), n_test=int(len(x_test)),
+        n_train=int(len(x_train)), n_val=int(len(x_val)), n_test=int(len(x_test)),
         clip_samples=n_samples,
-        cache={"train": tr.path, "test": te.path, "hit": bool(tr.hit and te.hit)},
+        cache={"train": tr.path, "val": va.path, "test": te.path,
+               "hit": bool(tr.hit and va.hit and te.hit)},
         seconds={"audio": round(t_audio, 3), "features": round(t_feat, 3)})
     return Dataset(x_train.astype(np.float32), loaded.y_train.astype(np.int32),
                    x_test.astype(np.float32), loaded.y_test.astype(np.int32),
-                   tuple(loaded.class_names), info)
+                   tuple(loaded.class_names), info, x_val=x_val.astype(np.float32),
+                   y_val=loaded.y_val.astype(np.int32))
+
+
+def _with_validation(loaded: real.Loaded, cfg: DataConfig) -> real.Loaded:
+    """Carve a seeded, class-stratified validation share from the training clips if needed.
+
+    Sources that define their own validation split (folds, source files) keep it. Procedural
+    clips each have their own generator seed, so a validation clip never shares one with a
+    training clip.
+    """
+    if loaded.wave_val is not None:
+        return loaded
+    keep, held = holdout(loaded.y_train, cfg.val_fraction, cfg.seed)
+    info = dict(loaded.info)
+    info["validation"] = (f"{cfg.val_fraction:g} of each class's training clips, seeded "
+                          f"(data seed {cfg.seed}), held out for model selection")
+    if "counts" in info:
+        info["counts"] = {**info["counts"],
+                          "train": _counts(loaded.y_train[keep], loaded.class_names),
+                          "val": _counts(loaded.y_train[held], loaded.class_names)}
+    return dataclasses.replace(loaded, wave_train=loaded.wave_train[keep],
+                               y_train=loaded.y_train[keep], wave_val=loaded.wave_train[held],
+                               y_val=loaded.y_train[held], info=info)

@@ -146,21 +146,27 @@ def load(cfg: DataConfig):
     Returns:
         A `research.data.Dataset` whose `info` keeps the raw 2D points for plotting.
     """
-    from research.data import Dataset
+    from research.data import Dataset, holdout
 
     points, labels = make_dataset(cfg.dataset, cfg.n, cfg.noise, cfg.seed)
     p_tr, l_tr, p_te, l_te = split(points, labels, cfg.train_ratio, cfg.seed)
+    # The validation split comes out of the training split; the test split is the Playground's.
+    keep, held = holdout(l_tr, cfg.val_fraction, cfg.seed, cfg.dataset in CLASSIFICATION)
+    p_tr, l_tr, p_va, l_va = p_tr[keep], l_tr[keep], p_tr[held], l_tr[held]
     if cfg.dataset in CLASSIFICATION:
-        y_tr, y_te = (l_tr > 0).astype(np.int32), (l_te > 0).astype(np.int32)
+        y_tr, y_va, y_te = ((v > 0).astype(np.int32) for v in (l_tr, l_va, l_te))
         class_names = ("-1", "+1")
     else:
-        y_tr, y_te = l_tr.astype(np.float32), l_te.astype(np.float32)
+        y_tr, y_va, y_te = (v.astype(np.float32) for v in (l_tr, l_va, l_te))
         class_names = ()
     info = {"source": "playground", "dataset": cfg.dataset, "n": cfg.n, "noise": cfg.noise,
             "features": list(cfg.features), "points_train": p_tr.tolist(),
-            "points_test": p_te.tolist()}
+            "points_val": p_va.tolist(), "points_test": p_te.tolist(),
+            "split": (f"the Playground's shuffle: {cfg.train_ratio:g} of the points for "
+                      f"training, of which {cfg.val_fraction:g} (per class) held out for "
+                      "validation; the rest test")}
     return Dataset(input_features(p_tr, cfg.features), y_tr, input_features(p_te, cfg.features),
-                   y_te, class_names, info)
+                   y_te, class_names, info, x_val=input_features(p_va, cfg.features), y_val=y_va)
 
 
 def model_scores(state, points_Nx2: np.ndarray, features: tuple[str, ...]) -> np.ndarray:

@@ -82,6 +82,9 @@ class Loaded:
         y_test: test labels.
         class_names: one name per class id.
         info: JSON-ready summary.
+        wave_val: validation clips, when the source defines them (folds, source files); None
+            lets `research.data.audio.load` carve a stratified share of the training clips.
+        y_val: validation labels (None with `wave_val`).
     """
 
     wave_train: np.ndarray
@@ -90,6 +93,8 @@ class Loaded:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     info: dict[str, Any]
+    wave_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]:
