@@ -1,14 +1,22 @@
 """The host training loop: data order, jitted steps, evaluation, logging, checkpoints, resume.
 
 `train_and_evaluate(cfg)` is the only place with side effects (files, progress bar, printing).
-A run folder holds `config.json`, `data.json` (the data's fingerprint), `metrics.jsonl`,
-`summary.json`, `checkpoints/`, `best/`, `init_params.npz` and optionally `trajectory/`.
-Running the same config again resumes from the newest checkpoint and gives the same numbers as
-an uninterrupted run; other settings or other data are refused.
+A run folder holds `config.json`, `data.json` (the data's fingerprint, split shapes and the
+files the loader skipped as bad), `metrics.jsonl`, `summary.json`, `checkpoints/`, `best/` (the
+state with the best validation score), `init_params.npz` and optionally `trajectory/`. Running
+the same config again resumes from the newest checkpoint and writes the same files as an
+uninterrupted run (except wall-clock times); other settings or other data are refused.
+
+metrics.jsonl holds one JSON record per line, each with `step`, `epoch` and `split`:
+`train_steps` (means of the epoch's step metrics: loss, objective, grad_norm, learning_rate,
+accuracy; and `time`, training seconds so far), then at each evaluation `train` (when
+`TrainConfig.eval_train`), `val` and `test` (loss; accuracy, balanced_accuracy, macro_f1 for
+classification). Only `val` chooses the best checkpoint; `test` is there for learning curves.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+import research.io
 from research import checkpoint as ckpt
 from research import metrics as M
 from research.config import RUN_CONTROL_FIELDS, Config, config_diff, from_dict, to_dict
@@ -106,30 +115,47 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
     return result
 
 
-def _check_config(run_dir: str, cfg: Config) -> None:
-    """Refuse to resume a run folder that holds different settings; else record ours."""
+# Settings that do not change what a run computes, beyond those a resumed run may change anyway:
+# moving the feature cache must not refuse a resume.
+_IDENTITY_IGNORED = (*RUN_CONTROL_FIELDS, "data.cache_dir")
+# The training split goes to the device once when it is at most this big; batches are then
+# gathered there instead of being copied from the host every step.
+_DEVICE_DATA_BYTES = 1 << 30
+# Step metrics stay on the device until an epoch ends, a file is written, or this many pile up.
+_MAX_PENDING = 1024
+# Bump when summary.json changes shape: an older one is recomputed, keeping its `seconds`.
+_SUMMARY_VERSION = 2
+
+
+def _check_config(run_dir: str, cfg: Config) -> dict:
+    """Refuse to resume a run folder that holds different settings; return ours to record."""
     path = os.path.join(run_dir, "config.json")
     ours = to_dict(cfg)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             theirs = json.load(f)
-        diff = [d for d in config_diff(ours, theirs) if d not in RUN_CONTROL_FIELDS]
+        diff = [d for d in config_diff(ours, theirs) if d not in _IDENTITY_IGNORED]
         if diff:
             raise ValueError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
                              "choose another --name or --workdir, or delete that folder")
-    atomic_write_json(path, ours)
+    return ours
 
 
-def _check_data(run_dir: str, data: Dataset) -> None:
-    """Refuse to resume on other data than the run was trained on; else record its fingerprint.
+def _check_data(run_dir: str, data: Dataset) -> dict:
+    """Refuse to resume on other data than the run was trained on; return the record to write.
 
     The settings can match while the data do not: a generator that changed between versions, a
     user's folder with files added or removed. Resuming would then mix two data sets in one run.
+    The record also keeps the files the loader skipped as bad, so they are not only in a log.
     """
     path = os.path.join(run_dir, "data.json")
     ours = {"fingerprint": fingerprint({"x_train": data.x_train, "y_train": data.y_train,
+                                        "x_val": data.x_val, "y_val": data.y_val,
                                         "x_test": data.x_test, "y_test": data.y_test}),
-            "train": list(np.shape(data.x_train)), "test": list(np.shape(data.x_test))}
+            "train": list(np.shape(data.x_train)), "val": list(np.shape(data.x_val)),
+            "test": list(np.shape(data.x_test)),
+            "bad_files_skipped": int(data.info.get("bad_files_skipped", 0)),
+            "bad_files": list(data.info.get("bad_files", []))}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             theirs = json.load(f)
@@ -140,147 +166,251 @@ def _check_data(run_dir: str, data: Dataset) -> None:
                              f"{ours['train']} test {ours['test']}): the data changed since "
                              "(generator version, files, feature settings). Choose another "
                              "--name or --workdir, or delete that folder")
-    atomic_write_json(path, ours)
+    return ours
 
 
-def _batch_problem(batch: dict) -> str:
+def _batch_problem(x_bad: np.ndarray) -> str:
     """A hint about non-finite inputs in a batch, for the error message."""
-    bad = ~np.isfinite(np.asarray(batch["x"], np.float64)).reshape(len(batch["x"]), -1).all(1)
+    bad = ~np.isfinite(np.asarray(x_bad, np.float64)).reshape(len(x_bad), -1).all(1)
     if bad.any():
         return f"; the batch has {int(bad.sum())} example(s) with NaN/inf inputs: check the data"
     return "; the inputs are finite: try a smaller learning rate or gradient clipping"
 
 
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The training order of one epoch (seeded by epoch, so a resumed run sees the same)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _gather(x_NxF, y_N, perm_N, start, size: int) -> dict:
+    """The batch `perm_N[start:start + size]` of a split already on the device."""
+    idx_B = jax.lax.dynamic_slice_in_dim(perm_N, start, size)
+    return {"x": jnp.take(x_NxF, idx_B, axis=0), "y": jnp.take(y_N, idx_B, axis=0)}
+
+
+def _best_from_records(records: list[dict], score_key: str, sign: float) -> tuple[float, int]:
+    """The best validation score (higher is better after `sign`) and its step; first one wins."""
+    best, best_step = -math.inf, 0
+    for r in records:
+        if r["split"] == "val" and sign * r[score_key] > best:
+            best, best_step = sign * r[score_key], r["step"]
+    return best, best_step
+
+
 def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainState, dict]:
     """Train a model as configured, evaluating every epoch, with checkpoints and resume.
+
+    The best checkpoint is chosen on the validation split only (accuracy for classification,
+    loss for regression); the test split is evaluated every epoch for the learning curves and at
+    the end for the final and the best state, and never used to choose anything.
+
+    Resuming is exact: every file a resumed run writes equals the uninterrupted run's, except
+    the wall-clock fields (`time` in metrics.jsonl, `seconds` in summary.json, which count the
+    training seconds of all pieces of a run, without the work a kill threw away). Every kill
+    point is safe: records written after the newest checkpoint are dropped on resume; the best
+    state is saved before the newest checkpoint of the same step, so `best/` is never behind
+    the metrics of the resumed step (and a `best/` ahead of it is reached again).
 
     Args:
         cfg: the run's configuration.
         workdir: the run folder (default `cfg.workdir/cfg.name`).
 
     Returns:
-        The final state and a summary (final train/test metrics, steps, seconds, parameters).
+        The final state and a summary: for a finished run the final state's metrics on every
+        split (`train`, `val`, `test`), the best state's (`best`: step, epoch, `val`, `test`),
+        steps, training seconds, parameters, class names.
 
     Raises:
         FloatingPointError: a step produced a non-finite loss or gradient; the message names the
             step, and the checkpoints on disk are those of earlier, finite steps.
-        ValueError: a bad setting, or a run folder holding a run with other settings.
+        ValueError: a bad setting, or a run folder holding a run with other settings or data;
+            a refused start writes nothing into the run folder.
     """
     run_dir = workdir if workdir is not None else cfg.run_dir()
-    os.makedirs(run_dir, exist_ok=True)
-    _check_config(run_dir, cfg)
+    # Check everything that can refuse the start before writing anything: a refused start must
+    # leave the folder as it was, so that the corrected command is not refused in turn.
+    config_record = _check_config(run_dir, cfg)
     data = load_dataset(cfg.data)
-    _check_data(run_dir, data)
+    data_record = _check_data(run_dir, data)
     state, spe = build_state(cfg, data)
+    os.makedirs(run_dir, exist_ok=True)
+    remove_stale = getattr(research.io, "remove_stale_temporaries", None)
+    if remove_stale is not None:
+        remove_stale(run_dir)
+    atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
+    atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
+
     total = spe * cfg.train.epochs
     stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
     tc = cfg.train
     n_params = param_count(state.params)
+    has_val = len(data.x_val) > 0
     print(f"[{cfg.name}] {cfg.model.kind} with {n_params:,} parameters; "
-          f"{len(data.x_train)} train / {len(data.x_test)} test examples; "
-          f"{total} steps ({spe} per epoch)", flush=True)
+          f"{len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test "
+          f"examples; {total} steps ({spe} per epoch)", flush=True)
+    if not has_val:
+        print(f"[{cfg.name}] warning: no validation split, so no best checkpoint is chosen",
+              flush=True)
 
     checkpointer = ckpt.Checkpointer(run_dir, tc.keep_checkpoints)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    summary_path = os.path.join(run_dir, "summary.json")
     step = checkpointer.latest_step() or 0
+    loop_record: dict | None = None
     if step:
-        state = state.replace_tree(checkpointer.restore(state.to_tree()))
+        tree, loop_record = checkpointer.restore(state.to_tree())
+        state = state.replace_tree(tree)
         print(f"[{cfg.name}] resumed from step {step}", flush=True)
+        if loop_record is None:
+            print(f"[{cfg.name}] warning: a checkpoint from an older version: the step metrics "
+                  "of the current epoch restart from this step", flush=True)
     else:
         ckpt.save_params(os.path.join(run_dir, "init_params.npz"), state.params)
         if tc.trajectory_every:
             ckpt.save_params(ckpt.trajectory_path(run_dir, 0), state.params)
+    loop_record = loop_record or {}
     truncate_after(metrics_path, step)
     score_key = "accuracy" if state.loss.classification else "loss"
     sign = 1.0 if state.loss.classification else -1.0
-    best = max((sign * r[score_key] for r in read_jsonl(metrics_path) if r["split"] == "test"),
-               default=-math.inf)
+    best, best_step = _best_from_records(read_jsonl(metrics_path), score_key, sign)
+    if step and best_step == step and best_step not in checkpointer.best_steps():
+        # A kill between the newest checkpoint and the best one (the order of older versions)
+        # lost the best state: it is the state just restored.
+        checkpointer.save_best(step, state.to_tree(), best, {"step": step})
+    if step == total and os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored.get("version") == _SUMMARY_VERSION and stored.get("steps") == total:
+            checkpointer.close()
+            return state, stored
+        loop_record.setdefault("seconds", stored.get("seconds", 0.0))
+
     writer = JsonlWriter(metrics_path)
     key = jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)
     x_train, y_train = data.x_train, data.y_train
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
-    pending = None
-    perm, perm_epoch = None, -1
+    on_device = x_train.nbytes + y_train.nbytes <= _DEVICE_DATA_BYTES
+    if on_device:
+        x_dev, y_dev = jax.device_put(x_train), jax.device_put(y_train)
+    sums: dict[str, float] = defaultdict(float, loop_record.get("sums", {}))
+    count = int(loop_record.get("count", 0))
+    pending: list[tuple[int, dict]] = []
+    perm, perm_dev, perm_epoch = None, None, -1
     bar = tqdm(total=total, initial=step, disable=not tc.progress, desc=cfg.name, unit="step",
                dynamic_ncols=True, mininterval=0.5 if os.isatty(2) else 10.0)
-    t0 = time.time()
+    seconds_before = float(loop_record.get("seconds", 0.0))
+    t_start = time.time()
 
-    def consume():
-        # Fetch the previous step's metrics only after the next step is queued, so the host
-        # never stalls the device; check them before any checkpoint that depends on them.
-        nonlocal pending, count
-        if pending is None:
+    def elapsed() -> float:
+        return seconds_before + time.time() - t_start
+
+    def flush() -> None:
+        # Step metrics stay on the device until here, so the host never waits for a step to
+        # finish; every file write is preceded by a flush, so nothing on disk comes after a
+        # non-finite step.
+        nonlocal count
+        if not pending:
             return
-        at, metrics, batch = pending
-        pending = None
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-            last = checkpointer.latest_step()
-            raise FloatingPointError(
-                f"non-finite loss ({values['loss']}) or gradient norm ({values['grad_norm']}) at "
-                f"step {at} (epoch {(at - 1) // spe + 1}); training stopped, the last good "
-                f"checkpoint is step {last} in {run_dir}/checkpoints{_batch_problem(batch)}")
-        for k, v in values.items():
-            sums[k] += v
-        count += 1
-        if count % 10 == 0 or at == stop_at:
-            bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "accuracy") if k in values})
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending.clear()
+        for at, metrics in zip(steps, fetched):
+            values = {k: float(v) for k, v in metrics.items()}
+            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                last = checkpointer.latest_step()
+                epoch, i = divmod(at - 1, spe)
+                idx = _permutation(tc.seed, epoch, len(x_train))[
+                    i * tc.batch_size:(i + 1) * tc.batch_size]
+                raise FloatingPointError(
+                    f"non-finite loss ({values['loss']}) or gradient norm "
+                    f"({values['grad_norm']}) at step {at} (epoch {epoch + 1}); training "
+                    f"stopped, the last good checkpoint is step {last} in {run_dir}/checkpoints"
+                    f"{_batch_problem(x_train[idx])}")
+            for k, v in values.items():
+                sums[k] += v
+            count += 1
+        bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "accuracy") if k in values})
 
     try:
         while step < stop_at:
             epoch, i = divmod(step, spe)
             if epoch != perm_epoch:
-                perm = np.random.default_rng([tc.seed, epoch]).permutation(len(x_train))
+                perm = _permutation(tc.seed, epoch, len(x_train))
+                perm_dev = jax.device_put(perm.astype(np.int32)) if on_device else None
                 perm_epoch = epoch
-            idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
-            batch = {"x": x_train[idx], "y": y_train[idx]}
+            if on_device:
+                batch = _gather(x_dev, y_dev, perm_dev, i * tc.batch_size, tc.batch_size)
+            else:
+                idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
+                batch = {"x": x_train[idx], "y": y_train[idx]}
             state, metrics = train_step_jit(state, batch, key)
             step += 1
             bar.update(1)
-            consume()
-            pending = (step, metrics, batch)
+            pending.append((step, metrics))
             epoch_end = step % spe == 0
             save_now = step % tc.checkpoint_every == 0 or step == stop_at
             traj_now = tc.trajectory_every and step % tc.trajectory_every == 0
-            if epoch_end or save_now or traj_now:
-                consume()
+            if epoch_end or save_now or traj_now or len(pending) >= _MAX_PENDING:
+                flush()
             if traj_now:
                 ckpt.save_params(ckpt.trajectory_path(run_dir, step), state.params)
-            score = None
             if epoch_end:
                 record = {"step": step, "epoch": epoch + 1, "split": "train_steps",
-                          "time": time.time() - t0}
+                          "time": elapsed()}
                 record.update({k: v / max(count, 1) for k, v in sums.items()})
                 writer.write(record)
                 sums.clear()
                 count = 0
                 if (epoch + 1) % tc.eval_every == 0 or step == total:
+                    head = {"step": step, "epoch": epoch + 1}
                     if tc.eval_train:
                         ev = evaluate(state, x_train, y_train, tc.eval_batch_size)
-                        writer.write({"step": step, "epoch": epoch + 1, "split": "train", **ev})
-                    ev = evaluate(state, data.x_test, data.y_test, tc.eval_batch_size)
-                    writer.write({"step": step, "epoch": epoch + 1, "split": "test", **ev})
-                    if sign * ev[score_key] > best:
-                        best = score = sign * ev[score_key]
+                        writer.write({**head, "split": "train", **ev})
+                    if has_val:
+                        ev = evaluate(state, data.x_val, data.y_val, tc.eval_batch_size)
+                        writer.write({**head, "split": "val", **ev})
+                        val_score = sign * ev[score_key]
+                    # Test curves are for plots only: nothing is chosen on them.
+                    writer.write({**head, "split": "test", **evaluate(
+                        state, data.x_test, data.y_test, tc.eval_batch_size)})
+                    if has_val and val_score > best:
+                        # Before the newest checkpoint of this step: see the docstring.
+                        best, best_step = val_score, step
+                        checkpointer.save_best(step, state.to_tree(), best,
+                                               {"step": step, "val": ev})
             if save_now:
-                checkpointer.save(step, state.to_tree())
-            if score is not None:
-                checkpointer.save_best(step, state.to_tree(), score)
-        consume()
+                checkpointer.save(step, state.to_tree(),
+                                  {"sums": dict(sums), "count": count, "seconds": elapsed()})
+        flush()
     finally:
         bar.close()
         writer.close()
-        checkpointer.close()
 
-    summary = {"name": cfg.name, "steps": step, "total_steps": total, "params": n_params,
-               "seconds": time.time() - t0, "finished": step == total,
-               "class_names": list(data.class_names)}
-    if step == total:
-        summary["test"] = evaluate(state, data.x_test, data.y_test, tc.eval_batch_size,
-                                   with_confusion=True)
-        summary["train"] = evaluate(state, x_train, y_train, tc.eval_batch_size)
-        atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    try:
+        summary = {"name": cfg.name, "version": _SUMMARY_VERSION, "steps": step,
+                   "total_steps": total, "params": n_params, "seconds": elapsed(),
+                   "finished": step == total, "class_names": list(data.class_names),
+                   "selection": ({"split": "val", "metric": score_key,
+                                  "higher_is_better": state.loss.classification}
+                                 if has_val else None)}
+        if step == total:
+            summary["train"] = evaluate(state, x_train, y_train, tc.eval_batch_size)
+            if has_val:
+                summary["val"] = evaluate(state, data.x_val, data.y_val, tc.eval_batch_size)
+            summary["test"] = evaluate(state, data.x_test, data.y_test, tc.eval_batch_size,
+                                       with_confusion=True)
+            if has_val and checkpointer.best_step() is not None:
+                tree, _ = checkpointer.restore(state.to_tree(), best=True)
+                best_state = state.replace_tree(tree)
+                at = checkpointer.best_step()
+                summary["best"] = {
+                    "step": at, "epoch": at // spe,
+                    "val": evaluate(best_state, data.x_val, data.y_val, tc.eval_batch_size),
+                    "test": evaluate(best_state, data.x_test, data.y_test, tc.eval_batch_size,
+                                     with_confusion=True)}
+            atomic_write_json(summary_path, summary)
+    finally:
+        checkpointer.close()
     return state, summary
 
 
@@ -303,7 +433,7 @@ def load_run(run_dir: str, best: bool = False) -> tuple[Config, TrainState, Data
     state, _ = build_state(cfg, data)
     checkpointer = ckpt.Checkpointer(run_dir, cfg.train.keep_checkpoints)
     try:
-        state = state.replace_tree(checkpointer.restore(state.to_tree(), best=best))
+        state = state.replace_tree(checkpointer.restore(state.to_tree(), best=best)[0])
     finally:
         checkpointer.close()
     return cfg, state, data
