@@ -149,7 +149,18 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
     """
     names = summary["class_names"]
     test, train = summary["test"], summary["train"]
+    best = summary.get("best")
     pc = M.per_class(test["confusion"])
+    cols = ["loss", "accuracy", "balanced_accuracy", "macro_f1"]
+    final_name = f"final (step {summary['steps']})"
+    best_name = f"best on validation (step {best['step']})" if best else ""
+    eval_rows = [[final_name] + [test[c] for c in cols]]
+    fit_rows = [["train", final_name] + [train[c] for c in cols]]
+    if "val" in summary:
+        fit_rows.append(["validation", final_name] + [summary["val"][c] for c in cols])
+    if best:
+        eval_rows.append([best_name] + [best["test"][c] for c in cols])
+        fit_rows.append(["validation", best_name] + [best["val"][c] for c in cols])
     r = cfg.run
     parts = [
         f"# {cfg.name}: a CNN on procedural soundscapes and its loss landscape\n",
@@ -166,15 +177,18 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
                [[r.model.kind, str(list(r.model.channels)), summary["params"],
                  f"{r.optim.name} lr {r.optim.learning_rate:g} ({r.optim.schedule})",
                  r.train.epochs, r.train.batch_size, summary["steps"],
-                 f"{seconds['train']:.0f}"]]),
+                 f"{summary.get('seconds', seconds['train']):.0f}"]]),
+        "\nTraining time counts every resumed piece of the run (kept in the run folder), not "
+        "a rerun that found the run finished. The learning curves show the test split for "
+        "reference only; the best checkpoint is chosen on the validation split (held out from "
+        "the training split), never on the test split.\n",
         f"\n![learning curves]({_rel(figures['curves'], out_dir)})\n",
-        "## Evaluation (test split)\n",
-        _table(["split", "loss", "accuracy", "balanced accuracy", "macro-F1"],
-               [["train", train["loss"], train["accuracy"], train["balanced_accuracy"],
-                 train["macro_f1"]],
-                ["test", test["loss"], test["accuracy"], test["balanced_accuracy"],
-                 test["macro_f1"]]]),
-        "\n",
+        "## Training and validation splits\n",
+        _table(["split", "state", "loss", "accuracy", "balanced accuracy", "macro-F1"],
+               fit_rows),
+        "\n## Evaluation (test split)\n",
+        _table(["state", "loss", "accuracy", "balanced accuracy", "macro-F1"], eval_rows),
+        f"\nPer class and confusion matrix: test split, {final_name} state.\n",
         _table(["class", "precision", "recall", "F1", "support"],
                [[n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]]
                 for i, n in enumerate(names)]),
@@ -210,6 +224,8 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
             parts.append(f"\n### {title}\n")
             parts += [f"![{key}]({_rel(p, out_dir)})\n" for p in pngs]
     parts.append("\n## Run time\n")
+    parts.append("Training: the run's own training seconds over all its pieces; the other "
+                 "stages: this invocation (a rerun skips finished work).\n")
     parts.append(_table(list(seconds), [[f"{v:.0f} s" for v in seconds.values()]]))
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(parts))
@@ -233,7 +249,8 @@ def main(cfg: Config) -> dict:
     seconds["data"] = time.time() - t0
     t0 = time.time()
     _, summary = train_and_evaluate(run)
-    seconds["train"] = time.time() - t0
+    # The run's own count, kept in its folder: a rerun finds the run finished and keeps it.
+    seconds["train"] = summary.get("seconds", time.time() - t0)
     if not summary.get("finished"):
         print(f"training stopped at step {summary['steps']}; run again to resume")
         return {"summary": summary}
@@ -248,7 +265,7 @@ def main(cfg: Config) -> dict:
             title=f"{run.model.kind} on {run.data.dataset}"),
             os.path.join(fig_dir, "learning_curves"), ("png", "pdf"))[0],
         "confusion": save_figure(plot_confusion(summary["test"]["confusion"], data.class_names,
-                                                "Confusion matrix (test split)"),
+                                                "Confusion matrix (test split, final state)"),
                                  os.path.join(fig_dir, "confusion"), ("png", "pdf"))[0],
     }
     t0 = time.time()
@@ -257,14 +274,15 @@ def main(cfg: Config) -> dict:
     land = landscape_experiment.main(land_cfg)
     seconds["landscape"] = time.time() - t0
     report = write_report(out_dir, cfg, summary, data.info, land, figures, seconds)
-    results = {"test": summary["test"], "train": summary["train"],
+    results = {"test": summary["test"], "train": summary["train"], "val": summary.get("val"),
+               "best": summary.get("best"),
                "per_class": M.per_class(summary["test"]["confusion"]),
                "class_names": summary["class_names"], "params": summary["params"],
                "landscape": land, "figures": figures, "seconds": seconds, "report": report}
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     t = summary["test"]
-    print(f"test accuracy {t['accuracy']:.3f}, balanced {t['balanced_accuracy']:.3f}, "
-          f"macro-F1 {t['macro_f1']:.3f}; report: {report}")
+    print(f"final state, test split: accuracy {t['accuracy']:.3f}, balanced "
+          f"{t['balanced_accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}; report: {report}")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     return results
 

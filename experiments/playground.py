@@ -3,7 +3,9 @@
 Trains an MLP on one of the Playground's 2D data sets with its knobs (data set, noise, train
 ratio, input features, hidden layers, activation, loss, learning rate, regularisation and rate,
 batch size) and writes, under `runs/<name>/figures/`, the decision-boundary heat map with train
-and test points, every hidden neuron's output map, and the train/test loss curves.
+and test points, every hidden neuron's output map, and the train/test loss curves (the test
+curves are for the picture only: the best checkpoint is chosen on the validation split).
+`--train.stop-after N` stops early without figures; the same command without it resumes.
 
 Command (the default `cpu` preset: spiral, two hidden layers of 8 ReLU units, Adam):
     python -m experiments.playground --preset cpu
@@ -52,6 +54,11 @@ def main(cfg: Config) -> dict:
         raise SystemExit("--model.kind: the Playground trains an MLP")
     run_dir = cfg.run_dir()
     state, summary = train_and_evaluate(cfg, run_dir)
+    if not summary["finished"]:
+        # Stopped early (--train.stop-after): no final evaluation to draw yet.
+        print(f"training stopped at step {summary['steps']} of {summary['total_steps']}; run "
+              "the same command without --train.stop-after to resume")
+        return summary
     from research.data import load_dataset
 
     data = load_dataset(cfg.data)
@@ -66,8 +73,11 @@ def main(cfg: Config) -> dict:
 
     train = (np.asarray(data.info["points_train"]), signed(data.y_train))
     test = (np.asarray(data.info["points_test"]), signed(data.y_test))
-    metric = (f"test loss {summary['test']['loss']:.3f}" if regression else
-              f"test accuracy {summary['test']['accuracy']:.3f}")
+    key = "loss" if regression else "accuracy"
+    metric = f"final test {key} {summary['test'][key]:.3f}"
+    if "best" in summary:
+        metric += (f" (best on validation: step {summary['best']['step']}, test {key} "
+                   f"{summary['best']['test'][key]:.3f})")
     title = (f"{cfg.data.dataset} (noise {cfg.data.noise}): MLP {list(cfg.model.widths)} "
              f"{cfg.model.activation}, {_LOSS_TEXT[cfg.train.loss]}\n{metric}")
     figures = save_figure(
@@ -81,7 +91,8 @@ def main(cfg: Config) -> dict:
     figures += save_figure(plot_learning_curves(records, title=f"{cfg.name}: {cfg.data.dataset}"),
                            os.path.join(fig_dir, "loss_curves"), ("png", "pdf"))
     summary["figures"] = figures
-    print(json.dumps({k: summary[k] for k in ("name", "steps", "params", "test")}, indent=1))
+    print(json.dumps({k: summary[k] for k in ("name", "steps", "params", "test", "best")
+                      if k in summary}, indent=1))
     print(f"figures in {fig_dir}")
     return summary
 

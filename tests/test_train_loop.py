@@ -1,17 +1,25 @@
+"""The training loop: exact resume after any kill, best chosen on validation, clean starts."""
+
 import dataclasses
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from research import checkpoint as ckpt
-from research.config import PLAYGROUND_PRESETS
+from research.config import PLAYGROUND_PRESETS, to_dict
 from research.train import load_run, train_and_evaluate
 from research.writers import read_jsonl
 
 BASE = PLAYGROUND_PRESETS["tiny"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(**train):
@@ -25,11 +33,53 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _steps(folder):
+    return sorted(int(f) for f in os.listdir(folder) if f.isdigit())
+
+
+def _assert_same_run(ref, other):
+    """Every file a run writes equals the reference run's, except wall-clock times."""
+    ref, other = str(ref), str(other)
+    for name in ("config.json", "data.json"):
+        assert _load_json(os.path.join(other, name)) == _load_json(os.path.join(ref, name)), name
+    recs = [read_jsonl(os.path.join(d, "metrics.jsonl")) for d in (ref, other)]
+    assert [_without(r, "time") for r in recs[1]] == [_without(r, "time") for r in recs[0]]
+    # elapsed training time survives a resume: it never runs backwards
+    times = [r["time"] for r in recs[1] if "time" in r]
+    assert times == sorted(times)
+    summaries = [_load_json(os.path.join(d, "summary.json")) for d in (ref, other)]
+    assert _without(summaries[1], "seconds") == _without(summaries[0], "seconds")
+    assert _steps(os.path.join(other, "checkpoints")) == _steps(os.path.join(ref, "checkpoints"))
+    for best in (False, True):
+        states = [load_run(d, best=best)[1] for d in (ref, other)]
+        assert int(states[1].step) == int(states[0].step)
+        for a, b in zip(_leaves(states[0].to_tree()), _leaves(states[1].to_tree())):
+            np.testing.assert_array_equal(a, b)
+    assert int(load_run(ref, best=True)[1].step) == summaries[0]["best"]["step"]
+    files = [sorted(f for f in os.listdir(os.path.join(d, "trajectory")) if not f.startswith("."))
+             for d in (ref, other)]
+    assert files[1] == files[0]
+    for name in ["../init_params.npz"] + files[0]:
+        a, b = (ckpt.load_params(os.path.join(d, "trajectory", name)) for d in (ref, other))
+        for x, y in zip(_leaves(a), _leaves(b)):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_resume_gives_identical_parameters(tmp_path):
     # 4 epochs x 4 steps (45 training examples, batch 10); stop at step 7 (mid-epoch),
     # resume, finish; compare to one go.
     cfg = _cfg(epochs=4, checkpoint_every=3, trajectory_every=4)
     full, s_full = train_and_evaluate(cfg, str(tmp_path / "full"))
+    assert "time" in read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))[0]
     part, s_part = train_and_evaluate(dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, stop_after=7)), str(tmp_path / "split"))
     assert s_part["steps"] == 7 and not s_part["finished"]
@@ -39,6 +89,8 @@ def test_resume_gives_identical_parameters(tmp_path):
                     _leaves(resumed.params) + _leaves(resumed.opt_state)):
         np.testing.assert_array_equal(a, b)
     assert s_full["test"] == s_res["test"]
+    # every file, the epoch-2 step averages (accumulated across the stop at step 7) included
+    _assert_same_run(tmp_path / "full", tmp_path / "split")
     # metrics of the resumed run have no duplicated evaluation records
     recs = read_jsonl(str(tmp_path / "split" / "metrics.jsonl"))
     recs = [r for r in recs if r["split"] == "test"]
@@ -132,3 +184,207 @@ def test_nan_in_data_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeyp
 def test_batch_larger_than_data_is_named(tmp_path):
     with pytest.raises(ValueError, match="TrainConfig.batch_size"):
         train_and_evaluate(_cfg(batch_size=1000), str(tmp_path))
+
+
+# A run long enough to be killed at a random moment: 4 steps per epoch, checkpoints every 6
+# steps (so most kills fall between two, mid-epoch), the trajectory every 5.
+KILL_CFG = _cfg(epochs=30, checkpoint_every=6, trajectory_every=5)
+
+_SCRIPT = """
+import json, os, signal, sys
+from research.config import Config, from_dict
+from research.train import train_and_evaluate
+import research.checkpoint, research.io, research.train.loop, research.writers
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+{patch}
+train_and_evaluate(from_dict(Config, json.loads(sys.argv[1])), sys.argv[2])
+"""
+
+
+def _start(cfg, run_dir, patch=""):
+    """`train_and_evaluate` in a fresh Python process, with `patch` run first (a kill hook)."""
+    code = _SCRIPT.format(patch=patch)
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(to_dict(cfg)), str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _killed(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of KILL_CFG."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    state, summary = train_and_evaluate(KILL_CFG, str(run_dir))
+    return run_dir, summary
+
+
+def test_best_is_chosen_on_validation_and_reported_with_test(reference):
+    run_dir, summary = reference
+    recs = read_jsonl(str(run_dir / "metrics.jsonl"))
+    val = [r for r in recs if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == list(range(1, 31))
+    # classification (xor, squared error on a tanh output): the first best val accuracy wins
+    best = max(val, key=lambda r: r["accuracy"])
+    assert summary["selection"] == {"split": "val", "metric": "accuracy",
+                                    "higher_is_better": True}
+    assert summary["best"]["step"] == best["step"] and summary["best"]["epoch"] == best["epoch"]
+    assert summary["best"]["val"] == {k: best[k] for k in summary["best"]["val"]}
+    _, best_state, data = load_run(str(run_dir), best=True)
+    assert int(best_state.step) == best["step"]
+    conf = np.array(summary["best"]["test"]["confusion"])
+    assert conf.sum() == len(data.y_test)
+    # the final state's numbers on every split; the last epoch's records are the same numbers
+    last = {r["split"]: r for r in recs if r["step"] == 120}
+    for split in ("train", "val", "test"):
+        assert _without(summary[split], "confusion") == {
+            k: last[split][k] for k in _without(summary[split], "confusion")}
+    # a second start of a finished run changes nothing, its training time included
+    before = (run_dir / "summary.json").read_text()
+    _, again = train_and_evaluate(KILL_CFG, str(run_dir))
+    assert again == summary and (run_dir / "summary.json").read_text() == before
+
+
+def test_resume_after_sigkill_at_a_random_moment(reference, tmp_path):
+    ref_dir, _ = reference
+    proc = _start(KILL_CFG, tmp_path)
+    metrics = tmp_path / "metrics.jsonl"
+    # once the loop is past its first checkpoint, kill it a random moment later, from outside
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 12):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the kill"
+        time.sleep(0.002)
+    delay = random.uniform(0.0, 0.3)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    _killed(proc)
+    assert not (tmp_path / "summary.json").exists(), f"finished before the kill ({delay:.3f} s)"
+    train_and_evaluate(KILL_CFG, str(tmp_path))
+    _assert_same_run(ref_dir, tmp_path)
+
+
+def test_resume_after_kills_between_checkpoints_and_during_truncation(reference, tmp_path):
+    ref_dir, _ = reference
+    # 1. killed right after the records of epoch 5 (step 20): the newest checkpoint is step 18,
+    #    mid-epoch, so the epoch's step sums come from it and the records must be dropped.
+    _killed(_start(KILL_CFG, tmp_path, """
+real_write = research.writers.JsonlWriter.write
+def write(self, record):
+    real_write(self, record)
+    if record["step"] == 20 and record["split"] == "test":
+        die()
+research.writers.JsonlWriter.write = write
+"""))
+    assert _steps(tmp_path / "checkpoints")[-1] == 18
+    assert max(r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))) == 20
+    # 2. killed while the resumed run drops those records (before its atomic rename)
+    _killed(_start(KILL_CFG, tmp_path, """
+real_truncate = research.train.loop.truncate_after
+def truncate(path, step):
+    os.replace = lambda *args: die()
+    real_truncate(path, step)
+research.train.loop.truncate_after = truncate
+"""))
+    train_and_evaluate(KILL_CFG, str(tmp_path))
+    _assert_same_run(ref_dir, tmp_path)
+
+
+def test_kill_between_best_and_newest_checkpoint_keeps_the_best(reference, tmp_path):
+    ref_dir, summary = reference
+    at = summary["best"]["step"]  # stopping there saves both the best and the newest state
+    patch = f"""
+saved = []
+for name in ("save", "save_best"):
+    def hook(self, step, *args, _real=getattr(research.checkpoint.Checkpointer, name)):
+        if step == {at} and saved:
+            die()  # the second of the two saves of this step
+        saved.append(step) if step == {at} else None
+        return _real(self, step, *args)
+    setattr(research.checkpoint.Checkpointer, name, hook)
+"""
+    stop = dataclasses.replace(KILL_CFG, train=dataclasses.replace(KILL_CFG.train,
+                                                                   stop_after=at))
+    _killed(_start(stop, tmp_path, patch))
+    train_and_evaluate(KILL_CFG, str(tmp_path))
+    _assert_same_run(ref_dir, tmp_path)
+
+
+def test_best_lost_by_an_older_version_is_recovered_on_resume(reference, tmp_path):
+    # Older versions saved the newest checkpoint first: a kill then left best/ without the
+    # step that metrics.jsonl records as best. The resumed run saves it from that checkpoint.
+    import shutil
+
+    ref_dir, summary = reference
+    at = summary["best"]["step"]
+    train_and_evaluate(dataclasses.replace(KILL_CFG, train=dataclasses.replace(
+        KILL_CFG.train, stop_after=at)), str(tmp_path))
+    shutil.rmtree(tmp_path / "best" / str(at))
+    train_and_evaluate(KILL_CFG, str(tmp_path))
+    _assert_same_run(ref_dir, tmp_path)
+
+
+def test_refused_start_leaves_no_trace(tmp_path, monkeypatch):
+    from research.data import playground
+
+    with pytest.raises(ValueError, match="TrainConfig.batch_size"):
+        train_and_evaluate(_cfg(batch_size=1000, epochs=1), str(tmp_path / "run"))
+    real_load = playground.load
+
+    def broken(c):
+        raise ValueError("bad files: a.wav")
+
+    monkeypatch.setattr(playground, "load", broken)
+    with pytest.raises(ValueError, match="bad files"):
+        train_and_evaluate(_cfg(epochs=1), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run" / "data.json").exists()
+
+    def skipped(c):
+        d = real_load(c)
+        return dataclasses.replace(d, info={**d.info, "bad_files_skipped": 1, "bad_files": [
+            {"path": "a.wav", "reason": "empty"}]})
+
+    # the corrected command starts; the skipped files are kept in the run folder
+    monkeypatch.setattr(playground, "load", skipped)
+    cfg = _cfg(epochs=1)
+    train_and_evaluate(cfg, str(tmp_path / "run"))
+    data = _load_json(tmp_path / "run" / "data.json")
+    assert data["bad_files_skipped"] == 1 and data["bad_files"][0]["path"] == "a.wav"
+    # moving the feature cache is no other run
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir="elsewhere"))
+    _, summary = train_and_evaluate(moved, str(tmp_path / "run"))
+    assert summary["finished"]
+
+
+def test_playground_stopped_early_reports_and_resumes(tmp_path):
+    from experiments import playground
+
+    cfg = dataclasses.replace(BASE, workdir=str(tmp_path))
+    summary = playground.main(dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, stop_after=7)))
+    assert summary["steps"] == 7 and not summary["finished"]
+    assert playground.main(cfg)["finished"]
+
+
+def test_main_report_names_the_split_and_state_of_every_number(tmp_path):
+    from experiments import main as main_job
+
+    ev = {"loss": 0.5, "accuracy": 0.75, "balanced_accuracy": 0.7, "macro_f1": 0.6}
+    summary = {"class_names": ["a", "b"], "params": 10, "steps": 8, "seconds": 12.0,
+               "train": ev, "val": ev, "test": {**ev, "confusion": [[3, 1], [0, 4]]},
+               "best": {"step": 4, "epoch": 1, "val": ev,
+                        "test": {**ev, "confusion": [[2, 2], [0, 4]]}}}
+    figures = {k: str(tmp_path / f"{k}.png") for k in ("examples", "curves", "confusion")}
+    path = main_job.write_report(str(tmp_path), main_job.PRESETS["tiny"], summary, {}, {},
+                                 figures, {"data": 1.0, "train": 12.0, "landscape": 3.0})
+    with open(path, encoding="utf-8") as f:
+        report = f.read()
+    test_table = report.split("## Evaluation (test split)")[1].split("\n\n")[1]
+    assert "train" not in test_table
+    assert "final" in test_table and "best" in test_table
+    assert "validation" in report
