@@ -177,7 +177,7 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
                [[r.model.kind, str(list(r.model.channels)), summary["params"],
                  f"{r.optim.name} lr {r.optim.learning_rate:g} ({r.optim.schedule})",
                  r.train.epochs, r.train.batch_size, summary["steps"],
-                 f"{summary.get('seconds', seconds['train']):.0f}"]]),
+                 f"{seconds['train']:.0f}"]]),
         "\nTraining time counts every resumed piece of the run (kept in the run folder), not "
         "a rerun that found the run finished. The learning curves show the test split for "
         "reference only; the best checkpoint is chosen on the validation split (held out from "
