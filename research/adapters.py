@@ -119,6 +119,9 @@ class _NnxApply:
     def __call__(self, params, state, x, train, rng):
         from flax import nnx
 
+        # Fresh variables at the current trace level (a closed-over state would be an outer
+        # trace's, which NNX refuses to mutate inside grad).
+        params, state = jax.tree_util.tree_map(lambda v: v, (params, state))
         module = nnx.merge(self.graphdef, params, state)
         module.train() if train else module.eval()
         if rng is not None:

@@ -76,6 +76,10 @@ class Loss:
             return 0.5 * jnp.square(jnp.tanh(o_B) - (2.0 * y_B.astype(jnp.float32) - 1.0))
         return 0.5 * jnp.square(o_B - y_B.astype(jnp.float32))
 
+    def __call__(self, outputs_BxO: jax.Array, y_B: jax.Array) -> jax.Array:
+        """Loss of each example (the library's loss convention; see `per_example`)."""
+        return self.per_example(outputs_BxO, y_B)
+
     def predict(self, outputs_BxO: jax.Array) -> jax.Array:
         """Predicted class ids (classification) or values (regression), shape [B]."""
         if self.name == "softmax_ce":

@@ -110,3 +110,48 @@ def test_bad_flag_and_bad_model():
         A.linen(NoFlag(), train_flag="mode")
     with pytest.raises(TypeError, match="cannot use"):
         A.as_model(3)
+
+
+def _train(state, steps=30):
+    from research.train import train_step_jit
+
+    key = jax.random.PRNGKey(7)
+    batch = {"x": X, "y": Y}
+    losses = []
+    for _ in range(steps):
+        state, m = train_step_jit(state, batch, key)
+        losses.append(float(m["loss"]))
+    return state, losses
+
+
+def test_foreign_models_train_with_our_step_and_an_optax_loss():
+    from research.train import TrainState, eval_step_jit
+
+    loss = optax.softmax_cross_entropy_with_integer_labels
+    module = TrainingFlag()
+    variables = module.init(jax.random.PRNGKey(1), X)
+    linen_state = TrainState.create(model=module, params=variables["params"],
+                                    model_state={"batch_stats": variables["batch_stats"]},
+                                    tx=optax.adam(0.05), loss=loss)
+    model, params, state = A.nnx(NnxNet(nnx.Rngs(0)))
+    nnx_state = TrainState.create(model=model, params=params, model_state=state,
+                                  tx=optax.adam(0.05), loss=loss)
+
+    def f(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+    fn_state = TrainState.create(model=f, params={"w1": 0.5 * jax.random.normal(k1, (4, 8)),
+                                                  "w2": 0.5 * jax.random.normal(k2, (8, 3))},
+                                 tx=optax.adam(0.05), loss=loss)
+    for st in (linen_state, nnx_state, fn_state):
+        init_params = st.params  # kept by the user through training: must stay valid
+        trained, losses = _train(st)
+        assert losses[-1] < 0.7 * losses[0], (st.model.kind, losses[0], losses[-1])
+        leaves = jax.tree_util.tree_leaves(init_params)
+        assert all(np.isfinite(np.asarray(v)).all() for v in leaves)  # not deleted by donation
+        assert int(trained.step) == 30
+        out = eval_step_jit(trained, {"x": X, "y": Y})
+        assert 0.0 <= float(out["correct_sum"]) <= 8.0 and float(out["count"]) == 8.0
+    # BatchNorm statistics moved in training for the Linen and NNX models.
+    assert not np.allclose(_train(linen_state, 1)[0].batch_stats["BatchNorm_0"]["mean"], 0.0)

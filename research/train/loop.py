@@ -29,7 +29,7 @@ from research.losses import Loss
 from research.models import make_model, param_count
 from research.optim import make_optimizer
 from research.train.state import TrainState
-from research.train.steps import eval_step_jit, train_step_jit
+from research.train.steps import eval_step_jit, train_step_donated
 from research.writers import JsonlWriter, read_jsonl, truncate_after
 
 
@@ -235,7 +235,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                 perm_epoch = epoch
             idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
             batch = {"x": x_train[idx], "y": y_train[idx]}
-            state, metrics = train_step_jit(state, batch, key)
+            state, metrics = train_step_donated(state, batch, key)
             step += 1
             bar.update(1)
             consume()
