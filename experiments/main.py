@@ -242,7 +242,7 @@ def main(cfg: Config) -> dict:
     figures = {
         "examples": save_figure(plot_spectrogram_examples(data.x_train, data.y_train,
                                                           data.class_names),
-                                os.path.join(fig_dir, "examples"))[0],
+                                os.path.join(fig_dir, "examples"), ("png",))[0],
         "curves": save_figure(plot_learning_curves(
             read_jsonl(os.path.join(run.run_dir(), "metrics.jsonl")),
             title=f"{run.model.kind} on {run.data.dataset}"),
