@@ -240,6 +240,30 @@ def test_pca_recovers_planted_plane():
     assert np.all(res.coords[0] >= 0)
 
 
+def test_pca_centres_the_trajectory_like_numpy_svd():
+    # Checkpoints clustered far from the final point: without centring, the first direction
+    # would point at the cluster's mean instead of along its spread.
+    rng = np.random.default_rng(2)
+    k, p = 8, 40
+    final = rng.normal(size=p)
+    spread = rng.normal(size=(k, 3)) * np.array([3.0, 1.0, 0.3])
+    diff_KxP = 20.0 * rng.normal(size=p) + spread @ rng.normal(size=(3, p))
+    traj = [{"w": jnp.asarray((final + diff_KxP[i]).reshape(8, 5), jnp.float32)}
+            for i in range(k)]
+    res = L.pca_directions(traj, final={"w": jnp.asarray(final.reshape(8, 5), jnp.float32)})
+    # Independent reference: SVD of the centred matrix of theta_i - theta_final.
+    theta_KxP = np.stack([np.asarray(t["w"], np.float64).ravel() for t in traj])
+    diff_KxP = theta_KxP - np.float32(final).astype(np.float64)
+    centred_KxP = diff_KxP - diff_KxP.mean(axis=0)
+    _, sing, vt_KxP = np.linalg.svd(centred_KxP, full_matrices=False)
+    basis_CxP = np.stack([np.asarray(d["w"], np.float64).ravel() for d in res.directions])
+    signs_C = np.sign(np.sum(basis_CxP * vt_KxP[:2], axis=1))
+    np.testing.assert_allclose(basis_CxP, signs_C[:, None] * vt_KxP[:2], atol=1e-5)
+    np.testing.assert_allclose(res.explained_variance_ratio, sing[:2] ** 2 / np.sum(sing ** 2),
+                               rtol=1e-6)
+    np.testing.assert_allclose(res.coords, diff_KxP @ basis_CxP.T, rtol=1e-5, atol=1e-4)
+
+
 def test_pca_ignores_biases():
     rng = np.random.default_rng(1)
     traj = [{"kernel": jnp.asarray(rng.normal(size=(4, 3))),
