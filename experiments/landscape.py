@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from research import landscape as L
-from research.config import cli
+from research.config import run_cli
 from research.io import atomic_write_json, remove_stale_temporaries
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
 from research.reproductions import fixed_subset
@@ -211,4 +211,4 @@ def _at_origin(s: L.Surface) -> float | None:
 
 
 if __name__ == "__main__":
-    main(cli(LANDSCAPE_PRESETS, "paper", __doc__.split("\n\n")[0]))
+    run_cli(main, LANDSCAPE_PRESETS, "paper", __doc__.split("\n\n")[0])

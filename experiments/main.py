@@ -32,7 +32,7 @@ from typing import Any
 from experiments import landscape as landscape_experiment
 from research import metrics as M
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
 from research.landscape.config import LandscapeConfig
@@ -270,4 +270,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])
