@@ -54,7 +54,7 @@ from matplotlib import ticker as mticker
 
 from research import landscape as L
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
 from research.landscape.hessian import top_eigenvalue
@@ -300,4 +300,4 @@ def _draw(cfg: Config, rows: list[dict], curves: dict, out_dir: str) -> list[str
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data.real import find_sonic_pi
 from research.io import atomic_write_json, atomic_write_text
 from research.train import train_and_evaluate
@@ -166,4 +166,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -20,14 +20,16 @@ a trajectory whose first two principal components explain most of its variance.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from research import landscape as L
-from research.config import cli
-from research.io import atomic_write_json
+from research.config import run_cli
+from research.io import atomic_write_json, remove_stale_temporaries
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
 from research.reproductions import fixed_subset
 from research.sharding import make_mesh
@@ -63,15 +65,23 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
     from research.train import build_state, load_run
 
     # Fail before any computation when an analysis cannot run.
+    if not os.path.isdir(cfg.run_dir):
+        raise FileNotFoundError(f"--run-dir: the run folder {cfg.run_dir} does not exist")
+    if not os.path.isfile(os.path.join(cfg.run_dir, "config.json")):
+        raise FileNotFoundError(f"--run-dir: {cfg.run_dir} is not a training run's folder "
+                                "(it has no config.json)")
     if "pca" in cfg.plots and not os.path.isdir(os.path.join(cfg.run_dir, "trajectory")):
-        raise SystemExit(f"--plots pca: {cfg.run_dir} has no trajectory/; train with "
-                         "--train.trajectory-every K, or leave pca out of --plots")
+        raise FileNotFoundError(f"--plots pca: {cfg.run_dir} has no trajectory/; train with "
+                                "--train.trajectory-every K, or leave pca out of --plots")
     if "interpolation" in cfg.plots and not os.path.exists(
             os.path.join(cfg.run_dir, "init_params.npz")):
-        raise SystemExit(f"--plots interpolation: {cfg.run_dir} has no init_params.npz")
+        raise FileNotFoundError(f"--plots interpolation: {cfg.run_dir} has no init_params.npz")
     run_cfg, state, dataset = load_run(cfg.run_dir)
+    _say_if_unfinished(cfg.run_dir, int(state.step),
+                       len(dataset.x_train) // run_cfg.train.batch_size * run_cfg.train.epochs)
     out = cfg.output_dir()
     os.makedirs(out, exist_ok=True)
+    remove_stale_temporaries(out)
     data = _split(cfg, dataset)
     has_bn = bool(state.batch_stats)
     fn, bn_update = L.linen_functions(state.apply_fn, state.loss, with_state=has_bn)
@@ -178,6 +188,21 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
     return summary
 
 
+def _say_if_unfinished(run_dir: str, step: int, total_steps: int) -> None:
+    """Tell the user (on stderr) when the run's training has not finished."""
+    path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if json.load(f).get("finished"):
+                return
+        why = "its summary.json says it is not finished"
+    else:
+        why = "it has no summary.json"
+    print(f"warning: the training run in {run_dir} is unfinished ({why}); evaluating its newest "
+          f"checkpoint, at step {step} of {total_steps}. Run the training again to finish it.",
+          file=sys.stderr)
+
+
 def _at_origin(s: L.Surface) -> float | None:
     idx = tuple(int(np.argmin(np.abs(a))) for a in s.axes)
     if any(abs(a[i]) > 1e-12 for a, i in zip(s.axes, idx)):
@@ -186,4 +211,4 @@ def _at_origin(s: L.Surface) -> float | None:
 
 
 if __name__ == "__main__":
-    main(cli(LANDSCAPE_PRESETS, "paper", __doc__.split("\n\n")[0]))
+    run_cli(main, LANDSCAPE_PRESETS, "paper", __doc__.split("\n\n")[0])

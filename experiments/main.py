@@ -32,7 +32,7 @@ from typing import Any
 from experiments import landscape as landscape_experiment
 from research import metrics as M
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
 from research.landscape.config import LandscapeConfig
@@ -242,7 +242,7 @@ def main(cfg: Config) -> dict:
     figures = {
         "examples": save_figure(plot_spectrogram_examples(data.x_train, data.y_train,
                                                           data.class_names),
-                                os.path.join(fig_dir, "examples"))[0],
+                                os.path.join(fig_dir, "examples"), ("png",))[0],
         "curves": save_figure(plot_learning_curves(
             read_jsonl(os.path.join(run.run_dir(), "metrics.jsonl")),
             title=f"{run.model.kind} on {run.data.dataset}"),
@@ -270,4 +270,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -3,7 +3,9 @@
 Every experiment takes its command line from these dataclasses through tyro, so
 `python -m experiments.<name> --help` lists every field with its default, and `--preset NAME`
 picks the defaults. Validation runs in `__post_init__`, so a bad value fails at start with a
-message that names the field.
+message that names the field. `run_cli` is every experiment's entry point: it parses the command
+line, runs the experiment, and turns expected user errors (a bad path or setting, a diverged run)
+into one `error: ...` line and exit code 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -371,6 +374,44 @@ def cli(presets: Mapping[str, Any], default: str, description: str,
     text = (f"{description}\n\nPresets (--preset NAME, default {default}): "
             f"{', '.join(presets)}. Options below show the chosen preset's defaults.")
     return tyro.cli(type(base), default=base, args=args, description=text)
+
+
+# What a user causes with a bad path, a bad setting or a diverged run; `run_cli` prints their
+# message instead of a traceback. The project's own BadFilesError, AudioFileError and
+# SurfaceMismatchError are ValueErrors.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+               FloatingPointError)
+TRACEBACK_ENV = "RESEARCH_TRACEBACK"
+
+
+def run_cli(main: Callable[[Any], Any], presets: Mapping[str, Any], default: str,
+            description: str, args: Sequence[str] | None = None) -> Any:
+    """Parse the command line with `cli` and run `main(cfg)`: every experiment's `__main__`.
+
+    An expected user error (`USER_ERRORS`: a bad setting, a missing or unreadable file or
+    folder, bad audio files, a run that diverged) prints `error: <message>` on stderr and exits
+    with code 2, like a command-line parsing error. Any other exception keeps its full traceback
+    (it is a bug), and so does every exception when the environment variable
+    `RESEARCH_TRACEBACK=1` is set.
+
+    Args:
+        main: the experiment's `main(cfg)`.
+        presets: preset name -> config instance, as for `cli`.
+        default: preset used when `--preset` is not given.
+        description: text shown at the top of `--help`.
+        args: command-line arguments (default: sys.argv[1:]).
+
+    Returns:
+        What `main` returns.
+    """
+    try:
+        return main(cli(presets, default, description, args))
+    except USER_ERRORS as e:
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            raise
+        message = str(e).strip() or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 _DATACLASSES = {c.__name__: c for c in (DataConfig, ModelConfig, OptimConfig, TrainConfig)}

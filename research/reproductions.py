@@ -96,7 +96,7 @@ def params_norm(params: Any, kernels_only: bool = True) -> float:
     """
     total = 0.0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if kernels_only and L.param_kind(path) != "weight":
+        if kernels_only and L.param_kind(path, np.ndim(leaf)) != "weight":
             continue
         total += float(np.sum(np.square(np.asarray(leaf, np.float64))))
     return float(np.sqrt(total))

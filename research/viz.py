@@ -1,6 +1,7 @@
 """Training figures: learning curves, confusion matrices, and the Playground's pictures.
 
-Figures are written with `save_figure`, atomically, as PNG (and PDF when asked). Plotting needs
+Figures are written with `save_figure`, atomically, as PNG and PDF by default; it is the one
+function that writes figures in this project (the landscape plots use it too). Plotting needs
 only arrays and metric records, so it runs after training, from files. No backend is forced:
 matplotlib picks Agg on a machine without a display, and notebooks keep their inline backend.
 """
@@ -17,7 +18,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
-from research.io import atomic_write_bytes
+from research.io import atomic_write_bytes, remove_stale_temporaries
 
 # The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
 PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
@@ -25,27 +26,46 @@ PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
 NEG_COLOR, POS_COLOR = "#f59322", "#0877bd"
 
 
-def save_figure(fig, path: str, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[str]:
-    """Save a figure atomically in each format and close it.
+def save_figure(fig, path: str, formats: Sequence[str] = ("png", "pdf"),
+                dpi: int = 150) -> list[str]:
+    """Save a figure as `<path>.<fmt>` for each format, atomically, and close it.
+
+    The one way figures are written in this project (`research.landscape.save_figure` is this
+    function). Every format is rendered to memory first and only then written, each file through
+    `research.io.atomic_write_bytes`: a failure while rendering leaves existing figures as they
+    were, and a killed process leaves each file old or new, never half written. Leftover
+    temporaries of killed writers in the folder are removed first.
 
     Args:
-        fig: the matplotlib figure.
-        path: output path without extension (an extension given is replaced).
-        formats: file types, e.g. ("png", "pdf").
+        fig: the matplotlib figure (closed afterwards, also when saving fails).
+        path: output path without extension; a figure extension given (.png, .pdf, ...) is
+            dropped, other dots are kept (`plane_0.5` gives `plane_0.5.png`).
+        formats: file types matplotlib can write, e.g. ("png", "pdf").
         dpi: resolution of raster formats.
 
     Returns:
-        The written paths.
+        The written paths, in the order of `formats`.
     """
-    stem = os.path.splitext(path)[0]
-    written = []
-    for fmt in formats:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-        atomic_write_bytes(f"{stem}.{fmt}", buf.getvalue())
-        written.append(f"{stem}.{fmt}")
-    plt.close(fig)
-    return written
+    try:
+        supported = fig.canvas.get_supported_filetypes()
+        bad = [fmt for fmt in formats if fmt not in supported]
+        if bad or not formats:
+            raise ValueError(f"formats: cannot write {bad or 'nothing'}; choose from "
+                             f"{', '.join(sorted(supported))}")
+        stem, ext = os.path.splitext(path)
+        if ext[1:].lower() not in supported:
+            stem = path
+        rendered = []
+        for fmt in formats:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+            rendered.append((f"{stem}.{fmt}", buf.getvalue()))
+    finally:
+        plt.close(fig)
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(stem)))
+    for target, data in rendered:
+        atomic_write_bytes(target, data)
+    return [target for target, _ in rendered]
 
 
 def plot_learning_curves(records: list[dict], title: str = "", log_loss: bool = False):

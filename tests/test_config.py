@@ -1,3 +1,5 @@
+"""Configs: validation naming the field, round trips, the command line and its error lines."""
+
 import dataclasses
 import json
 import subprocess
@@ -14,6 +16,7 @@ from research.config import (
     TrainConfig,
     cli,
     from_dict,
+    run_cli,
     to_dict,
 )
 
@@ -64,3 +67,47 @@ def test_help_lists_every_option_with_defaults():
                  "--train.regularization", "--train.batch-size", "--model.widths"):
         assert flag in text, flag
     assert "tiny" in text and "xor" in text  # the tiny preset's defaults are shown
+
+
+def test_experiment_user_error_is_one_line_with_exit_code_2():
+    cmd = [sys.executable, "-m", "experiments.main", "--preset", "tiny",
+           "--run.data.dataset", "esc50", "--run.data.root", "/nonexistent"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == ["error: DataConfig.root: folder not found: /nonexistent"]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_run_cli_keeps_tracebacks_for_bugs_and_on_request(monkeypatch, capsys):
+    def fails_with(exc):
+        def main(cfg):
+            raise exc
+        return main
+
+    monkeypatch.delenv("RESEARCH_TRACEBACK", raising=False)
+    args = ["--preset", "tiny"]
+    for exc in (ValueError("TrainConfig.batch_size: 64 is larger than the split (50)"),
+                FloatingPointError("loss is nan at step 7"), PermissionError("denied: /x"),
+                NotADirectoryError("/x is a file")):
+        with pytest.raises(SystemExit) as info:
+            run_cli(fails_with(exc), PLAYGROUND_PRESETS, "cpu", "test", args)
+        assert info.value.code == 2
+        assert capsys.readouterr().err == f"error: {exc}\n"
+    # Anything else is a bug: its traceback stays.
+    with pytest.raises(KeyError):
+        run_cli(fails_with(KeyError("x")), PLAYGROUND_PRESETS, "cpu", "test", args)
+    monkeypatch.setenv("RESEARCH_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bad"):
+        run_cli(fails_with(ValueError("bad")), PLAYGROUND_PRESETS, "cpu", "test", args)
+
+
+def test_landscape_missing_run_dir_on_the_command_line(capsys):
+    from experiments import landscape
+    from research.landscape.config import LANDSCAPE_PRESETS
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(landscape.main, LANDSCAPE_PRESETS, "paper", "test",
+                ["--run-dir", "/nonexistent/run"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: --run-dir: the run folder /nonexistent/run does "
+                                       "not exist\n")

@@ -71,9 +71,33 @@ def test_missing_trajectory_fails_before_computing(run_dir, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("trajectory", "landscape"))
     cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(bare))
-    with pytest.raises(SystemExit, match="trajectory-every"):
+    with pytest.raises(FileNotFoundError, match="trajectory-every"):
         exp.main(cfg)
     assert not (bare / "landscape").exists()
+
+
+def test_missing_run_folder_is_named_as_such(tmp_path):
+    cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=r"run folder .*nope does not exist"):
+        exp.main(cfg)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        exp.main(dataclasses.replace(cfg, run_dir=str(tmp_path)))
+
+
+def test_unfinished_run_says_which_checkpoint_it_evaluates(run_dir, tmp_path, capsys):
+    import shutil
+
+    part = tmp_path / "part"
+    shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("landscape"))
+    # As if killed after the checkpoint of step 10: no final checkpoint, no summary.json.
+    shutil.rmtree(part / "checkpoints" / "15")
+    os.remove(part / "summary.json")
+    cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(part), plots=("line",))
+    capsys.readouterr()
+    exp.main(cfg)
+    err = capsys.readouterr().err
+    assert "unfinished" in err and "no summary.json" in err
+    assert "newest checkpoint, at step 10 of 15" in err
 
 
 def test_landscape_experiment_cli_parses(run_dir):

@@ -1,13 +1,17 @@
-"""Plots from a surface file: files written, 3D not blank, levels, VTK parsed back, GIF frames."""
+"""Plots from a surface file: files written (atomically), 3D not blank, levels, VTK, GIF frames."""
 
+import os
+import pathlib
 import xml.etree.ElementTree as ET
 
+import matplotlib.artist
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
 from research import landscape as L
+from research import viz
 from research.landscape.surface import empty_surface
 
 
@@ -152,3 +156,46 @@ def test_plot_errors_name_the_problem(surface_path, line_path):
         s.extras.clear()
         L.plot_trajectory(s)
     plt.close("all")
+
+
+class _Boom(matplotlib.artist.Artist):
+    """An artist whose drawing fails mid-render, as a bad value or a full disk would.
+
+    It fails from its second drawing on: `bbox_inches="tight"` first draws the figure once for
+    the layout, before any file is opened; the failure must come while the file is written.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def draw(self, renderer):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("boom")
+
+
+def test_failed_render_keeps_the_old_figure_and_leaves_no_temporary(surface_path, tmp_path):
+    assert L.save_figure is viz.save_figure  # one function writes every figure
+    stem = str(tmp_path / "plane")
+    paths = L.save_figure(L.plot_contour(surface_path), stem, ("pdf", "png"))
+    before = {p: pathlib.Path(p).read_bytes() for p in paths}
+    fig = L.plot_contour(surface_path)
+    fig.add_artist(_Boom())
+    with pytest.raises(RuntimeError, match="boom"):
+        L.save_figure(fig, stem, ("pdf", "png"))
+    assert {p: pathlib.Path(p).read_bytes() for p in paths} == before
+    assert sorted(os.listdir(tmp_path)) == ["plane.pdf", "plane.png"]
+    assert plt.get_fignums() == []
+
+
+def test_save_figure_keeps_dots_in_the_name_and_drops_a_figure_extension(tmp_path):
+    fig, _ = plt.subplots()
+    want = [str(tmp_path / "lr_0.5.png")]
+    assert viz.save_figure(fig, str(tmp_path / "lr_0.5"), ("png",)) == want
+    fig, _ = plt.subplots()
+    assert viz.save_figure(fig, str(tmp_path / "a.pdf")) == [str(tmp_path / f"a.{e}")
+                                                              for e in ("png", "pdf")]
+    with pytest.raises(ValueError, match="formats"):
+        viz.save_figure(plt.subplots()[0], str(tmp_path / "b"), ("png", "docx"))
+    assert sorted(os.listdir(tmp_path)) == ["a.pdf", "a.png", "lr_0.5.png"]

@@ -1,15 +1,18 @@
 """Plots from a surface file alone: 1D curves, contours, heat maps, 3D, trajectories, GIF, VTK.
 
 Every function takes a `Surface` or the path of a surface file, and returns a matplotlib Figure
-(or writes a file). Figures use the Agg backend and `fig.add_subplot(projection="3d")` for 3D,
-which renders with current matplotlib (the reference's `Axes3D(fig)` gives a blank plot since
-matplotlib 3.4). Contour levels are log-spaced when the values span more than a decade and are
-capped at a high quantile, so a few huge values at the grid's corners do not flatten the picture.
+(or writes a file). Files are written atomically: figures with `save_figure` (the same function
+as `research.viz.save_figure`), the GIF and the VTK file through `research.io`. Figures use the
+Agg backend and `fig.add_subplot(projection="3d")` for 3D, which renders with current matplotlib
+(the reference's `Axes3D(fig)` gives a blank plot since matplotlib 3.4). Contour levels are
+log-spaced when the values span more than a decade and are capped at a high quantile, so a few
+huge values at the grid's corners do not flatten the picture.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from xml.sax.saxutils import quoteattr
 
@@ -20,7 +23,12 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from research.io import atomic_write_bytes, atomic_write_text
 from research.landscape.surface import Surface, load_surface
+from research.viz import save_figure
+
+__all__ = ["animate_trajectory", "contour_levels", "export_vtp", "plot_1d", "plot_contour",
+           "plot_interpolation", "plot_surface_3d", "plot_trajectory", "save_figure"]
 
 _LABELS = {"loss": "loss", "accuracy": "accuracy", "objective": "objective (loss + penalty)"}
 
@@ -89,31 +97,6 @@ def contour_levels(values: np.ndarray, n: int = 20, log: bool | None = None,
         # The first level sits just above the minimum, so the minimum's basin is drawn closed.
         return np.geomspace(lo, hi, n + 1)[1:], True
     return np.linspace(lo, hi, n + 1)[1:], False
-
-
-def save_figure(fig: Figure, stem: str, formats: Sequence[str] = ("png", "pdf"),
-                dpi: int = 150) -> list[str]:
-    """Save a figure as `<stem>.<fmt>` for each format and close it.
-
-    Args:
-        fig: the figure.
-        stem: path without extension.
-        formats: png and/or pdf.
-        dpi: resolution of raster formats.
-
-    Returns:
-        The paths written.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    paths = []
-    for fmt in formats:
-        if fmt not in ("png", "pdf", "svg"):
-            raise ValueError(f"formats: unknown format {fmt!r}; choose png, pdf or svg")
-        path = f"{stem}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def plot_1d(surface: Surface | str, metric: str = "loss", second: str | None = "accuracy",
@@ -403,9 +386,16 @@ def animate_trajectory(surface: Surface | str, path: str, metric: str = "loss", 
         return path_line, head, label
 
     anim = FuncAnimation(fig, frame, frames=len(t), blit=False)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    anim.save(path, writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    try:
+        # The writer wants a file name: render in a private folder, then write atomically.
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            gif = os.path.join(tmp_dir, "animation.gif")
+            anim.save(gif, writer=PillowWriter(fps=fps))
+            with open(gif, "rb") as f:
+                data = f.read()
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -473,7 +463,5 @@ def export_vtp(surface: Surface | str, path: str, metric: str = "loss", log: boo
               "    </Piece>",
               "  </PolyData>",
               "</VTKFile>", ""]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
