@@ -79,18 +79,23 @@ def test_esc50_official_folds_skip_option_and_stereo_48k(tmp_path, test_fold):
     assert {os.path.basename(b["path"]) for b in d.info["bad_files"]} == {"3-99999-A-0.wav",
                                                                          "4-55555-A-1.wav"}
     assert d.class_names == ("dog", "rain", "siren")
-    assert d.wave_train.shape == (12, 2000) and d.wave_test.shape == (3, 2000)
-    # Each clip's mean names its (fold, target): the test split is exactly the held-out fold.
+    assert d.wave_train.shape == (9, 2000) and d.wave_test.shape == (3, 2000)
+    assert d.wave_val.shape == (3, 2000)
+    # Each clip's mean names its (fold, target): the test split is exactly the held-out fold,
+    # the validation split the next one (cyclically).
+    val_fold = test_fold % 5 + 1
     for wave, y in zip(d.wave_test, d.y_test):
         assert np.mean(wave[:1600]) == pytest.approx(_code(test_fold, y), abs=2e-3)
+    for wave, y in zip(d.wave_val, d.y_val):
+        assert np.mean(wave[:1600]) == pytest.approx(_code(val_fold, y), abs=2e-3)
     folds = {round((np.mean(w[:1600]) - 0.01 * y) / 0.1) for w, y in zip(d.wave_train,
                                                                          d.y_train)}
-    assert folds == set(range(1, 6)) - {test_fold}
+    assert folds == set(range(1, 6)) - {test_fold, val_fold}
     assert d.info["original_sample_rates"] == {"8000": 14, "48000": 1}
     assert d.info["original_channels"] == {"1": 14, "2": 1}
     # The stereo 48 kHz file: mean of channels, resampled by librosa, padded to 0.25 s.
-    wave = d.wave_test[d.y_test == 1][0] if test_fold == 2 else d.wave_train[
-        (d.y_train == 1) & (np.abs(d.wave_train.mean(axis=1) - 0.8 * _code(2, 1)) < 0.01)][0]
+    wave = next(w for split in ("train", "val", "test") for w, f in zip(
+        getattr(d, f"wave_{split}"), getattr(d, f"files_{split}")) if f.endswith("2-10001-A-1.wav"))
     # librosa.load (mono, resampled) is the reference.
     ref, _ = librosa.load(str(tmp_path / "audio" / "2-10001-A-1.wav"), sr=SR, mono=True)
     np.testing.assert_allclose(wave[:len(ref)], ref, atol=1e-5)
@@ -157,8 +162,9 @@ def test_urbansound8k_folds_mixed_rates_and_bad_files(tmp_path):
     assert {os.path.basename(p) for p, _ in e.value.bad} == {"999-1-0-0.wav", "555-0-0-0.wav"}
     d = real.load_urbansound8k(str(tmp_path), 4, SR, 0.2, skip_bad_files=True)
     assert d.class_names == ("air_conditioner", "car_horn", "children_playing")
-    assert len(d.y_train) == 27 and len(d.y_test) == 3
+    assert len(d.y_train) == 24 and len(d.y_val) == 3 and len(d.y_test) == 3
     assert d.info["bad_files_skipped"] == 2 and d.info["folds"]["4"] == 3
+    assert {os.path.dirname(f)[-5:] for f in d.files_val} == {"fold5"}
     for wave, y in zip(d.wave_test, d.y_test):
         n = int((0.1 + 0.05 * y) * SR)
         assert np.mean(wave[:n - 10]) == pytest.approx(_code(4, y), abs=5e-3)
@@ -188,7 +194,8 @@ def test_gtzan_contiguous_index_folds(tmp_path):
     assert reasons["blues.00031.au"].startswith("unreadable audio")
     d = real.load_gtzan(str(tmp_path), 2, SR, 0.1, skip_bad_files=True)
     assert d.info["original_channels"] == {"1": 59, "2": 1}
-    assert d.class_names == tuple(genres) and len(d.y_test) == 20 and len(d.y_train) == 40
+    assert d.class_names == tuple(genres) and len(d.y_test) == 20 and len(d.y_train) == 20
+    assert len(d.y_val) == 20 and all("jazz.0002" in f or "blues.0002" in f for f in d.files_val)
     idx = sorted(round((np.mean(w) - 0.5 * y) / 0.01) for w, y in zip(d.wave_test, d.y_test))
     assert idx == sorted(list(range(10, 20)) * 2)  # fold 2 = files 10..19 of every genre
     assert "no official folds" in d.info["split"]
@@ -240,9 +247,12 @@ def test_benchmark_through_load_dataset(tmp_path):
                      clip_seconds=0.2, n_fft=256, hop_length=64, n_mels=16,
                      cache_dir=str(tmp_path / "cache"))
     d = load_dataset(cfg)
-    assert d.x_train.shape == (12, 16, 26, 1) and d.x_test.shape == (3, 16, 26, 1)
+    assert d.x_train.shape == (9, 16, 26, 1) and d.x_test.shape == (3, 16, 26, 1)
+    assert d.x_val.shape == (3, 16, 26, 1)
     assert d.info["counts"]["test"] == {"dog": 1, "rain": 1, "siren": 1}
-    assert d.info["split"] == "official fold 3 held out"
+    assert d.info["counts"]["val"] == {"dog": 1, "rain": 1, "siren": 1}
+    assert d.info["split"] == "official folds: fold 3 tests, fold 4 validates, folds 1, 2, 5 train"
+    assert d.info["bad_files_skipped"] == 0 and d.info["bad_files"] == []
     assert json.loads(json.dumps(d.info)) == d.info  # JSON-ready
     with pytest.raises(real.BadFilesError):
         _esc50(str(tmp_path / "esc2"))
