@@ -1,10 +1,17 @@
 """Real recordings: the Debian sonic-pi-samples task; local ESC-50, UrbanSound8K and GTZAN copies.
 
 Every loader returns waveforms at one sampling rate, mono, padded with zeros or cropped (from the
-start) to a fixed length, with labels and a JSON-ready summary of what was loaded. Official folds
-are enforced and never reshuffled. An unreadable, empty or otherwise bad file is reported by
-name: by default loading stops with the list of every bad file; with `skip_bad_files` the bad
-files are left out and counted in the summary (and logged). Nothing is dropped silently.
+start) to a fixed length, with labels, the source file of every clip, and a JSON-ready summary
+of what was loaded. Train, validation and test come from the source: official folds (one tests,
+another validates; never reshuffled), or for sonic-pi a seeded split by source file.
+
+A bad file is reported by name: by default loading stops with the list of every bad file; with
+`skip_bad_files` the bad files are left out and listed in the summary (`bad_files`,
+`bad_files_skipped`) and the log. Nothing is dropped silently. Bad means: missing, unreadable,
+empty, truncated (fewer frames than a WAV, AU or AIFF header declares; libsndfile itself reads
+what is there without a word), non-finite or absurdly large samples, an implausible sampling
+rate, no metadata row, a file name listed in two metadata rows, or the same audio as a file in
+another split (found by a hash of the samples), which would leak held-out data into training.
 
 Layouts (DESIGN.md, "Data sets"):
 
@@ -18,7 +25,9 @@ Layouts (DESIGN.md, "Data sets"):
   that are not available offline. We use ten folds of contiguous file indices: fold k holds
   files 10(k-1) .. 10k-1 of every genre. Contiguous blocks keep most runs of same-artist
   recordings (which GTZAN stores next to each other) on one side of the split, so the
-  estimate is less optimistic than a random split, though not artist-disjoint.
+  estimate is less optimistic than a random split, though not artist-disjoint. An index
+  outside 0..99 (no fold) and one index present as both .au and .wav are bad files; an empty
+  genre folder stops loading (it would be a class with no examples).
 - sonic-pi-samples: 44.1 kHz FLAC clips named `<prefix>_<name>.flac`, installed by the Debian
   package under /usr/share/sonic-pi/samples. The task: kick / snare / cymbal / tabla, classes
   chosen by file name, split by source file, each file cut into fixed-length segments.
