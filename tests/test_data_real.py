@@ -513,3 +513,14 @@ def test_metadata_csv_with_byte_order_mark_loads(tmp_path):
     meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
     d = real.load_esc50(str(tmp_path), 1, SR, 0.25)
     assert len(d.y_train) == 9 and d.class_names == ("dog", "rain", "siren")
+
+
+def test_sonic_pi_classes_of_two_files_have_no_validation_file(tmp_path):
+    _sonic_pi_tree(str(tmp_path), {"kick": 2, "snare": 2, "cymbal": 2, "tabla": 2})
+    cfg = DataConfig(dataset="sonic-pi", root=str(tmp_path), sample_rate=SR, clip_seconds=0.1,
+                     n_fft=256, hop_length=128, n_mels=16, cache_dir="")
+    d = load_dataset(cfg)
+    # An empty validation split, said so, rather than one carved from training segments (which
+    # would share source files with training).
+    assert d.x_val.shape == (0, 16, 7, 1) and len(d.y_train) == len(d.y_test) == 12
+    assert "kick, snare, cymbal, tabla have 2 files" in d.info["validation"]

@@ -100,8 +100,9 @@ def load(cfg: DataConfig) -> Dataset:
     t_audio = time.perf_counter() - t0
     settings = feature_settings(cfg)
     t0 = time.perf_counter()
-    # Overflow is checked clip by clip below, where the clip's file can be named.
-    with np.errstate(over="ignore", invalid="ignore"):
+    # Overflow is checked clip by clip below, where the clip's file can be named; an empty
+    # split (sonic-pi classes of 2 files give no validation file) divides by zero in librosa.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         tr = features.cached_compute(loaded.wave_train, settings, cfg.cache_dir)
         va = features.cached_compute(loaded.wave_val, settings, cfg.cache_dir)
         te = features.cached_compute(loaded.wave_test, settings, cfg.cache_dir)
@@ -149,7 +150,7 @@ def _drop_nonfinite(loaded: real.Loaded, feats: tuple[np.ndarray, ...], skip_bad
     sources = {}
     for split, x in zip(real.SPLITS, feats):
         files = getattr(loaded, f"files_{split}")
-        rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        rows = np.flatnonzero(~np.all(np.isfinite(x), axis=tuple(range(1, x.ndim))))
         for i in rows.tolist():
             # Procedural clips have no file: their split and index name them.
             sources.setdefault(files[i] if files else f"{split} clip {i}", split)
