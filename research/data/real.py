@@ -1,10 +1,17 @@
 """Real recordings: the Debian sonic-pi-samples task; local ESC-50, UrbanSound8K and GTZAN copies.
 
 Every loader returns waveforms at one sampling rate, mono, padded with zeros or cropped (from the
-start) to a fixed length, with labels and a JSON-ready summary of what was loaded. Official folds
-are enforced and never reshuffled. An unreadable, empty or otherwise bad file is reported by
-name: by default loading stops with the list of every bad file; with `skip_bad_files` the bad
-files are left out and counted in the summary (and logged). Nothing is dropped silently.
+start) to a fixed length, with labels, the source file of every clip, and a JSON-ready summary
+of what was loaded. Train, validation and test come from the source: official folds (one tests,
+another validates; never reshuffled), or for sonic-pi a seeded split by source file.
+
+A bad file is reported by name: by default loading stops with the list of every bad file; with
+`skip_bad_files` the bad files are left out and listed in the summary (`bad_files`,
+`bad_files_skipped`) and the log. Nothing is dropped silently. Bad means: missing, unreadable,
+empty, truncated (fewer frames than a WAV, AU or AIFF header declares; libsndfile itself reads
+what is there without a word), non-finite or absurdly large samples, an implausible sampling
+rate, no metadata row, a file name listed in two metadata rows, or the same audio as a file in
+another split (found by a hash of the samples), which would leak held-out data into training.
 
 Layouts (DESIGN.md, "Data sets"):
 
@@ -18,7 +25,9 @@ Layouts (DESIGN.md, "Data sets"):
   that are not available offline. We use ten folds of contiguous file indices: fold k holds
   files 10(k-1) .. 10k-1 of every genre. Contiguous blocks keep most runs of same-artist
   recordings (which GTZAN stores next to each other) on one side of the split, so the
-  estimate is less optimistic than a random split, though not artist-disjoint.
+  estimate is less optimistic than a random split, though not artist-disjoint. An index
+  outside 0..99 (no fold) and one index present as both .au and .wav are bad files; an empty
+  genre folder stops loading (it would be a class with no examples).
 - sonic-pi-samples: 44.1 kHz FLAC clips named `<prefix>_<name>.flac`, installed by the Debian
   package under /usr/share/sonic-pi/samples. The task: kick / snare / cymbal / tabla, classes
   chosen by file name, split by source file, each file cut into fixed-length segments.
@@ -29,10 +38,12 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +60,10 @@ SONIC_PI_CLASSES: dict[str, str] = {
     "cymbal": r"^(drum_cymbal_.*|drum_splash_.*|elec_cymbal)$",
     "tabla": r"^tabla_.*$",
 }
+SPLITS = ("train", "val", "test")
+# Float files hold samples near [-1, 1]; anything this large is a broken writer, and its square
+# overflows float32 in the features (NaN/inf that a jitted model would silently score).
+MAX_ABS_SAMPLE = 1e6
 
 
 class AudioFileError(ValueError):
@@ -85,6 +100,10 @@ class Loaded:
         wave_val: validation clips, when the source defines them (folds, source files); None
             lets `research.data.audio.load` carve a stratified share of the training clips.
         y_val: validation labels (None with `wave_val`).
+        files_train: the source file of each training clip (None for procedural clips), so a
+            clip that turns out bad later (non-finite features) is reported by file.
+        files_val: the source file of each validation clip.
+        files_test: the source file of each test clip.
     """
 
     wave_train: np.ndarray
@@ -95,6 +114,9 @@ class Loaded:
     info: dict[str, Any]
     wave_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    files_train: tuple[str, ...] | None = None
+    files_val: tuple[str, ...] | None = None
+    files_test: tuple[str, ...] | None = None
 
 
 def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -108,8 +130,9 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]
         (wave_T, facts) where facts holds the file's original sample rate and channel count.
 
     Raises:
-        AudioFileError: the file is missing, unreadable, empty, has an implausible sampling
-            rate or contains non-finite samples.
+        AudioFileError: the file is missing, unreadable, empty, truncated (fewer frames than its
+            header declares), has an implausible sampling rate, or contains non-finite or
+            absurdly large samples.
     """
     import soundfile as sf
 
@@ -121,10 +144,20 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]
         raise AudioFileError(path, f"unreadable audio ({type(e).__name__}: {e})") from e
     if data_TxC.shape[0] == 0:
         raise AudioFileError(path, "empty audio (0 samples)")
+    # libsndfile shrinks its own frame count to what a cut-off file holds, so only the header
+    # itself says that frames are missing.
+    declared = header_frames(path)
+    if declared is not None and data_TxC.shape[0] < declared:
+        raise AudioFileError(path, f"truncated: the header declares {declared} frames, the file "
+                             f"holds {data_TxC.shape[0]}")
     if sr < 1000:
         raise AudioFileError(path, f"implausible sampling rate {sr} Hz")
     if not np.all(np.isfinite(data_TxC)):
         raise AudioFileError(path, "non-finite samples (NaN or inf)")
+    peak = float(np.max(np.abs(data_TxC)))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioFileError(path, f"absurd sample values (max |x| = {peak:.3g}, audio lies "
+                             f"near [-1, 1]; the limit is {MAX_ABS_SAMPLE:g})")
     # Downmix as librosa does: the mean of the channels.
     wave_T = data_TxC.mean(axis=1)
     if sr != sample_rate:
@@ -132,6 +165,72 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]
 
         wave_T = librosa.resample(wave_T, orig_sr=sr, target_sr=sample_rate)
     return wave_T.astype(np.float32), {"sample_rate": int(sr), "channels": int(data_TxC.shape[1])}
+
+
+# Bytes per sample of the Sun/NeXT AU encodings libsndfile reads (mu-law, 8/16/24/32-bit PCM,
+# float, double, A-law).
+_AU_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}
+# WAV format tags with one fixed-size block per frame: PCM, float, A-law, mu-law, extensible.
+_WAV_FIXED_FRAME = (1, 3, 6, 7, 0xFFFE)
+
+
+def header_frames(path: str) -> int | None:
+    """The number of frames a WAV, AU or AIFF header declares; None when it declares none.
+
+    Streaming writers leave the size at 0 or 0xFFFFFFFF ("unknown"), and compressed WAV
+    blocks hold many frames each: both give None, as do other formats.
+
+    Args:
+        path: audio file.
+
+    Returns:
+        Declared frame count, or None.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            return _wav_frames(f)
+        if head[:4] == b".snd" and len(head) == 12:
+            size = struct.unpack(">I", head[8:12])[0]
+            fields = f.read(12)
+            if len(fields) < 12 or size in (0, 0xFFFFFFFF):
+                return None
+            encoding, _, channels = struct.unpack(">III", fields)
+            width = _AU_BYTES.get(encoding, 0) * channels
+            return size // width if width else None
+        if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            return _aiff_frames(f)
+    return None
+
+
+def _wav_frames(f) -> int | None:
+    block = 0
+    while len(chunk := f.read(8)) == 8:
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            fmt = f.read(size)
+            f.seek(size % 2, os.SEEK_CUR)  # chunks are padded to even sizes
+            if len(fmt) < 14:
+                return None
+            tag, block = struct.unpack("<H", fmt[:2])[0], struct.unpack("<H", fmt[12:14])[0]
+            if tag not in _WAV_FIXED_FRAME:
+                return None
+        elif cid == b"data":
+            return size // block if block and size not in (0, 0xFFFFFFFF) else None
+        else:
+            f.seek(size + size % 2, os.SEEK_CUR)
+    return None
+
+
+def _aiff_frames(f) -> int | None:
+    while len(chunk := f.read(8)) == 8:
+        cid, size = chunk[:4], struct.unpack(">I", chunk[4:])[0]
+        if cid == b"COMM":
+            comm = f.read(size)
+            frames = struct.unpack(">I", comm[2:6])[0] if len(comm) >= 6 else 0
+            return frames or None
+        f.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def fix_length(wave_T: np.ndarray, n: int) -> np.ndarray:
@@ -173,52 +272,118 @@ def segments(wave_T: np.ndarray, n: int, min_fraction: float = 0.25) -> list[np.
     return out
 
 
-def _read_all(items: Sequence[tuple[str, int, int]], sample_rate: int, n: int,
-              skip_bad_files: bool, extra_bad: Sequence[tuple[str, str]] = (),
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read (path, label, fold) items; returns waves, labels, folds and a summary."""
-    bad = list(extra_bad)
-    waves, labels, folds = [], [], []
-    rates: collections.Counter = collections.Counter()
-    channels: collections.Counter = collections.Counter()
-    for path, label, fold in items:
+def _read_splits(items: Sequence[tuple[str, int, str]], sample_rate: int, n: int,
+                 segmented: bool, class_names: Sequence[str], skip_bad_files: bool,
+                 known_bad: Sequence[tuple[str, str]] = ()) -> Loaded:
+    """Read (path, label, split) items into the train, val and test splits.
+
+    Each file gives one clip of n samples (cropped or padded), or with `segmented` all its
+    segments of n samples. Bad files (unreadable, truncated, ..., or the same audio as a file
+    in another split, which would leak held-out data into training) stop loading with every
+    one of them named; with `skip_bad_files` they are left out and listed in the summary.
+
+    Args:
+        items: (path, class id, split name) per file.
+        sample_rate: target sampling rate.
+        n: clip length in samples.
+        segmented: cut each file into segments instead of one clip.
+        class_names: one name per class id.
+        skip_bad_files: skip bad files instead of stopping.
+        known_bad: (path, reason) of files found bad before reading (names, metadata).
+
+    Returns:
+        The splits, the source file of each clip, and a summary in `info`.
+    """
+    bad: dict[str, list[str]] = {}
+    for path, reason in known_bad:
+        bad.setdefault(path, []).append(reason)
+    read = []
+    first_of: dict[bytes, tuple[str, str]] = {}
+    for path, label, split in items:
         try:
             wave_T, facts = read_audio(path, sample_rate)
         except AudioFileError as e:
-            bad.append((path, e.reason))
+            bad.setdefault(path, []).append(e.reason)
             continue
-        waves.append(fix_length(wave_T, n))
-        labels.append(label)
-        folds.append(fold)
+        # Copies under another name are found by the hash of their samples, for the price of
+        # one pass over each clip.
+        other, other_split = first_of.setdefault(
+            hashlib.sha256(wave_T.tobytes()).digest(), (path, split))
+        if other_split != split:
+            bad.setdefault(path, []).append(f"same audio as {other} ({other_split} split), "
+                                            f"but in the {split} split")
+            bad.setdefault(other, []).append(f"same audio as {path} ({split} split), but in "
+                                             f"the {other_split} split")
+        read.append((path, label, split, wave_T, facts))
+    bad_list = [(p, "; ".join(reasons)) for p, reasons in bad.items()]
+    if bad_list and not skip_bad_files:
+        raise BadFilesError(bad_list)
+    if bad_list:
+        _LOG.warning("skipped %d bad audio file(s): %s", len(bad_list),
+                     ", ".join(os.path.basename(p) for p, _ in bad_list[:20]))
+    waves: dict[str, list] = {s: [] for s in SPLITS}
+    labels: dict[str, list] = {s: [] for s in SPLITS}
+    files: dict[str, list] = {s: [] for s in SPLITS}
+    rates: collections.Counter = collections.Counter()
+    channels: collections.Counter = collections.Counter()
+    for path, label, split, wave_T, facts in read:
+        if path in bad:
+            continue
+        clips = segments(wave_T, n) if segmented else [fix_length(wave_T, n)]
+        waves[split] += clips
+        labels[split] += [label] * len(clips)
+        files[split] += [path] * len(clips)
         rates[facts["sample_rate"]] += 1
         channels[facts["channels"]] += 1
-    if bad and not skip_bad_files:
-        raise BadFilesError(bad)
-    if bad:
-        _LOG.warning("skipped %d bad audio file(s): %s", len(bad),
-                     ", ".join(os.path.basename(p) for p, _ in bad[:20]))
-    summary = {"files_loaded": len(waves), "bad_files_skipped": len(bad),
-               "bad_files": [{"path": p, "reason": r} for p, r in bad],
-               "original_sample_rates": {str(k): v for k, v in sorted(rates.items())},
-               "original_channels": {str(k): v for k, v in sorted(channels.items())}}
-    wave_NxT = np.stack(waves) if waves else np.zeros((0, n), np.float32)
-    return wave_NxT, np.asarray(labels, np.int32), np.asarray(folds, np.int32), summary
+    wave = {s: np.stack(w) if w else np.zeros((0, n), np.float32) for s, w in waves.items()}
+    y = {s: np.asarray(v, np.int32) for s, v in labels.items()}
+    untrained = [c for i, c in enumerate(class_names) if not np.any(y["train"] == i)]
+    if untrained:
+        raise ValueError(f"no training clips for class(es) {', '.join(untrained)}: all their "
+                         "files are bad or held out")
+    info = {"files_loaded": sum(rates.values()), "bad_files_skipped": len(bad_list),
+            "bad_files": [{"path": p, "reason": r} for p, r in bad_list],
+            "original_sample_rates": {str(k): v for k, v in sorted(rates.items())},
+            "original_channels": {str(k): v for k, v in sorted(channels.items())},
+            "counts": {s: _counts(y[s], class_names) for s in SPLITS}}
+    return Loaded(wave["train"], y["train"], wave["test"], y["test"], tuple(class_names), info,
+                  wave_val=wave["val"], y_val=y["val"], files_train=tuple(files["train"]),
+                  files_val=tuple(files["val"]), files_test=tuple(files["test"]))
 
 
-def _split_by_fold(wave_NxT, y_N, fold_N, test_fold, class_names, info) -> Loaded:
-    test = fold_N == test_fold
-    if not test.any():
-        raise ValueError(f"DataConfig.test_fold: no loaded file is in fold {test_fold}")
-    if test.all():
-        raise ValueError(f"DataConfig.test_fold: every loaded file is in fold {test_fold}; "
-                         "nothing is left to train on")
-    info = dict(info)
-    info["counts"] = {
-        "train": _counts(y_N[~test], class_names), "test": _counts(y_N[test], class_names)}
-    info["folds"] = {str(k): int(v) for k, v in sorted(collections.Counter(
-        fold_N.tolist()).items())}
-    return Loaded(wave_NxT[~test], y_N[~test], wave_NxT[test], y_N[test], tuple(class_names),
-                  info)
+def _val_fold(test_fold: int, val_fold: int, num_folds: int, name: str) -> int:
+    """The validation fold: `val_fold`, or with 0 the fold after `test_fold`, cyclically."""
+    if not 1 <= test_fold <= num_folds:
+        raise ValueError(f"DataConfig.test_fold: {name} has folds 1..{num_folds}, got "
+                         f"{test_fold}")
+    val = val_fold or test_fold % num_folds + 1
+    if not 1 <= val <= num_folds or val == test_fold:
+        raise ValueError(f"DataConfig.val_fold: {name} has folds 1..{num_folds} and fold "
+                         f"{test_fold} tests, got {val_fold}")
+    return val
+
+
+def _load_folds(items: Sequence[tuple[str, int, int]], known_bad: Sequence[tuple[str, str]],
+                class_names: Sequence[str], test_fold: int, val_fold: int, sample_rate: int,
+                seconds: float, skip_bad_files: bool, info: dict[str, Any]) -> Loaded:
+    """Read (path, label, fold) items; fold `test_fold` tests, `val_fold` validates."""
+    side = {test_fold: "test", val_fold: "val"}
+    n = int(round(seconds * sample_rate))
+    loaded = _read_splits([(p, y, side.get(k, "train")) for p, y, k in items], sample_rate, n,
+                          False, class_names, skip_bad_files, known_bad)
+    for split, fold, field in (("test", test_fold, "test_fold"), ("val", val_fold, "val_fold")):
+        if not len(loaded.y_val if split == "val" else loaded.y_test):
+            raise ValueError(f"DataConfig.{field}: no loaded file is in fold {fold}")
+    skipped = {b["path"] for b in loaded.info["bad_files"]}
+    folds = collections.Counter(k for p, _, k in items if p not in skipped)
+    info = {**info, **loaded.info,
+            "folds": {str(k): int(v) for k, v in sorted(folds.items())}}
+    return dataclasses.replace(loaded, info=info)
+
+
+def _fold_text(test_fold: int, val_fold: int, num_folds: int) -> str:
+    train = ", ".join(str(k) for k in range(1, num_folds + 1) if k not in (test_fold, val_fold))
+    return f"fold {test_fold} tests, fold {val_fold} validates, folds {train} train"
 
 
 def _counts(y_N: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
@@ -228,7 +393,9 @@ def _counts(y_N: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
 def _read_csv(path: str, required: Sequence[str]) -> list[dict[str, str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"metadata file not found: {path}")
-    with open(path, newline="") as f:
+    # utf-8-sig: spreadsheet programs save CSVs with a byte-order mark, which would otherwise
+    # become part of the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
@@ -265,23 +432,30 @@ def _audio_files(folder: str) -> list[str]:
                   if f.lower().endswith(AUDIO_EXTENSIONS))
 
 
-def _metadata_items(meta: str, rows: list[dict], label_key: str, name_key: str, num_folds: int,
-                    path_of) -> tuple[list, set, tuple[str, ...]]:
-    """(path, label, fold) per metadata row, the listed paths, and the class names.
+def _metadata_items(meta: str, rows: list[dict], label_key: str, name_key: str, file_key: str,
+                    num_folds: int, path_of: Callable[[dict, int], str],
+                    ) -> tuple[list, set, tuple[str, ...], list[tuple[str, str]]]:
+    """(path, label, fold) per metadata row, the listed paths, the class names, bad files.
+
+    A file name listed in two rows is a bad file (its rows may put it in two folds, so in
+    training and in testing); neither row is used.
 
     Args:
         meta: the metadata file (for error messages).
         rows: its rows.
         label_key: column of the integer class id.
         name_key: column of the class name.
+        file_key: column of the audio file name.
         num_folds: folds are 1..num_folds.
         path_of: maps (row, fold) to the audio file's path.
 
     Returns:
-        items, the set of absolute listed paths, class names by id.
+        items, the set of absolute listed paths, class names by id, (path, reason) of files
+        listed more than once.
     """
     names: dict[int, str] = {}
     items, listed = [], set()
+    rows_of: dict[str, list[tuple[int, int, str]]] = {}
     for i, row in enumerate(rows, start=2):
         label = _int_field(meta, i, row, label_key)
         fold = _int_field(meta, i, row, "fold")
@@ -291,95 +465,110 @@ def _metadata_items(meta: str, rows: list[dict], label_key: str, name_key: str, 
             raise ValueError(f"{meta}, row {i}: {label_key} {label} is {row[name_key]!r} here "
                              f"but {names[label]!r} earlier")
         path = path_of(row, fold)
+        rows_of.setdefault(row[file_key], []).append((i, fold, path))
         items.append((path, label, fold))
         listed.add(os.path.abspath(path))
-    return items, listed, _dense_names(names, meta)
+    bad, twice = [], set()
+    for where in rows_of.values():
+        if len(where) > 1:
+            listed_at = " and ".join(f"row {i} (fold {k})" for i, k, _ in where)
+            bad.append((where[0][2], f"listed {len(where)} times in {os.path.basename(meta)}: "
+                                     f"{listed_at}"))
+            twice.update(p for _, _, p in where)
+    items = [it for it in items if it[0] not in twice]
+    return items, listed, _dense_names(names, meta), bad
 
 
 def load_esc50(root: str, test_fold: int = 1, sample_rate: int = 44100,
-               seconds: float = 5.0, skip_bad_files: bool = False) -> Loaded:
+               seconds: float = 5.0, skip_bad_files: bool = False, val_fold: int = 0) -> Loaded:
     """ESC-50 from a local copy, with the official five folds.
 
     Args:
         root: folder holding `audio/` and `meta/esc50.csv`.
-        test_fold: held-out fold, 1..5.
+        test_fold: held-out test fold, 1..5.
         sample_rate: target sampling rate.
         seconds: clip length after padding or cropping.
         skip_bad_files: skip bad files (counted in the summary) instead of stopping.
+        val_fold: validation fold, 1..5 but not `test_fold`; 0 takes the fold after
+            `test_fold` (cyclically: 5 -> 1).
 
     Returns:
-        The split and its summary.
+        The split, each clip's file, and a summary.
     """
     _check_root(root, "ESC-50")
-    if not 1 <= test_fold <= 5:
-        raise ValueError(f"DataConfig.test_fold: ESC-50 has folds 1..5, got {test_fold}")
+    val_fold = _val_fold(test_fold, val_fold, 5, "ESC-50")
     meta = os.path.join(root, "meta", "esc50.csv")
     rows = _read_csv(meta, ("filename", "fold", "target", "category"))
-    items, listed, class_names = _metadata_items(
-        meta, rows, "target", "category", 5,
+    items, listed, class_names, bad = _metadata_items(
+        meta, rows, "target", "category", "filename", 5,
         lambda row, fold: os.path.join(root, "audio", row["filename"]))
-    orphans = _orphans(_audio_files(os.path.join(root, "audio")), listed, "meta/esc50.csv")
-    n = int(round(seconds * sample_rate))
-    wave, y, folds, summary = _read_all(items, sample_rate, n, skip_bad_files, orphans)
+    bad += _orphans(_audio_files(os.path.join(root, "audio")), listed, "meta/esc50.csv")
     info = {"dataset": "esc50", "root": os.path.abspath(root), "metadata": meta,
-            "split": f"official fold {test_fold} held out", **summary}
-    return _split_by_fold(wave, y, folds, test_fold, class_names, info)
+            "split": f"official folds: {_fold_text(test_fold, val_fold, 5)}"}
+    return _load_folds(items, bad, class_names, test_fold, val_fold, sample_rate, seconds,
+                       skip_bad_files, info)
 
 
 def load_urbansound8k(root: str, test_fold: int = 1, sample_rate: int = 22050,
-                      seconds: float = 4.0, skip_bad_files: bool = False) -> Loaded:
+                      seconds: float = 4.0, skip_bad_files: bool = False,
+                      val_fold: int = 0) -> Loaded:
     """UrbanSound8K from a local copy, with the official ten folds.
 
     Args:
         root: folder holding `audio/fold1..fold10/` and `metadata/UrbanSound8K.csv`.
-        test_fold: held-out fold, 1..10.
+        test_fold: held-out test fold, 1..10.
         sample_rate: target sampling rate (the files have mixed rates and channels).
         seconds: clip length after padding or cropping.
         skip_bad_files: skip bad files (counted in the summary) instead of stopping.
+        val_fold: validation fold, 1..10 but not `test_fold`; 0 takes the fold after
+            `test_fold` (cyclically: 10 -> 1).
 
     Returns:
-        The split and its summary.
+        The split, each clip's file, and a summary.
     """
     _check_root(root, "UrbanSound8K")
-    if not 1 <= test_fold <= 10:
-        raise ValueError(f"DataConfig.test_fold: UrbanSound8K has folds 1..10, got {test_fold}")
+    val_fold = _val_fold(test_fold, val_fold, 10, "UrbanSound8K")
     meta = os.path.join(root, "metadata", "UrbanSound8K.csv")
     rows = _read_csv(meta, ("slice_file_name", "fold", "classID", "class"))
-    items, listed, class_names = _metadata_items(
-        meta, rows, "classID", "class", 10,
+    items, listed, class_names, bad = _metadata_items(
+        meta, rows, "classID", "class", "slice_file_name", 10,
         lambda row, fold: os.path.join(root, "audio", f"fold{fold}", row["slice_file_name"]))
     on_disk = [p for k in range(1, 11) for p in _audio_files(os.path.join(root, "audio",
                                                                           f"fold{k}"))]
-    orphans = _orphans(on_disk, listed, "metadata/UrbanSound8K.csv")
-    n = int(round(seconds * sample_rate))
-    wave, y, folds, summary = _read_all(items, sample_rate, n, skip_bad_files, orphans)
+    bad += _orphans(on_disk, listed, "metadata/UrbanSound8K.csv")
     info = {"dataset": "urbansound8k", "root": os.path.abspath(root), "metadata": meta,
-            "split": f"official fold {test_fold} held out", **summary}
-    return _split_by_fold(wave, y, folds, test_fold, class_names, info)
+            "split": f"official folds: {_fold_text(test_fold, val_fold, 10)}"}
+    return _load_folds(items, bad, class_names, test_fold, val_fold, sample_rate, seconds,
+                       skip_bad_files, info)
 
 
 _GTZAN_NAME = re.compile(r"^(?P<genre>[a-z]+)\.(?P<index>\d{5})\.(au|wav)$")
 
 
 def load_gtzan(root: str, test_fold: int = 1, sample_rate: int = 22050, seconds: float = 30.0,
-               skip_bad_files: bool = False) -> Loaded:
+               skip_bad_files: bool = False, val_fold: int = 0) -> Loaded:
     """GTZAN from a local copy, split into ten folds of contiguous file indices (see module doc).
 
     Args:
         root: folder holding `genres/<genre>/` (or `genres_original/<genre>/`, or the genre
             folders themselves).
-        test_fold: held-out fold, 1..10: files with index 10(k-1) .. 10k-1 of every genre.
+        test_fold: held-out test fold, 1..10: files with index 10(k-1) .. 10k-1 of every genre.
         sample_rate: target sampling rate.
         seconds: clip length after padding or cropping.
         skip_bad_files: skip bad files (counted in the summary) instead of stopping.
+        val_fold: validation fold, 1..10 but not `test_fold`; 0 takes the fold after
+            `test_fold` (cyclically: 10 -> 1).
 
     Returns:
-        The split and its summary.
+        The split, each clip's file, and a summary.
+
+    Raises:
+        BadFilesError: misnamed files, indices outside 0..99 (they would fall in no fold),
+            an index present as both .au and .wav, and unreadable audio.
+        FileNotFoundError: no genre folders, or an empty one (a class with no examples).
     """
     _check_root(root, "GTZAN")
-    if not 1 <= test_fold <= 10:
-        raise ValueError(f"DataConfig.test_fold: our GTZAN split has folds 1..10, got "
-                         f"{test_fold}")
+    val_fold = _val_fold(test_fold, val_fold, 10, "our GTZAN split")
     base = next((os.path.join(root, d) for d in ("genres", "genres_original")
                  if os.path.isdir(os.path.join(root, d))), root)
     genres = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))
@@ -388,19 +577,36 @@ def load_gtzan(root: str, test_fold: int = 1, sample_rate: int = 22050, seconds:
         raise FileNotFoundError(f"GTZAN: no genre folders under {base}")
     items, bad = [], []
     for label, genre in enumerate(genres):
-        for path in _audio_files(os.path.join(base, genre)):
+        folder = os.path.join(base, genre)
+        paths = _audio_files(folder)
+        if not paths:
+            raise FileNotFoundError(f"GTZAN: genre folder {folder} holds no audio files; "
+                                    "remove it or restore its files")
+        path_of: dict[int, str] = {}
+        for path in paths:
             m = _GTZAN_NAME.match(os.path.basename(path))
             if m is None or m["genre"] != genre:
                 bad.append((path, f"name does not match {genre}.000NN.au or .wav"))
                 continue
-            items.append((path, label, int(m["index"]) // 10 + 1))
-    n = int(round(seconds * sample_rate))
-    wave, y, folds, summary = _read_all(items, sample_rate, n, skip_bad_files, bad)
+            index = int(m["index"])
+            if index >= 100:
+                bad.append((path, f"index {index} is outside 0..99 (100 files per genre), so "
+                                  "it falls in no fold"))
+                continue
+            if index in path_of:
+                # Both copies would be loaded, possibly as two different recordings.
+                other = path_of[index]
+                bad.append((other, f"index {index} is also {os.path.basename(path)}"))
+                bad.append((path, f"index {index} is also {os.path.basename(other)}"))
+                continue
+            path_of[index] = path
+        twice = {p for p, _ in bad}
+        items += [(p, label, k // 10 + 1) for k, p in sorted(path_of.items()) if p not in twice]
     info = {"dataset": "gtzan", "root": os.path.abspath(root),
-            "split": (f"fold {test_fold} held out: files {10 * (test_fold - 1):05d}.."
-                      f"{10 * test_fold - 1:05d} of every genre (contiguous-index folds; "
-                      "GTZAN has no official folds)"), **summary}
-    return _split_by_fold(wave, y, folds, test_fold, genres, info)
+            "split": (f"contiguous-index folds (fold k = files 10(k-1)..10k-1 of every genre; "
+                      f"GTZAN has no official folds): {_fold_text(test_fold, val_fold, 10)}")}
+    return _load_folds(items, bad, genres, test_fold, val_fold, sample_rate, seconds,
+                       skip_bad_files, info)
 
 
 def _dense_names(names: dict[int, str], meta: str) -> list[str]:
@@ -444,25 +650,60 @@ def sonic_pi_files(folder: str) -> dict[str, list[str]]:
     return out
 
 
+def split_files(n_files: int, train_ratio: float, val_fraction: float,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A seeded split of one class's files into train, validation and test.
+
+    The files are shuffled; the first `round(n * train_ratio)` (at least one, leaving at least
+    one) are the training share, the rest test. Validation takes `round(val_fraction * share)`
+    of the training share (the test files do not depend on `val_fraction`), at least one file
+    when the class has 3 or more, and never the last training file; when the training share
+    is a single file, the validation file comes from the test share instead. A class of 2 files
+    has no validation file: one trains, one tests.
+
+    Args:
+        n_files: files of the class (at least 2).
+        train_ratio: training share (before validation is taken from it).
+        val_fraction: validation share of the training share.
+        rng: shuffles the files.
+
+    Returns:
+        split name -> indices into the class's files.
+    """
+    order = rng.permutation(n_files)
+    n_train = min(max(int(round(n_files * train_ratio)), 1), n_files - 1)
+    n_val = min(int(round(n_train * val_fraction)), n_train - 1)
+    if n_files >= 3 and n_val == 0:
+        n_val = 1
+    if n_val and n_train - n_val >= 1:
+        train_end, val_end = n_train - n_val, n_train
+    else:  # one training file: the validation file comes from the test share
+        train_end, val_end = n_train, n_train + n_val
+    return {"train": order[:train_end], "val": order[train_end:val_end],
+            "test": order[val_end:]}
+
+
 def load_sonic_pi(root: str = "", train_ratio: float = 0.5, seed: int = 0,
                   sample_rate: int = 16000, seconds: float = 1.0,
-                  skip_bad_files: bool = False) -> Loaded:
+                  skip_bad_files: bool = False, val_fraction: float = 0.1) -> Loaded:
     """The kick / snare / cymbal / tabla task from the CC0 sonic-pi samples, split by file.
 
-    Within each class the files are shuffled with `seed` and the first `round(n * train_ratio)`
-    (at least one, and leaving at least one) go to training; each file is then cut into
-    segments of `seconds`, so all segments of a file stay on one side of the split.
+    Within each class the files are shuffled with `seed` and split into train, validation and
+    test by `split_files`; each file is then cut into segments of `seconds`, so all segments
+    of a file stay in one split.
 
     Args:
         root: samples folder ('' uses the Debian package's location).
-        train_ratio: fraction of each class's files used for training.
+        train_ratio: fraction of each class's files used for training and validation.
         seed: shuffles the files before the split.
         sample_rate: target sampling rate.
         seconds: segment length.
         skip_bad_files: skip bad files (counted in the summary) instead of stopping.
+        val_fraction: share of each class's training files held out for validation.
 
     Returns:
-        The split and its summary.
+        The split, each segment's file, and a summary (`info["files"]` lists the files of
+        each split and class).
     """
     folder = find_sonic_pi(root)
     if folder is None:
@@ -471,37 +712,31 @@ def load_sonic_pi(root: str = "", train_ratio: float = 0.5, seed: int = 0,
                                 "package: apt-get install sonic-pi-samples")
     files = sonic_pi_files(folder)
     rng = np.random.default_rng(seed)
-    n = int(round(seconds * sample_rate))
     class_names = tuple(files)
-    split_waves: dict[str, list] = {"train": [], "test": []}
-    split_labels: dict[str, list] = {"train": [], "test": []}
-    split_files: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    bad = []
+    items, no_val = [], []
     for label, cls in enumerate(class_names):
         paths = files[cls]
         if len(paths) < 2:
             raise ValueError(f"sonic-pi class {cls!r} has {len(paths)} file(s) in {folder}; "
                              "at least 2 are needed to split by file")
-        order = rng.permutation(len(paths))
-        n_train = min(max(int(round(len(paths) * train_ratio)), 1), len(paths) - 1)
-        for rank, j in enumerate(order):
-            side = "train" if rank < n_train else "test"
-            try:
-                wave_T, _ = read_audio(paths[j], sample_rate)
-            except AudioFileError as e:
-                bad.append((paths[j], e.reason))
-                continue
-            segs = segments(wave_T, n)
-            split_waves[side] += segs
-            split_labels[side] += [label] * len(segs)
-            split_files[side].setdefault(cls, []).append(os.path.basename(paths[j]))
-    if bad and not skip_bad_files:
-        raise BadFilesError(bad)
-    y = {k: np.asarray(v, np.int32) for k, v in split_labels.items()}
-    info = {"dataset": "sonic-pi", "root": folder, "split": "by source file, seeded shuffle",
-            "segment_seconds": seconds, "bad_files_skipped": len(bad),
-            "bad_files": [{"path": p, "reason": r} for p, r in bad],
-            "files": {k: {c: sorted(v) for c, v in d.items()} for k, d in split_files.items()},
-            "counts": {k: _counts(y[k], class_names) for k in y}}
-    return Loaded(np.stack(split_waves["train"]), y["train"], np.stack(split_waves["test"]),
-                  y["test"], class_names, info)
+        for split, idx in split_files(len(paths), train_ratio, val_fraction, rng).items():
+            items += [(paths[j], label, split) for j in idx]
+        if len(paths) == 2:
+            no_val.append(cls)
+    n = int(round(seconds * sample_rate))
+    loaded = _read_splits(items, sample_rate, n, True, class_names, skip_bad_files)
+    skipped = {b["path"] for b in loaded.info["bad_files"]}
+    listing = {s: {} for s in SPLITS}
+    for path, label, split in items:
+        if path not in skipped:
+            listing[split].setdefault(class_names[label], []).append(os.path.basename(path))
+    validation = (f"by source file: {val_fraction:g} of each class's training files (at least "
+                  "one when the class has 3 or more), seeded")
+    if no_val:
+        validation += (f"; class(es) {', '.join(no_val)} have 2 files, one training and one "
+                       "test, so no validation file")
+    info = {"dataset": "sonic-pi", "root": folder,
+            "split": f"by source file, seeded shuffle (data seed {seed})",
+            "validation": validation, "segment_seconds": seconds, **loaded.info,
+            "files": {s: {c: sorted(v) for c, v in d.items()} for s, d in listing.items()}}
+    return dataclasses.replace(loaded, info=info)
