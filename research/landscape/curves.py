@@ -199,9 +199,10 @@ def train_curve(apply_fn: Callable, loss: Loss, w1: PyTree, w2: PyTree, x: np.nd
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size: {batch_size} is larger than the training split ({n})")
-    variables = {"params": theta}
+    # Copies: the jitted step donates its state, which must not delete the caller's arrays.
+    variables = {"params": jax.tree_util.tree_map(jnp.array, theta)}
     if batch_stats:
-        variables["batch_stats"] = batch_stats
+        variables["batch_stats"] = jax.tree_util.tree_map(jnp.array, batch_stats)
     state = TrainState.create(apply_fn=apply_fn, variables=variables, tx=tx, loss=loss)
     # The step donates its state; ends are passed (not closed over) so the step compiles once.
     ends = (jax.tree_util.tree_map(jnp.asarray, w1), jax.tree_util.tree_map(jnp.asarray, w2))
