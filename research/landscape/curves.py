@@ -353,11 +353,16 @@ class CurvePlane:
                 + c[:, None] * self.points[1])
 
     def axes(self, num: int, margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-        """Grid coordinates covering the three models, with `margin` of the span around them."""
+        """A square grid covering the three models, with `margin` of their span around them.
+
+        Square, so that with equal axis scales (true distances) the figure is not a thin strip
+        when theta lies close to the line.
+        """
         lo, hi = self.points.min(axis=0), self.points.max(axis=0)
-        span = float(np.max(hi - lo))
-        lo, hi = lo - margin * span, hi + margin * span
-        return np.linspace(lo[0], hi[0], num), np.linspace(lo[1], hi[1], num)
+        half = (0.5 + margin) * float(np.max(hi - lo))
+        mid = (lo + hi) / 2
+        return (np.linspace(mid[0] - half, mid[0] + half, num),
+                np.linspace(mid[1] - half, mid[1] + half, num))
 
 
 def curve_plane(w1: PyTree, w2: PyTree, theta: PyTree) -> CurvePlane:
@@ -455,7 +460,7 @@ def plot_plane(surface: Surface, plane: CurvePlane, curves: Mapping[str, np.ndar
     ax.set_aspect("equal")
     ax.set_xlabel("along w2 - w1 (parameter distance)")
     ax.set_ylabel("orthogonal, towards \u03b8")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncol=4, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, ncol=4, frameon=False)
     return fig
 
 
