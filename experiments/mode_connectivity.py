@@ -14,12 +14,10 @@ with the same settings), the surface files, `figures/` and `results.json`.
 Command:
     python -m experiments.mode_connectivity                  # = --preset cpu
     python -m experiments.mode_connectivity --preset tiny    # end-to-end check, ~30 s
-Run time: 4.6 minutes on a 2-core CPU shared with other jobs (cpu preset: two trainings 2 x 55 s,
-curve 72 s, line and curve evaluation 13 s, 11 x 11 plane 40 s).
-Expected result (cpu preset, measured): the two models reach test accuracy 0.875 and 0.895;
-along the straight line the training loss rises from 0.24 / 0.22 at the ends to 2.20 in the
-middle (barrier 1.97, test accuracy down to 0.10 = chance), while along the trained Bezier curve
-the barrier is 0.11 (test barrier 0.06; the curve's test accuracy stays >= 0.86).
+Run time: cpu preset, not yet measured on a quiet machine (see below); tiny preset about 30 s
+of CPU time.
+Expected result (cpu preset): a loss barrier along the straight line between the two CNNs, and
+a much lower one along the trained Bezier curve (Garipov et al.'s finding).
 """
 
 from __future__ import annotations
