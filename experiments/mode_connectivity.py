@@ -14,10 +14,15 @@ with the same settings), the surface files, `figures/` and `results.json`.
 Command:
     python -m experiments.mode_connectivity                  # = --preset cpu
     python -m experiments.mode_connectivity --preset tiny    # end-to-end check, ~30 s
-Run time: cpu preset, not yet measured on a quiet machine (see below); tiny preset about 30 s
-of CPU time.
-Expected result (cpu preset): a loss barrier along the straight line between the two CNNs, and
-a much lower one along the trained Bezier curve (Garipov et al.'s finding).
+Run time: cpu preset 16 minutes wall on a 2-core CPU shared with other jobs (load average 11;
+the process got 24% of the CPU: 4.0 CPU-minutes in all, so about 3 minutes when the machine is
+quiet): two trainings, curve (20 epochs), line and curve at 21 t on two splits, 11 x 11 plane.
+Tiny preset: about 30 s of CPU time.
+Expected result (cpu preset, measured): the two CNNs reach test accuracy 0.895 and 0.880.
+Along the straight line the training loss rises from 0.33 / 0.32 at the ends to 1.95 (barrier
+1.63; test barrier 1.48) and training accuracy falls to 0.28 (test 0.30); along the trained
+Bezier curve the loss never exceeds the chord between the end losses (barrier 0.000 on both
+splits) and accuracy stays >= 0.93 (train) / 0.875 (test).
 """
 
 from __future__ import annotations

@@ -451,7 +451,7 @@ def plot_plane(surface: Surface, plane: CurvePlane, curves: Mapping[str, np.ndar
         if line.get_label() == "\u03b8*":  # plot_contour's origin marker: here it is w1
             line.remove()
     for k, (label, xy) in enumerate(curves.items()):
-        ax.plot(xy[:, 0], xy[:, 1], "-", color=("white", "crimson", "orange")[k % 3], lw=2,
+        ax.plot(xy[:, 0], xy[:, 1], "-", color=("orange", "crimson", "white")[k % 3], lw=2,
                 label=label)
     for (px, py), name in zip(plane.points, ("w1", "w2", "\u03b8")):
         ax.plot(px, py, "o", ms=8, color="k", mec="white", zorder=7)
