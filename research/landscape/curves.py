@@ -50,7 +50,6 @@ from research.train.state import TrainState
 
 # The training step's model call (parameters, train flag, BatchNorm in training mode, dropout)
 # is the training loop's own, so a curve trains exactly as the models it connects.
-from research.train.steps import _apply as apply_model
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -121,8 +120,8 @@ def curve_train_step(state: TrainState, ends: tuple[PyTree, PyTree], batch: Batc
     """One update of the control point on one batch at one random t.
 
     Args:
-        state: a `TrainState` whose `params` are the control point theta (its `apply_fn`, `loss`,
-            `batch_stats` and `tx` are the model's).
+        state: a `TrainState` whose `params` are the control point theta (its `model`, `loss`,
+            `model_state` and `tx` are the model's).
         ends: (w1, w2), fixed.
         batch: `{"x": x_Bx..., "y": y_B}`.
         key: the base key; this step uses `fold_in(key, state.step)` for t and for dropout.
@@ -139,7 +138,7 @@ def curve_train_step(state: TrainState, ends: tuple[PyTree, PyTree], batch: Batc
     def objective(theta):
         phi = curve_point(kind, w1, theta, w2, t)
         # Training mode: BatchNorm normalises with this batch's statistics at phi(t).
-        out_BxO, _ = apply_model(state, phi, batch["x"], True, dropout_key)
+        out_BxO, _ = state.model(phi, state.model_state, batch["x"], True, dropout_key)
         data_loss = jnp.mean(state.loss.per_example(out_BxO, batch["y"]))
         return data_loss + state.loss.penalty(phi), (data_loss, out_BxO)
 
