@@ -210,8 +210,8 @@ def load_urbansound8k(root: str, test_fold: int = 1, sample_rate: int = 22050,
     items, listed, class_names, bad = _metadata_items(
         meta, rows, "classID", "class", "slice_file_name", 10,
         lambda row, fold: os.path.join(root, "audio", f"fold{fold}", row["slice_file_name"]))
-    on_disk = [p for k in range(1, 11) for p in list_audio(os.path.join(root, "audio",
-                                                                          f"fold{k}"))]
+    on_disk = [p for k in range(1, 11)
+               for p in list_audio(os.path.join(root, "audio", f"fold{k}"))]
     bad += _orphans(on_disk, listed, "metadata/UrbanSound8K.csv")
     info = {"dataset": "urbansound8k", "root": os.path.abspath(root), "metadata": meta,
             "split": f"official folds: {_fold_text(test_fold, val_fold, 10)}"}
