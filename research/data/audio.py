@@ -29,13 +29,14 @@ import numpy as np
 
 from research.audio import features
 from research.config import DataConfig
-from research.data import Dataset, holdout, real, synth
+from research.data import Dataset, folds, holdout, sonic_pi, synth
+from research.data.audio_files import SPLITS, BadFilesError, Loaded, class_counts
 
 PROCEDURAL = tuple(synth.SETS)
 BENCHMARKS = ("esc50", "urbansound8k", "gtzan")
 
 
-def _waveforms(cfg: DataConfig) -> real.Loaded:
+def _waveforms(cfg: DataConfig) -> Loaded:
     """Waveforms and labels of both splits, with a summary of where they came from."""
     if cfg.dataset in PROCEDURAL:
         s = synth.split(cfg.dataset, cfg.n, cfg.train_ratio, cfg.seed, cfg.sample_rate,
@@ -47,25 +48,20 @@ def _waveforms(cfg: DataConfig) -> real.Loaded:
                 "split": (f"by generator seed: clip indices 0..{n_train - 1} of each class train, "
                           f"{n_train}..{cfg.n - 1} test; seed = (data seed {cfg.seed}, set, "
                           "class, index)"),
-                "counts": {"train": _counts(s["y_train"], names),
-                           "test": _counts(s["y_test"], names)}}
-        return real.Loaded(s["wave_train"], s["y_train"], s["wave_test"], s["y_test"], names,
-                           info)
+                "counts": {"train": class_counts(s["y_train"], names),
+                           "test": class_counts(s["y_test"], names)}}
+        return Loaded(s["wave_train"], s["y_train"], s["wave_test"], s["y_test"], names, info)
     if cfg.dataset == "sonic-pi":
-        return real.load_sonic_pi(cfg.root, cfg.train_ratio, cfg.seed, cfg.sample_rate,
-                                  cfg.clip_seconds, cfg.skip_bad_files,
-                                  val_fraction=cfg.val_fraction)
-    loaders = {"esc50": real.load_esc50, "urbansound8k": real.load_urbansound8k,
-               "gtzan": real.load_gtzan}
+        return sonic_pi.load_sonic_pi(cfg.root, cfg.train_ratio, cfg.seed, cfg.sample_rate,
+                                      cfg.clip_seconds, cfg.skip_bad_files,
+                                      val_fraction=cfg.val_fraction)
+    loaders = {"esc50": folds.load_esc50, "urbansound8k": folds.load_urbansound8k,
+               "gtzan": folds.load_gtzan}
     if cfg.dataset not in loaders:
         raise ValueError(f"DataConfig.dataset: {cfg.dataset!r} is not an audio data set; "
                          f"choose one of {', '.join(PROCEDURAL + ('sonic-pi',) + BENCHMARKS)}")
     return loaders[cfg.dataset](cfg.root, cfg.test_fold, cfg.sample_rate, cfg.clip_seconds,
                                 cfg.skip_bad_files, val_fold=cfg.val_fold)
-
-
-def _counts(y_N: np.ndarray, names) -> dict[str, int]:
-    return {name: int(np.sum(y_N == i)) for i, name in enumerate(names)}
 
 
 def feature_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -130,8 +126,8 @@ def load(cfg: DataConfig) -> Dataset:
                    y_val=loaded.y_val.astype(np.int32))
 
 
-def _drop_nonfinite(loaded: real.Loaded, feats: tuple[np.ndarray, ...], skip_bad_files: bool,
-                    ) -> tuple[real.Loaded, tuple[np.ndarray, ...]]:
+def _drop_nonfinite(loaded: Loaded, feats: tuple[np.ndarray, ...], skip_bad_files: bool,
+                    ) -> tuple[Loaded, tuple[np.ndarray, ...]]:
     """Treat clips whose features hold NaN or inf as bad files, named by their source.
 
     A jitted model scores NaN inputs as if they were numbers, and the standardiser would stop
@@ -148,7 +144,7 @@ def _drop_nonfinite(loaded: real.Loaded, feats: tuple[np.ndarray, ...], skip_bad
         The loaded splits and features without the bad files' clips.
     """
     sources = {}
-    for split, x in zip(real.SPLITS, feats):
+    for split, x in zip(SPLITS, feats):
         files = getattr(loaded, f"files_{split}")
         rows = np.flatnonzero(~np.all(np.isfinite(x), axis=tuple(range(1, x.ndim))))
         for i in rows.tolist():
@@ -162,11 +158,11 @@ def _drop_nonfinite(loaded: real.Loaded, feats: tuple[np.ndarray, ...], skip_bad
     bad = [(f, f"non-finite features (NaN or inf) in the {split} split")
            for f, split in sources.items()]
     if not skip_bad_files:
-        raise real.BadFilesError(bad)
+        raise BadFilesError(bad)
     info["bad_files"] = info["bad_files"] + [{"path": p, "reason": r} for p, r in bad]
     info["bad_files_skipped"] = len(info["bad_files"])
     out, kept = {}, []
-    for split, x in zip(real.SPLITS, feats):
+    for split, x in zip(SPLITS, feats):
         files = getattr(loaded, f"files_{split}")
         n = len(x)
         names = files if files else [f"{split} clip {i}" for i in range(n)]
@@ -177,11 +173,11 @@ def _drop_nonfinite(loaded: real.Loaded, feats: tuple[np.ndarray, ...], skip_bad
             out[f"files_{split}"] = tuple(f for f, k in zip(files, keep) if k)
         kept.append(x[keep])
     if "counts" in info:
-        info["counts"] = {s: _counts(out[f"y_{s}"], loaded.class_names) for s in real.SPLITS}
+        info["counts"] = {s: class_counts(out[f"y_{s}"], loaded.class_names) for s in SPLITS}
     return dataclasses.replace(loaded, info=info, **out), tuple(kept)
 
 
-def _with_validation(loaded: real.Loaded, cfg: DataConfig) -> real.Loaded:
+def _with_validation(loaded: Loaded, cfg: DataConfig) -> Loaded:
     """Carve a seeded, class-stratified validation share from the training clips if needed.
 
     Sources that define their own validation split (folds, source files) keep it. Procedural
@@ -196,8 +192,8 @@ def _with_validation(loaded: real.Loaded, cfg: DataConfig) -> real.Loaded:
                           f"(data seed {cfg.seed}), held out for model selection")
     if "counts" in info:
         info["counts"] = {**info["counts"],
-                          "train": _counts(loaded.y_train[keep], loaded.class_names),
-                          "val": _counts(loaded.y_train[held], loaded.class_names)}
+                          "train": class_counts(loaded.y_train[keep], loaded.class_names),
+                          "val": class_counts(loaded.y_train[held], loaded.class_names)}
     files = loaded.files_train
     return dataclasses.replace(
         loaded, wave_train=loaded.wave_train[keep], y_train=loaded.y_train[keep],
