@@ -24,7 +24,7 @@ Tools:
 
 Speed: PyHessian is a Python loop of autograd calls; a naive JAX port re-jits per call and
 closes over the parameters, so it spends its time compiling. Here each tool is one jitted
-program whose arguments are the parameters, the batches, the mask and a PRNG key: the data loop
+program whose arguments are the parameters, the batches, the mask and a seed: the data loop
 is a `lax.scan` inside it, power iteration a `lax.while_loop` (tolerance and iteration cap),
 Lanczos a `lax.fori_loop` over a preallocated basis `[m, P]` with full re-orthogonalisation,
 and Hutchinson probes and SLQ runs are batched with `vmap` (the forward and backward pass of
@@ -168,8 +168,11 @@ def _matvec(total: Callable, flat_P: jax.Array, unravel: Callable, state: PyTree
             hv_SxP = jax.vmap(lambda v: jax.jvp(grad, (flat_P,), (v,))[1])(v_SxP)
             return acc_SxP + hv_SxP.astype(jnp.float32), None
 
-        acc_SxP, _ = jax.lax.scan(body, jnp.zeros(v_SxP.shape, jnp.float32),
-                                  (batches, mask_NBxB))
+        zeros_SxP = jnp.zeros(v_SxP.shape, jnp.float32)
+        if mask_NBxB.shape[0] == 1:  # one batch: no loop (it costs compile time, not run time)
+            one = jax.tree_util.tree_map(lambda a: a[0], (batches, mask_NBxB))
+            return body(zeros_SxP, one)[0] / n
+        acc_SxP, _ = jax.lax.scan(body, zeros_SxP, (batches, mask_NBxB))
         return acc_SxP / n
     return apply
 
@@ -205,6 +208,27 @@ def _normalize(v_SxP: jax.Array) -> jax.Array:
     return v_SxP / jnp.maximum(jnp.linalg.norm(v_SxP, axis=-1, keepdims=True), 1e-30)
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit into every output."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _rademacher(seed: jax.Array, stream: jax.Array, p: int) -> jax.Array:
+    """A Rademacher vector [p] (+-1) from a counter-based hash of (seed, stream, index).
+
+    Instead of `jax.random`: threefry's code more than doubled the XLA:CPU compile time of
+    these small programs, and probes only need independent, balanced signs.
+    """
+    salt = _fmix32(_fmix32(jnp.asarray(seed, jnp.uint32) ^ jnp.uint32(0x9E3779B9))
+                   + jnp.asarray(stream, jnp.uint32))
+    bits = _fmix32(_fmix32(jax.lax.iota(jnp.uint32, p) ^ salt) + salt)
+    return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
+
+
 # ----------------------------------------------------------------------------- power iteration
 
 
@@ -226,14 +250,14 @@ def _build_power(fn: Callable, has_state: bool, padded: bool, k: int, max_iter: 
                  tol: float) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
-    def run(params, state, batches, mask_NBxB, n, key):
+    def run(params, state, batches, mask_NBxB, n, seed):
         flat_P, unravel = _flat(params)
         matvec = _matvec(total, flat_P, unravel, state, batches, mask_NBxB, n)
         p = flat_P.shape[0]
 
         def pair(i, carry):
             q_KxP, vals_K, iters_K = carry
-            v_1xP = jax.random.normal(jax.random.fold_in(key, i), (1, p), jnp.float32)
+            v_1xP = _rademacher(seed, i, p)[None]
             v_1xP = _normalize(_orth(v_1xP, q_KxP))
 
             def cond(c):
@@ -294,7 +318,7 @@ def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
         raise ValueError(f"k: asked for {k} eigenpairs of a {p}-parameter Hessian")
     prog = _cached("power", fn, (*static, int(k), int(max_iter), float(tol)),
                    lambda: _build_power(fn, *static, int(k), int(max_iter), float(tol)))
-    q_KxP, vals_K, iters_K = prog(*args, jax.random.key(seed))
+    q_KxP, vals_K, iters_K = prog(*args, np.uint32(seed))
     unravel = jax.flatten_util.ravel_pytree(params)[1]
     vectors = [unravel(q_KxP[i]) for i in range(k)]
     return Eigenpairs(np.asarray(vals_K, np.float64), vectors, np.asarray(iters_K))
@@ -324,16 +348,15 @@ def _build_trace(fn: Callable, has_state: bool, padded: bool, chunks: int,
                  per_step: int) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
-    def run(params, state, batches, mask_NBxB, n, key):
+    def run(params, state, batches, mask_NBxB, n, seed):
         flat_P, unravel = _flat(params)
         matvec = _matvec(total, flat_P, unravel, state, batches, mask_NBxB, n)
-        keys = jax.random.split(key, chunks * per_step).reshape((chunks, per_step))
+        streams_CxS = jnp.arange(chunks * per_step, dtype=jnp.uint32).reshape(chunks, per_step)
 
-        def chunk(keys_S):
-            v_SxP = jax.vmap(lambda kk: jax.random.rademacher(kk, flat_P.shape,
-                                                              jnp.float32))(keys_S)
+        def chunk(streams_S):
+            v_SxP = jax.vmap(lambda i: _rademacher(seed, i, flat_P.shape[0]))(streams_S)
             return jnp.sum(v_SxP * matvec(v_SxP), axis=1)
-        return jax.lax.map(chunk, keys).reshape(-1)
+        return jax.lax.map(chunk, streams_CxS).reshape(-1)
     return jax.jit(run)
 
 
@@ -367,7 +390,7 @@ def hutchinson_trace(fn: Callable, params: PyTree, data: Batch, samples: int = 1
     args, static = _prepare(fn, params, data, batch_size, model_state)
     prog = _cached("trace", fn, (*static, chunks, per_step),
                    lambda: _build_trace(fn, *static, chunks, per_step))
-    vals = np.asarray(prog(*args, jax.random.key(seed)), np.float64)[:samples]
+    vals = np.asarray(prog(*args, np.uint32(seed)), np.float64)[:samples]
     stderr = float(vals.std(ddof=1) / np.sqrt(samples)) if samples > 1 else float("nan")
     return float(vals.mean()), stderr
 
@@ -376,7 +399,7 @@ def hutchinson_trace(fn: Callable, params: PyTree, data: Batch, samples: int = 1
 
 
 def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
-                  key: jax.Array) -> tuple[jax.Array, jax.Array]:
+                  seed: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Run m Lanczos steps from R unit start vectors at once: (alpha_RxM, beta_RxM).
 
     `beta[:, j]` couples steps j and j + 1 (the last one is unused). The basis is preallocated
@@ -397,7 +420,10 @@ def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
                                        q_RxMxP)
         beta_R = jnp.linalg.norm(w_RxP, axis=1)
         broken_R = beta_R <= _BREAKDOWN * jnp.maximum(scale_R, 1e-30)
-        fresh_RxP = jax.random.normal(jax.random.fold_in(key, j), (r, p), jnp.float32)
+        # Streams past the start vectors' (0 .. R - 1): one fresh vector per step and run.
+        streams_R = ((jnp.asarray(j, jnp.uint32) + 1) * jnp.uint32(r)
+                     + jnp.arange(r, dtype=jnp.uint32) + jnp.uint32(1 << 20))
+        fresh_RxP = jax.vmap(lambda i: _rademacher(seed, i, p))(streams_R)
         for _ in range(2):
             fresh_RxP = fresh_RxP - jnp.einsum(
                 "rm,rmp->rp", jnp.einsum("rmp,rp->rm", q_RxMxP, fresh_RxP), q_RxMxP)
@@ -416,13 +442,13 @@ def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
 def _build_lanczos(fn: Callable, has_state: bool, padded: bool, m: int, runs: int) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
-    def run(params, state, batches, mask_NBxB, n, key):
+    def run(params, state, batches, mask_NBxB, n, seed):
         flat_P, unravel = _flat(params)
         matvec = _matvec(total, flat_P, unravel, state, batches, mask_NBxB, n)
-        start, rest = jax.random.split(key)
         # Rademacher start vectors, as PyHessian's SLQ.
-        v_RxP = _normalize(jax.random.rademacher(start, (runs, flat_P.shape[0]), jnp.float32))
-        return _lanczos_core(matvec, v_RxP, m, rest)
+        v_RxP = _normalize(jax.vmap(lambda i: _rademacher(seed, i, flat_P.shape[0]))(
+            jnp.arange(runs, dtype=jnp.uint32)))
+        return _lanczos_core(matvec, v_RxP, m, seed)
     return jax.jit(run)
 
 
@@ -440,7 +466,7 @@ def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed):
     m = min(int(steps), int(jax.flatten_util.ravel_pytree(params)[0].shape[0]))
     prog = _cached("lanczos", fn, (*static, m, int(runs)),
                    lambda: _build_lanczos(fn, *static, m, int(runs)))
-    a_RxM, b_RxM = prog(*args, jax.random.key(seed))
+    a_RxM, b_RxM = prog(*args, np.uint32(seed))
     return np.asarray(a_RxM), np.asarray(b_RxM)
 
 
@@ -603,15 +629,15 @@ def hessian_directions(fn: Callable, params: PyTree, data: Batch, k: int = 2, *,
 def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
-    def run(params, dirs, state, batches, mask_NBxB, n, key, coords_CxK):
+    def run(params, dirs, state, batches, mask_NBxB, n, seed, coords_CxK):
         flat_P, unravel = _flat(params)
         dirs_KxP = jnp.stack([_flat(d)[0] for d in dirs])
-        v_1xP = _normalize(jax.random.normal(key, (1, flat_P.shape[0]), jnp.float32))
+        v_1xP = _normalize(_rademacher(seed, 0, flat_P.shape[0])[None])
 
         def point(coef_K):
             at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP
             matvec = _matvec(total, at_P, unravel, state, batches, mask_NBxB, n)
-            a_1xM, b_1xM = _lanczos_core(matvec, v_1xP, m, key)
+            a_1xM, b_1xM = _lanczos_core(matvec, v_1xP, m, seed)
             t_MxM = (jnp.diag(a_1xM[0]) + jnp.diag(b_1xM[0, :-1], 1)
                      + jnp.diag(b_1xM[0, :-1], -1))
             theta_M = jnp.linalg.eigvalsh(t_MxM)
@@ -681,14 +707,13 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     surface = empty_surface(axes, ("lambda_max", "lambda_min", "ratio"), all_settings)
     coords_GxK = surface.coords().astype(np.float32)
     chunk = min(int(points_per_call), len(coords_GxK))
-    key = jax.random.key(seed)
     lmax_G = np.empty(len(coords_GxK))
     lmin_G = np.empty(len(coords_GxK))
     for start in range(0, len(coords_GxK), chunk):
         idx = np.arange(start, min(start + chunk, len(coords_GxK)))
         # Pad the last chunk by repeating a point: one compiled shape.
         padded_idx = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n, key,
+        hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n, np.uint32(seed),
                           coords_GxK[padded_idx])
         lmax_G[idx] = np.asarray(hi_C)[: idx.size]
         lmin_G[idx] = np.asarray(lo_C)[: idx.size]
