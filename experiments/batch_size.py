@@ -61,9 +61,9 @@ from research.landscape.hessian import top_eigenvalue
 from research.landscape.measures import sharpness_1d
 from research.reproductions import (
     fixed_subset,
-    loss_of_params,
     markdown_table,
     params_norm,
+    state_loss_fn,
     state_surface,
 )
 from research.train import train_and_evaluate
@@ -229,8 +229,10 @@ def main(cfg: Config) -> dict[str, Any]:
             for k, v in _curve_numbers(s, cfg.fit_fraction).items():
                 row[f"{norm}_{k}"] = v
         if cfg.hessian_iters:
-            eig, _, used = top_eigenvalue(loss_of_params(state, sub), state.params,
-                                          cfg.hessian_iters, seed=cfg.seed)
+            fn, kw = state_loss_fn(state)
+            eig, _, used = top_eigenvalue(fn, state.params, sub, batch_size=cfg.eval_batch_size,
+                                          max_iter=cfg.hessian_iters, tol=1e-4, seed=cfg.seed,
+                                          **kw)
             row.update(top_eigenvalue=eig, hessian_iters_used=used)
         else:
             row.update(top_eigenvalue=float("nan"), hessian_iters_used=0)

@@ -1,7 +1,7 @@
 """Helpers shared by the paper reproductions (skip connections, batch size).
 
-A fixed evaluation subset, the surface of a trained state, the loss of a trained state as a
-function of its parameters, the weights' norm, and a markdown table.
+A fixed evaluation subset, the surface of a trained state, the per-example loss of a trained
+state for the curvature tools, the weights' norm, and a markdown table.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from research import landscape as L
@@ -63,25 +62,24 @@ def state_surface(state: Any, directions: Sequence[Any], axes: Sequence[np.ndarr
                            settings=dict(settings or {}), info=dict(info or {}), **kw)
 
 
-def loss_of_params(state: Any, data: Mapping[str, np.ndarray]):
-    """`loss(params)`: the state's mean loss over `data` in evaluation mode (BN statistics kept).
+def state_loss_fn(state: Any) -> tuple[Any, dict[str, Any]]:
+    """The per-example loss of a trained state, for `research.landscape.hessian`.
+
+    The data stay an argument (never closed over), so the curvature tools compile once and
+    loop over the split on the device.
 
     Args:
         state: a `research.train.TrainState`.
-        data: the examples, {"x": ..., "y": ...}, held on the device in one batch.
 
     Returns:
-        A function of the parameters, for `research.landscape.hessian`.
+        (fn, kwargs): `fn(params, batch)` (or `fn(params, model_state, batch)` with BatchNorm)
+        returning per-example `loss` and `accuracy` in evaluation mode, and the keyword
+        arguments to pass along (`model_state`: theta*'s BatchNorm statistics, kept), e.g.
+        `top_eigenvalues(fn, state.params, data, 3, batch_size=256, **kwargs)`.
     """
     has_bn = bool(state.batch_stats)
     fn, _ = L.linen_functions(state.apply_fn, state.loss, with_state=has_bn)
-    batch = {k: jnp.asarray(v) for k, v in data.items()}
-    stats = state.batch_stats
-
-    def loss(params):
-        out = fn(params, stats, batch) if has_bn else fn(params, batch)
-        return jnp.mean(out["loss"])
-    return loss
+    return fn, ({"model_state": state.batch_stats} if has_bn else {})
 
 
 def params_norm(params: Any, kernels_only: bool = True) -> float:
@@ -119,4 +117,4 @@ def markdown_table(rows: Sequence[Mapping[str, Any]],
     return "\n".join([head, rule, *body]) + "\n"
 
 
-__all__ = ["fixed_subset", "loss_of_params", "markdown_table", "params_norm", "state_surface"]
+__all__ = ["fixed_subset", "markdown_table", "params_norm", "state_loss_fn", "state_surface"]
