@@ -62,10 +62,10 @@ from research.landscape.measures import sharpness_1d
 from research.reproductions import (
     fixed_subset,
     loss_of_params,
-    markdown_table,
     params_norm,
     state_surface,
 )
+from research.tables import records_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -269,7 +269,7 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"on {cfg.grid}, un-normalised on {cfg.none_grid}. Rise: mean loss increase at "
             f"+-half of the half-width; f''(0): quadratic fit over "
             f"|alpha| <= {cfg.fit_fraction} x half-width; top eigenvalue by power iteration "
-            f"on the same examples.\n\n" + markdown_table(rows, COLUMNS))
+            f"on the same examples.\n\n" + records_table(rows, COLUMNS))
 
 
 def _draw(cfg: Config, rows: list[dict], curves: dict, out_dir: str) -> list[str]:
