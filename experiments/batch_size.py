@@ -61,11 +61,11 @@ from research.landscape.hessian import top_eigenvalue
 from research.landscape.measures import sharpness_1d
 from research.reproductions import (
     fixed_subset,
-    markdown_table,
     params_norm,
     state_loss_fn,
     state_surface,
 )
+from research.tables import records_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -271,7 +271,7 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"on {cfg.grid}, un-normalised on {cfg.none_grid}. Rise: mean loss increase at "
             f"+-half of the half-width; f''(0): quadratic fit over "
             f"|alpha| <= {cfg.fit_fraction} x half-width; top eigenvalue by power iteration "
-            f"on the same examples.\n\n" + markdown_table(rows, COLUMNS))
+            f"on the same examples.\n\n" + records_table(rows, COLUMNS))
 
 
 def _draw(cfg: Config, rows: list[dict], curves: dict, out_dir: str) -> list[str]:

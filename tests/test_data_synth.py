@@ -183,4 +183,4 @@ def test_calibration_script_runs_end_to_end(tmp_path):
 def test_fft_size_is_the_smallest_2a3b_at_least_k():
     smooth = sorted(2**a * 3**b for a in range(20) for b in range(13))
     for k in list(range(1, 3000)) + [72000, 88200 + 11025]:
-        assert synth._fft_size(k) == next(v for v in smooth if v >= k), k
+        assert synth.clips._fft_size(k) == next(v for v in smooth if v >= k), k

@@ -144,7 +144,7 @@ def test_batchnorm_cnn_run_with_interpolated_statistics(tmp_path):
 def test_max_examples_takes_a_fixed_subset_across_classes():
     import types
 
-    from experiments.landscape import _split
+    from research.landscape.analysis import _split
     from research.landscape.config import LandscapeConfig
 
     y = np.repeat(np.arange(4), 25)  # stored class by class

@@ -6,13 +6,14 @@ model works: Flax Linen `params`, an NNX `State` from `nnx.split`, or a dict of 
 Parameters are classified by their path, with the rank as a veto (`param_kind`):
 
 - `norm`: a parameter of a normalisation layer or a running statistic. The leaf has rank 0 or 1,
-  is not named `kernel` or `embedding`, and either its leaf name is a statistic (`mean`, `var`,
-  `running_mean`, `running_var`), or it lies in a `batch_stats` collection, or the module holding
-  it (the path component just before the leaf) is named like a normalisation layer: a Flax
-  class name with or without a suffix (`BatchNorm_0`, `LayerNorm_3`, `GroupNorm`, `RMSNorm_1`,
-  `InstanceNorm_0`, also `batch_norm`, `layer_norm2`), a short name (`bn`, `ln`, `gn`, `norm`,
-  alone or followed by digits or `_...`: `bn1`, `ln_f`, `norm_out`), or a name ending in `_norm`
-  (`attn_norm`, `final_norm2`). Only the module holding the leaf counts, and the whole name must
+  is not a kernel by name (`research.tree.is_kernel`: `kernel`, `embedding`, `w`, ...), and
+  either its leaf name is a statistic (`mean`, `var`, `running_mean`, `running_var`), or it
+  lies in a `batch_stats` collection, or the module holding it (the path component just before
+  the leaf) is named like a normalisation layer: a Flax class name with or without a suffix
+  (`BatchNorm_0`, `LayerNorm_3`, `GroupNorm`, `RMSNorm_1`, `InstanceNorm_0`, also
+  `batch_norm`, `layer_norm2`), a short name (`bn`, `ln`, `gn`, `norm`, alone or followed by
+  digits or `_...`: `bn1`, `ln_f`, `norm_out`), or a name ending in `_norm` (`attn_norm`,
+  `final_norm2`). Only the module holding the leaf counts, and the whole name must
   match: the `Dense_0/kernel` of a user's block named `Normalizer` is a weight, while a
   `LayerNorm_0` inside that block is a normalisation layer. A module of the user's own whose name
   matches none of these (say `Normalizer_0/scale`) is not recognised; pass `ignore=` a function
@@ -45,6 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import tree
+from research.tree import is_kernel, path_str
+
 PyTree = Any
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
@@ -58,24 +62,6 @@ _NORM_MODULE = re.compile(
     r"|\w*_norm\d*)$")  # attn_norm, final_norm2
 _BIAS_LEAF = re.compile(r"(?i)^(bias|b|beta)(_?\d+)?$")
 _STAT_LEAF = re.compile(r"(?i)^(mean|var|running_mean|running_var)$")
-_WEIGHT_LEAF = re.compile(r"(?i)^(kernel|embedding)$")
-# Wrapper keys that NNX and similar libraries add below the real parameter name.
-_WRAPPER_KEYS = ("value", "raw_value")
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """A readable 'a/b/c' name for a `jax.tree_util` key path (NNX `.value` wrappers dropped)."""
-    names = [_key_name(k) for k in path]
-    while len(names) > 1 and names[-1] in _WRAPPER_KEYS:
-        names.pop()
-    return "/".join(names)
 
 
 def param_kind(path: Sequence[Any] | str, ndim: int | None = None) -> str:
@@ -97,7 +83,7 @@ def param_kind(path: Sequence[Any] | str, ndim: int | None = None) -> str:
     if not parts:
         return "weight"
     leaf = parts[-1]
-    may_be_norm = (ndim is None or ndim <= 1) and not _WEIGHT_LEAF.match(leaf)
+    may_be_norm = (ndim is None or ndim <= 1) and not is_kernel(leaf, ndim=ndim)
     if may_be_norm and (_STAT_LEAF.match(leaf) or "batch_stats" in parts[:-1]
                         or (len(parts) > 1 and _NORM_MODULE.match(parts[-2]))):
         return "norm"
@@ -269,24 +255,13 @@ def random_direction(params: PyTree, seed: int, normalization: str = "filter",
                                filter_axis)
 
 
-def tree_vdot(a: PyTree, b: PyTree) -> float:
-    """Inner product <a, b> over all leaves, in float64."""
-    return float(sum(np.vdot(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
-                     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
-
-
-def tree_norm(a: PyTree) -> float:
-    """Euclidean norm over all leaves."""
-    return float(np.sqrt(tree_vdot(a, a)))
-
-
 def cosine(d1: PyTree, d2: PyTree) -> float:
     """Cosine of the angle between two directions (near 0 for random ones in high dimension)."""
     check_same_structure(d2, d1, "d2", "d1")
-    n1, n2 = tree_norm(d1), tree_norm(d2)
+    n1, n2 = tree.norm(d1), tree.norm(d2)
     if n1 == 0.0 or n2 == 0.0:
         raise ValueError("cosine: a direction is all zeros")
-    return tree_vdot(d1, d2) / (n1 * n2)
+    return tree.vdot(d1, d2) / (n1 * n2)
 
 
 def orthogonalize(d1: PyTree, d2: PyTree) -> PyTree:
@@ -303,10 +278,10 @@ def orthogonalize(d1: PyTree, d2: PyTree) -> PyTree:
         d2 - (<d1, d2> / <d1, d1>) d1, float32.
     """
     check_same_structure(d2, d1, "d2", "d1")
-    n11 = tree_vdot(d1, d1)
+    n11 = tree.vdot(d1, d1)
     if n11 == 0.0:
         raise ValueError("orthogonalize: d1 is all zeros")
-    coef = tree_vdot(d1, d2) / n11
+    coef = tree.vdot(d1, d2) / n11
     return jax.tree_util.tree_map(
         lambda a, b: jnp.asarray(np.asarray(b, np.float64) - coef * np.asarray(a, np.float64),
                                  jnp.float32), d1, d2)
@@ -368,21 +343,6 @@ class PCADirections:
     steps: np.ndarray
 
 
-def _flatten(tree: PyTree) -> np.ndarray:
-    return np.concatenate([np.asarray(leaf, np.float64).ravel()
-                           for leaf in jax.tree_util.tree_leaves(tree)])
-
-
-def _unflatten(vector: np.ndarray, like: PyTree) -> PyTree:
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    out, start = [], 0
-    for leaf in leaves:
-        size = int(np.size(leaf))
-        out.append(jnp.asarray(vector[start:start + size].reshape(np.shape(leaf)), jnp.float32))
-        start += size
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
                    final: PyTree | None = None, n_components: int = 2,
                    ignore: str | Callable[[str], bool] = "biasbn") -> PCADirections:
@@ -416,15 +376,15 @@ def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
     if not 1 <= n_components <= len(trees):
         raise ValueError(f"n_components: must be in [1, {len(trees)}] for {len(trees)} "
                          f"checkpoints, got {n_components}")
-    for i, tree in enumerate(trees):
-        check_same_structure(tree, final, f"trajectory[{i}]", "final")
+    for i, t in enumerate(trees):
+        check_same_structure(t, final, f"trajectory[{i}]", "final")
     check_finite(final, "final")
     is_ignored = _ignored(ignore)
     names, leaves, _ = _leaves_with_names(final)
     keep_P = np.concatenate([np.full(int(np.size(leaf)), not is_ignored(n, np.ndim(leaf)))
                              for n, leaf in zip(names, leaves)])
-    theta_P = _flatten(final)
-    diff_KxP = np.stack([_flatten(t) - theta_P for t in trees])
+    theta_P = tree.ravel(final)
+    diff_KxP = np.stack([tree.ravel(t) - theta_P for t in trees])
     if not np.all(np.isfinite(diff_KxP)):
         raise ValueError("trajectory: a checkpoint has non-finite parameters")
     masked_KxP = np.where(keep_P[None, :], diff_KxP, 0.0)
@@ -448,7 +408,7 @@ def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
     residual_KxP = diff_KxP - coords_KxC @ basis_CxP
     total = float(np.sum(eigval_K))
     return PCADirections(
-        directions=tuple(_unflatten(b, final) for b in basis_CxP),
+        directions=tuple(tree.unravel(b, final) for b in basis_CxP),
         explained_variance_ratio=eigval_K[:n_components] / total,
         coords=coords_KxC,
         distances=np.linalg.norm(residual_KxP, axis=1),
