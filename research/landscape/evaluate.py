@@ -276,8 +276,8 @@ def _lru(cache: collections.OrderedDict, key, make: Callable):
 def _signature(tree: PyTree) -> tuple:
     """The tree structure and (shape, dtype, weak type) of every leaf: what jit specialises on."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((np.shape(x), str(np.result_type(x)), bool(getattr(x, "weak_type", 0)))
-                          for x in leaves)
+    return treedef, tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)),
+                           bool(getattr(x, "weak_type", False))) for x in leaves)
 
 
 _METRICS_CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -430,11 +430,25 @@ def _build_evaluator(static: tuple):
     return jax.jit(sharded)
 
 
-def _compiled_evaluator(static: tuple, args: tuple):
-    """The compiled evaluator for these static settings and argument shapes (cached)."""
+def _compiled_evaluator(static: tuple, args: tuple, chunk: int, num_directions: int):
+    """The compiled evaluator for these static settings, argument shapes and chunk (cached)."""
+    mesh = static[7]
+    coords_aval = jax.ShapeDtypeStruct((chunk, num_directions), jnp.float32,
+                                       sharding=NamedSharding(mesh, P(GRID_AXIS)))
+    args = args + (coords_aval,)
     evaluator = _lru(_EVALUATOR_CACHE, static, lambda: _build_evaluator(static))
     key = (static, _signature(args))
     return _lru(_COMPILED_CACHE, key, lambda: evaluator.lower(*args).compile())
+
+
+def _check_scratch(compiled, max_memory_bytes: int | None) -> int | None:
+    """XLA's scratch-memory estimate per device, refused over `max_memory_bytes`."""
+    scratch = _scratch_bytes(compiled)
+    if max_memory_bytes is not None and scratch is not None and scratch > max_memory_bytes:
+        raise ValueError(f"max_memory_bytes: one call needs {scratch / 2**20:.1f} MiB of device "
+                         f"scratch memory, over the limit of {max_memory_bytes / 2**20:.1f} MiB; "
+                         "lower batch_size or points_per_step")
+    return scratch
 
 
 def clear_cache() -> None:
@@ -606,17 +620,10 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
             put(bn_full, P()), put(bn_tail, P()), put(np.float32(num_examples), P()),
             put(np.float32(max(bn_examples, 1)), P()))
     chunk = chunk_size(todo.size, points_per_call, n_grid * points_per_step)
-    coords_aval = jax.ShapeDtypeStruct((chunk, len(axes)), jnp.float32,
-                                       sharding=NamedSharding(mesh, P(GRID_AXIS)))
     static = (fn, bn.has_state, names, scalar, bn.kind, bn.update_fn, dtype, mesh,
               points_per_step)
-    compiled = _compiled_evaluator(static, args + (coords_aval,))
-    scratch = _scratch_bytes(compiled)
-    if max_memory_bytes is not None and scratch is not None and scratch > max_memory_bytes:
-        raise ValueError(f"max_memory_bytes: one call needs {scratch / 2**20:.1f} MiB of device "
-                         f"scratch memory, over the limit of {max_memory_bytes / 2**20:.1f} MiB; "
-                         "lower batch_size or points_per_step")
-    surface.info["scratch_bytes_per_device"] = scratch
+    compiled = _compiled_evaluator(static, args, chunk, len(axes))
+    surface.info["scratch_bytes_per_device"] = _check_scratch(compiled, max_memory_bytes)
     _run_chunks(compiled, args, put, surface, todo, chunk, path, progress, on_chunk)
     return surface
 
