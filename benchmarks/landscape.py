@@ -13,22 +13,28 @@ at the same grid points, and report grid points x examples per second:
   a message when torch is not importable.
 
 The achieved FLOP/s uses XLA's cost analysis of the model's forward pass (the hand count of the
-convolutions and the dense layer is printed alongside). Compile time is excluded from the
-throughput of the JAX methods (each is warmed up; the engine's steady rate is timed from its first
-finished chunk to its last) and reported separately.
+convolutions and the dense layer is printed alongside). Three rates per method: steady (compiled
+already; for the engine a whole repeated call, host work included), whole call with compilation
+(a fresh process's first surface), and a second surface of the same model with new directions
+(the engine reuses its cached compile; the naive script builds and compiles its jitted function
+again, as a per-surface helper does). `--points-per-call 32 1` times the engine's `lax.map` over
+chunks against one point per compiled call (a Python loop of calls, the naive design).
 
 Commands:
     python -m benchmarks.landscape --bf16                    # GPU: 64x128 input, 32/64/128 channels
     python -m benchmarks.landscape --height 40 --width 64 --channels 16 32 32 --examples 512 \
-        --grid 5 --batch-size 128 --points-per-call 5 --points-per-step 1 5 --bf16   # CPU, 3 min
+        --grid 5 --points-per-call 32 1                      # CPU, about 15 min on a busy 2 cores
 
-Measured (2-core shared CPU, jax 0.10.2, torch 2.13 CPU, the CPU command above, best of 3
-interleaved repeats, grid points x examples per second): engine float32 2,838 (26 GFLOP/s);
-naive JAX loop 2,966 (0.96x of it: equal within noise); PyTorch reference loop 1,034 (the engine
-is 2.7x faster); bfloat16 gives no gain on CPU; points_per_step 5 is 2.1x slower (grouped
-convolutions). On a CPU the work per point is the same convolutions in both JAX methods, so the
-engine's gains there are exactness, resumability and sharding, not speed; the GPU targets (5x the
-PyTorch loop, 1.5x the naive loop on an H100) have not been measured yet.
+Measured (2-core CPU shared with other jobs, load average ~10, so absolute rates are ~4x below
+an idle machine's; jax 0.10.2, torch CPU 2 threads; best of 3 interleaved repeats; grid points x
+examples per second): engine (lax.map, 32 per call) steady 952, 1.45x the naive loop (655) and
+4.9x the PyTorch loop (194); whole call with compile 1.74x naive; second surface 1.48x naive (the
+2x target is not met here: on a CPU a point's compile is about half of a 25-point surface's run).
+One point per compiled call: 1.00x naive steady, so `lax.map` is kept (on a small MLP a Python loop
+of calls is 3x slower, per-call overhead; on accelerators it would add host work per point).
+Earlier, idle-machine run (with --batch-size 128 --points-per-call 5): engine 2,838, naive 2,966,
+PyTorch 1,034. bfloat16 gives no gain on CPU; points_per_step 5 is 2.1x slower (grouped
+convolutions).
 """
 
 from __future__ import annotations
