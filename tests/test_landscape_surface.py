@@ -145,3 +145,28 @@ def test_parse_grid_and_config_validation():
     with pytest.raises(ValueError, match=r"LandscapeConfig\.batch_size"):
         LandscapeConfig(batch_size=0)
     assert LandscapeConfig().line == "-1:1:51" and LandscapeConfig().interpolation == "-0.5:1.5:401"
+
+
+def test_overwrite_replaces_a_surface_with_other_settings(tmp_path, problem):
+    path = tmp_path / "s.npz"
+    _run(problem, path)
+    with pytest.raises(L.SurfaceMismatchError, match="overwrite=True"):
+        L.evaluate_grid(problem["fn"], problem["theta"], problem["dirs"], AXES, problem["data"],
+                        path=str(path), settings={"seed": 1})
+    s = L.evaluate_grid(problem["fn"], problem["theta"], problem["dirs"], AXES, problem["data"],
+                        path=str(path), settings={"seed": 1}, overwrite=True)
+    assert s.complete and L.load_surface(str(path)).settings["seed"] == 1
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path, problem):
+    stale = tmp_path / ".s.npz.k1ll3d.tmp"  # what research.io.atomic_write_bytes leaves
+    stale.write_bytes(b"half a file")
+    other = tmp_path / ".other.npz.abc.tmp"
+    other.write_bytes(b"another file's write in progress")
+    _run(problem, tmp_path / "s.npz")
+    assert not stale.exists()
+    assert L.load_surface(str(tmp_path / "s.npz")).complete
+    import research.io
+
+    if getattr(research.io, "remove_stale_temporaries", None) is None:
+        assert other.exists()  # the local fallback touches this file's temporaries only

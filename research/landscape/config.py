@@ -1,7 +1,10 @@
 """`LandscapeConfig`: what `experiments/landscape.py` computes and plots, validated, with presets.
 
 Grids are "min:max:num" strings, as in the reference (`linspace(min, max, num)`); the defaults
-are the paper's: 1D `-1:1:51`, 2D `-1:1:51 x -1:1:51`, interpolation `-0.5:1.5:401`.
+are the paper's: 1D `-1:1:51`, 2D `-1:1:51 x -1:1:51`, interpolation `-0.5:1.5:401`. A one-point
+axis is written "c:c:1" (a single evaluation at c); "-1:1:1" is refused, since linspace would
+silently drop the max. Grids whose surface would not fit in memory are refused before any
+allocation (`research.landscape.surface.MAX_SURFACE_BYTES`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from research.landscape.directions import IGNORES, NORMALIZATIONS
+from research.landscape.evaluate import BN_POLICIES
+from research.landscape.surface import check_surface_size
 
 PLOTS = ("line", "plane", "interpolation", "pca")
-BN_POLICIES = ("keep", "interpolate", "recompute")
 DTYPES = ("float32", "bfloat16")
 SPLITS = ("train", "test")
 FORMATS = ("png", "pdf")
@@ -41,8 +45,13 @@ def parse_grid(text: str, field: str = "grid") -> np.ndarray:
         raise ValueError(f"{field}: min and max must be finite, got {text!r}")
     if num < 1:
         raise ValueError(f"{field}: num must be >= 1, got {text!r}")
+    if num == 1 and lo != hi:
+        raise ValueError(f"{field}: one point between two different ends is ambiguous, got "
+                         f"{text!r}; write '{parts[0]}:{parts[0]}:1' for a single evaluation at "
+                         f"{lo:g}, or num >= 2")
     if num > 1 and not lo < hi:
         raise ValueError(f"{field}: min must be < max, got {text!r}")
+    check_surface_size((num,), 1, field)  # before linspace allocates the coordinates
     return np.linspace(lo, hi, num)
 
 
@@ -135,8 +144,10 @@ class LandscapeConfig:
         if self.bn_policy == "interpolate":
             raise ValueError(f"{c}.bn_policy: 'interpolate' needs a second model's statistics; "
                              "for random directions use keep or recompute")
-        for name in ("line", "plane_x", "plane_y", "interpolation"):
-            parse_grid(getattr(self, name), f"{c}.{name}")
+        grids = {name: parse_grid(getattr(self, name), f"{c}.{name}")
+                 for name in ("line", "plane_x", "plane_y", "interpolation")}
+        check_surface_size((grids["plane_x"].size, grids["plane_y"].size), 1,
+                           f"{c}.plane_x x plane_y")
         for name in ("pca_num", "batch_size", "points_per_call", "data_devices"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
