@@ -1,10 +1,15 @@
 """Surface files: round trip, resume after an interruption, refusal to mix settings, config."""
 
+import os
+import time
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from research import landscape as L
+from research.io import _temp_path
 from research.landscape.config import LandscapeConfig
 from research.landscape.surface import empty_surface
 
@@ -159,14 +164,13 @@ def test_overwrite_replaces_a_surface_with_other_settings(tmp_path, problem):
 
 
 def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path, problem):
-    stale = tmp_path / ".s.npz.k1ll3d.tmp"  # what research.io.atomic_write_bytes leaves
+    stale = tmp_path / ".s.npz.k1ll3dab.tmp"  # an old-style temporary of a killed write
     stale.write_bytes(b"half a file")
-    other = tmp_path / ".other.npz.abc.tmp"
-    other.write_bytes(b"another file's write in progress")
+    hours_ago = time.time() - 7200
+    os.utime(stale, (hours_ago, hours_ago))
+    live = Path(_temp_path(str(tmp_path / "other.npz")))  # a write in progress right now
+    live.write_bytes(b"another file's write in progress")
     _run(problem, tmp_path / "s.npz")
     assert not stale.exists()
+    assert live.exists()
     assert L.load_surface(str(tmp_path / "s.npz")).complete
-    import research.io
-
-    if getattr(research.io, "remove_stale_temporaries", None) is None:
-        assert other.exists()  # the local fallback touches this file's temporaries only

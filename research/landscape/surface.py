@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-import research.io
-from research.io import atomic_write_bytes
+from research.io import atomic_write_bytes, remove_stale_temporaries
 
 FORMAT = "research.landscape.surface/1"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -273,33 +272,6 @@ def _grid_text(axis: np.ndarray) -> str:
 
 
 
-def remove_stale_temporaries(path: str) -> list[str]:
-    """Delete the temporaries `.<name>.*.tmp` that a killed write of `path` left in its folder.
-
-    Only this file's temporaries are touched, so surfaces being written beside it are safe.
-
-    Args:
-        path: the surface file.
-
-    Returns:
-        The removed paths.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            try:
-                os.unlink(os.path.join(folder, name))
-                removed.append(os.path.join(folder, name))
-            except FileNotFoundError:  # another process cleaned it up first
-                pass
-    return removed
-
 
 def open_surface(path: str | None, axes, metrics, settings: Mapping[str, Any],
                  info: Mapping[str, Any], extras: Mapping[str, Any] | None = None, *,
@@ -321,11 +293,8 @@ def open_surface(path: str | None, axes, metrics, settings: Mapping[str, Any],
     check_surface_size([len(a) for a in axes], len(metrics))
     if path is None:
         return empty_surface(axes, metrics, settings, info, extras)
-    shared = getattr(research.io, "remove_stale_temporaries", None)
-    if shared is not None:  # the project-wide helper, once it exists
-        shared(os.path.dirname(os.path.abspath(path)))
-    else:
-        remove_stale_temporaries(path)
+    # A killed earlier write leaves a temporary beside the file; a live writer's is kept.
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
     if not overwrite and os.path.exists(path):
         surface = load_surface(path)
         check_resumable(surface, axes, metrics, settings, path)
