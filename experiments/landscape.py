@@ -8,11 +8,17 @@ experiment) and writes, under `<run_dir>/landscape/`: one resumable surface file
 the trajectory descending the PCA plane, VTK files for ParaView, and `landscape.json`.
 
 Commands:
-    python -m experiments.playground --preset cpu --train.trajectory-every 100
+    python -m experiments.playground --preset cpu
+    python -m experiments.landscape                 # the newest finished run under runs/
     python -m experiments.landscape --run-dir runs/playground                # the paper's grids
     python -m experiments.landscape --preset cpu --run-dir runs/playground --plots line plane
+Without `--run-dir` it takes the newest finished run under `runs/` and prints which. Presets:
+`paper` (the paper's grids, the default), `cpu` (21 x 21 planes on 256 examples, log levels; the
+same settings as `python -m experiments.main --preset cpu`), `gpu`, `tiny`. When the run has
+TensorBoard logs (`<run_dir>/tensorboard`), the PNG figures are added to them as images.
 Run time: with the paper's grids (51 x 51 plane, 401-point interpolation) about a minute for the
-Playground's `cpu` run on a 2-core CPU; seconds with `--preset tiny`. Re-running resumes.
+Playground's `cpu` run on a 2-core CPU; seconds with `--preset tiny`. Re-running resumes;
+`--overwrite` replaces surface files computed with other settings instead of stopping.
 Expected result: a bowl around the trained model on the filter-normalised plane (loss rising by
 orders of magnitude towards the corners), a monotone interpolation curve from initialisation, and
 a trajectory whose first two principal components explain most of its variance.
@@ -20,6 +26,8 @@ a trajectory whose first two principal components explain most of its variance.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -43,20 +51,83 @@ def _split(cfg: LandscapeConfig, dataset) -> dict[str, np.ndarray]:
     return fixed_subset(x, y, cfg.max_examples, seed=0)
 
 
-def _pca_axes(coords_KxC: np.ndarray, margin: float, num: int) -> list[np.ndarray]:
-    axes = []
+def _pca_axes(coords_KxC: np.ndarray, margin: float, num: int,
+              min_aspect: float = 0.5) -> list[np.ndarray]:
+    """Grid axes covering the trajectory and theta*, plus `margin` on each side.
+
+    The second principal component often spans a few percent of the first: drawn to scale
+    (equal units on both axes, as distances should be), such a grid is a sliver, so every axis
+    is widened about its centre to at least `min_aspect` times the longest one.
+    """
+    bounds = []
     for c in range(coords_KxC.shape[1]):
         lo, hi = min(coords_KxC[:, c].min(), 0.0), max(coords_KxC[:, c].max(), 0.0)
         pad = margin * max(hi - lo, 1e-6)
-        axes.append(np.linspace(lo - pad, hi + pad, num))
+        bounds.append((lo - pad, hi + pad))
+    longest = max(hi - lo for lo, hi in bounds)
+    axes = []
+    for lo, hi in bounds:
+        half = max(hi - lo, min_aspect * longest) / 2
+        centre = (lo + hi) / 2
+        axes.append(np.linspace(centre - half, centre + half, num))
     return axes
+
+
+def newest_finished_run(root: str = "runs") -> str:
+    """The newest finished training run under `root`, at any depth (e.g. `runs/main/train`).
+
+    A run folder is one with a `summary.json` whose `finished` is true; the newest is the one
+    whose summary.json was written last.
+
+    Args:
+        root: the folder to search.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        FileNotFoundError: when `root` holds no finished run.
+    """
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        # Never descend into a run's own outputs (checkpoints, landscape, trajectory).
+        if "summary.json" in files and "config.json" in files:
+            subdirs.clear()
+            path = os.path.join(folder, "summary.json")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    finished = bool(json.load(f).get("finished"))
+            except (OSError, ValueError):
+                continue
+            if finished:
+                found.append((os.path.getmtime(path), folder))
+    if not found:
+        raise FileNotFoundError(f"--run-dir: no finished training run under {root}/; train one "
+                                "first (e.g. python -m experiments.playground) or name it with "
+                                "--run-dir")
+    return max(found)[1]
+
+
+def _evaluate_grid(overwrite: bool, path: str, **kwargs):
+    """`evaluate_grid`, replacing a surface file that refuses the settings when `overwrite`."""
+    if "overwrite" in inspect.signature(L.evaluate_grid).parameters:
+        return L.evaluate_grid(path=path, overwrite=overwrite, **kwargs)
+    try:
+        return L.evaluate_grid(path=path, **kwargs)
+    except L.SurfaceMismatchError:
+        # An engine without `overwrite=`: the refusing file is removed and the grid computed anew.
+        if not overwrite:
+            raise
+        os.remove(path)
+        return L.evaluate_grid(path=path, **kwargs)
 
 
 def main(cfg: LandscapeConfig) -> dict[str, Any]:
     """Compute and plot the landscapes a config asks for.
 
     Args:
-        cfg: the landscape configuration (`run_dir` names the trained run).
+        cfg: the landscape configuration (`run_dir` names the trained run; '' takes the newest
+            finished run under runs/).
 
     Returns:
         A summary: per analysis, the surface file, figures, and headline numbers.
@@ -64,6 +135,10 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
     from research.checkpoint import load_init_params, load_trajectory
     from research.train import build_state, load_run
 
+    if not cfg.run_dir:
+        cfg = dataclasses.replace(cfg, run_dir=newest_finished_run("runs"))
+        print(f"landscape: the newest finished run is {cfg.run_dir} (choose another with "
+              "--run-dir)", flush=True)
     # Fail before any computation when an analysis cannot run.
     if not os.path.isdir(cfg.run_dir):
         raise FileNotFoundError(f"--run-dir: the run folder {cfg.run_dir} does not exist")
@@ -89,7 +164,8 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
     params = state.params
     base_settings = {"split": cfg.split, "max_examples": cfg.max_examples}
     base_info = {"run_dir": os.path.abspath(cfg.run_dir), "split": cfg.split,
-                 "title": f"{run_cfg.name}: {run_cfg.model.kind} on {run_cfg.data.dataset}"}
+                 "title": cfg.title or (f"{run_cfg.name}: {run_cfg.model.kind} on "
+                                        f"{run_cfg.data.dataset}")}
 
     def evaluate(name, directions, axes, bn_policy, settings, info, origin=None,
                  state_dirs=None, extras=None):
@@ -101,12 +177,12 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
                           bn_data={"x": dataset.x_train, "y": dataset.y_train})
             if bn_policy == "interpolate":
                 kw.update(model_state=state_dirs[0], state_directions=state_dirs[1])
-        return L.evaluate_grid(
-            fn, params if origin is None else origin, directions, axes, data,
-            batch_size=cfg.batch_size, points_per_call=cfg.points_per_call, dtype=cfg.dtype,
-            mesh=mesh, path=os.path.join(out, f"{name}.npz"),
-            settings={**base_settings, **settings}, info={**base_info, **info}, extras=extras,
-            progress=cfg.progress, **kw)
+        return _evaluate_grid(
+            cfg.overwrite, os.path.join(out, f"{name}.npz"), fn=fn,
+            params=params if origin is None else origin, directions=directions, axes=axes,
+            data=data, batch_size=cfg.batch_size, points_per_call=cfg.points_per_call,
+            dtype=cfg.dtype, mesh=mesh, settings={**base_settings, **settings},
+            info={**base_info, **info}, extras=extras, progress=cfg.progress, **kw)
 
     def save(fig, stem):
         return L.save_figure(fig, os.path.join(out, stem), cfg.formats)
@@ -185,7 +261,23 @@ def main(cfg: LandscapeConfig) -> dict[str, Any]:
                           "max_distance_from_plane": float(pca.distances.max())}
 
     atomic_write_json(os.path.join(out, "landscape.json"), summary)
+    if run_cfg.train.tensorboard:
+        _log_figures(cfg.run_dir, summary, int(state.step))
     return summary
+
+
+def _log_figures(run_dir: str, summary: dict[str, Any], step: int) -> None:
+    """Add the PNG figures to the run's TensorBoard logs, as images tagged landscape/<name>."""
+    from research.writers import TensorBoardWriter
+
+    pngs = [p for part in summary.values() if isinstance(part, dict)
+            for p in part.get("figures", []) if p.endswith(".png")]
+    writer = TensorBoardWriter(os.path.join(run_dir, "tensorboard"))
+    try:
+        for p in pngs:
+            writer.image_file(f"landscape/{os.path.splitext(os.path.basename(p))[0]}", p, step)
+    finally:
+        writer.close()
 
 
 def _say_if_unfinished(run_dir: str, step: int, total_steps: int) -> None:
