@@ -450,8 +450,10 @@ def _mel_ticks(n_mels: int, sample_rate: int, fmin: float = 0.0,
     step = (hi - lo) / (n_mels + 1)
     pos, labels = [], []
     for f in (100, 200, 500, 1000, 2000, 4000, 8000, 16000):
-        if fmin < f <= fmax:
-            pos.append((float(hz_to_mel(f)) - lo) / step - 1.0)
+        p = (float(hz_to_mel(f)) - lo) / step - 1.0
+        # Low frequencies crowd on a mel axis: a tick closer than 2 bands to the last is left out.
+        if fmin < f <= fmax and p >= -0.5 and (not pos or p - pos[-1] >= 2.0):
+            pos.append(p)
             labels.append(f"{f:g}" if f < 1000 else f"{f // 1000:g}k")
     return pos, labels
 

@@ -342,7 +342,11 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
         lv = np.asarray(levels, np.float64)
         log = bool(log)
     x, y = s.axes
-    fig, ax, own = _new_axes(ax, (6.0, 5.4))
+    spans = sorted((float(np.ptp(x)), float(np.ptp(y))))
+    to_scale = spans[0] > 0 and spans[1] / spans[0] <= 4
+    # Height follows the drawn box (equal units): no blank band above and below a wide grid.
+    ratio = float(np.ptp(y)) / max(float(np.ptp(x)), 1e-300) if to_scale else 1.0
+    fig, ax, own = _new_axes(ax, (6.4, 2.4 + 3.4 * min(1.0, max(0.4, ratio))))
     norm = _norm(lv, log)
     cmap = plt.get_cmap("viridis")
     fmt = _level_format(lv)
@@ -365,8 +369,14 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
         labelled = m.levels[:: max(1, len(lv) // 8)]
         ax.clabel(m, labelled, inline=True, fontsize=8, fmt=fmt)
     # A continuous bar, ticked at round levels with plain numbers (never 4x10^0).
-    cb = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
-                      extend="max" if np.nanmax(v) > lv[-1] else "neither", shrink=0.85)
+    if to_scale:
+        ax.set_aspect("equal", adjustable="box")
+    # A bar as tall as the (possibly wide and flat) box of the axes.
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    cax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.12)
+    cb = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax,
+                      extend="max" if np.nanmax(v) > lv[-1] else "neither")
     cb.set_ticks(lv[:: max(1, int(np.ceil(len(lv) / 8)))])
     cb.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda t, _: fmt(t)))
     cb.ax.minorticks_off()
@@ -379,16 +389,13 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(y[0], y[-1])
     # Both axes are distances in parameter space along directions of the same norm: one unit
-    # must be as long on both, or the basin's shape is distorted. A grid far longer than wide
-    # (an old PCA grid) would become a sliver: it keeps the box and says it is not to scale.
-    spans = sorted((float(np.ptp(x)), float(np.ptp(y))))
-    to_scale = spans[0] > 0 and spans[1] / spans[0] <= 4
-    if to_scale:
-        ax.set_aspect("equal", adjustable="box")
+    # is drawn as long on both (set above), or the basin's shape is distorted. A grid far longer
+    # than wide (an old PCA grid) would become a sliver: it keeps the box and says so.
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(5))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=9, ncol=2,
-              frameon=False, handletextpad=0.3, columnspacing=1.2)
+    # Below the axis label, at a fixed distance in points whatever the box's height.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.8, fontsize=9,
+              ncol=2, frameon=False, handletextpad=0.3, columnspacing=1.2)
     if title is None:
         title = (f"{_title(s, metric)}{'' if kind == 'contour' else f' ({kind})'}\n"
                  f"{_grid_note(s, fine is not None)}{'' if to_scale else '; axes not to scale'}")
