@@ -111,3 +111,120 @@ def test_landscape_missing_run_dir_on_the_command_line(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err == ("error: --run-dir: the run folder /nonexistent/run does "
                                        "not exist\n")
+
+
+def _help(presets, default, capsys):
+    with pytest.raises(SystemExit):
+        cli(presets, default, "test", ["--help"])
+    return capsys.readouterr().out
+
+
+def test_choices_are_listed_in_help_and_names_written_once(capsys):
+    import typing
+
+    from research import config as C
+    from research.landscape import config as LC
+    from research.landscape.directions import IGNORES, NORMALIZATIONS
+
+    assert C.ACTIVATIONS == typing.get_args(C.Activation)
+    assert set(typing.get_args(LC.Normalization)) == set(NORMALIZATIONS)
+    assert set(typing.get_args(LC.Ignore)) == set(IGNORES)
+    assert typing.get_args(LC.BnPolicy) == LC.BN_POLICIES  # the engine's names
+    text = _help(PLAYGROUND_PRESETS, "cpu", capsys)
+    for choices in ("{relu,tanh,sigmoid,gelu,linear}", "{sgd,momentum,nesterov,adam,adamw}",
+                    "{bce,softmax_ce,mse}", "{none,l1,l2}", "{logmel,mfcc_stats,mfcc}"):
+        assert choices in text, choices
+    with pytest.raises(ValueError, match=r"ModelConfig\.activation: unknown value 'swish'"):
+        ModelConfig(activation="swish")
+
+
+def test_main_job_help_has_one_of_each_flag_and_no_playground_options(capsys):
+    from experiments import main as main_job
+
+    text = _help(main_job.PRESETS, "cpu", capsys)
+    for flag in ("--run.name", "--run.workdir", "--run.preset", "--landscape.preset",
+                 "--landscape.run-dir", "--landscape.out-dir", "--run.data.noise",
+                 "--run.data.features"):
+        assert flag not in text, flag
+    for flag in ("--name", "--workdir", "--preset", "--run.data.dataset", "--landscape.overwrite",
+                 "--run.train.tensorboard"):
+        assert flag in text, flag
+    cfg = cli(main_job.PRESETS, "cpu", "test", ["--preset", "tiny", "--run.data.n", "3"])
+    assert isinstance(cfg.run.data, DataConfig) and cfg.run.data.n == 3
+    # The saved config is a plain run config: it loads back as one.
+    assert from_dict(Config, to_dict(cfg.run)).data.n == 3
+
+
+def test_one_preset_name_means_the_same_landscape_everywhere():
+    from experiments import main as main_job
+    from research.landscape.config import LANDSCAPE_PRESETS
+
+    job_only = {"run_dir", "out_dir", "preset"}
+    for name, job in main_job.PRESETS.items():
+        ref = LANDSCAPE_PRESETS[name]
+        for f in dataclasses.fields(ref):
+            if f.name not in job_only:
+                assert getattr(job.landscape, f.name) == getattr(ref, f.name), (name, f.name)
+        assert job.run.preset == job.preset == name
+
+
+def test_landscape_defaults_to_the_newest_finished_run(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from experiments.landscape import newest_finished_run
+
+    def make(path, finished):
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        (path / "summary.json").write_text(json.dumps({"finished": finished}))
+        return str(path)
+
+    with pytest.raises(FileNotFoundError, match="no finished training run"):
+        newest_finished_run(str(tmp_path))
+    old = make(tmp_path / "playground", True)
+    new = make(tmp_path / "main" / "train", True)
+    make(tmp_path / "half", False)
+    now = time.time()
+    os.utime(os.path.join(old, "summary.json"), (now - 100, now - 100))
+    os.utime(os.path.join(new, "summary.json"), (now - 50, now - 50))
+    assert newest_finished_run(str(tmp_path)) == new
+    os.utime(os.path.join(old, "summary.json"), (now, now))
+    assert newest_finished_run(str(tmp_path)) == old
+
+
+def test_overwrite_replaces_a_refusing_surface_file(tmp_path, monkeypatch):
+    import os
+
+    from experiments import landscape as exp
+    from research.landscape.surface import SurfaceMismatchError
+
+    path = tmp_path / "plane.npz"
+    calls = []
+
+    def old_engine(fn, params, directions, axes, data, *, path, settings=None):
+        calls.append(os.path.exists(path))
+        if os.path.exists(path):
+            raise SurfaceMismatchError("settings differ: seeds")
+        return "computed"
+
+    monkeypatch.setattr(exp.L, "evaluate_grid", old_engine)
+    path.write_bytes(b"old")
+    with pytest.raises(SurfaceMismatchError, match="seeds"):
+        exp._evaluate_grid(False, str(path), fn=None, params=None, directions=[], axes=[],
+                           data={})
+    assert path.read_bytes() == b"old"  # kept without --overwrite
+    assert exp._evaluate_grid(True, str(path), fn=None, params=None, directions=[], axes=[],
+                              data={}) == "computed"
+    assert calls == [True, True, False] and not path.exists()
+
+    seen = {}
+
+    def new_engine(fn, params, directions, axes, data, *, path, overwrite=False):
+        seen["overwrite"] = overwrite
+        return "engine"
+
+    monkeypatch.setattr(exp.L, "evaluate_grid", new_engine)
+    assert exp._evaluate_grid(True, str(path), fn=None, params=None, directions=[], axes=[],
+                              data={}) == "engine"
+    assert seen == {"overwrite": True}

@@ -99,13 +99,76 @@ def _split(cfg: LandscapeConfig, dataset) -> dict[str, np.ndarray]:
     return fixed_subset(x, y, cfg.max_examples, seed=0)
 
 
-def _pca_axes(coords_KxC: np.ndarray, margin: float, num: int) -> list[np.ndarray]:
-    axes = []
+def _pca_axes(coords_KxC: np.ndarray, margin: float, num: int,
+              min_aspect: float = 0.5) -> list[np.ndarray]:
+    """Grid axes covering the trajectory and theta*, plus `margin` on each side.
+
+    The second principal component often spans a few percent of the first: drawn to scale
+    (equal units on both axes, as distances should be), such a grid is a sliver, so every axis
+    is widened about its centre to at least `min_aspect` times the longest one.
+    """
+    bounds = []
     for c in range(coords_KxC.shape[1]):
         lo, hi = min(coords_KxC[:, c].min(), 0.0), max(coords_KxC[:, c].max(), 0.0)
         pad = margin * max(hi - lo, 1e-6)
-        axes.append(np.linspace(lo - pad, hi + pad, num))
+        bounds.append((lo - pad, hi + pad))
+    longest = max(hi - lo for lo, hi in bounds)
+    axes = []
+    for lo, hi in bounds:
+        half = max(hi - lo, min_aspect * longest) / 2
+        centre = (lo + hi) / 2
+        axes.append(np.linspace(centre - half, centre + half, num))
     return axes
+
+
+def newest_finished_run(root: str = "runs") -> str:
+    """The newest finished training run under `root`, at any depth (e.g. `runs/main/train`).
+
+    A run folder is one with a `summary.json` whose `finished` is true; the newest is the one
+    whose summary.json was written last.
+
+    Args:
+        root: the folder to search.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        FileNotFoundError: when `root` holds no finished run.
+    """
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        # Never descend into a run's own outputs (checkpoints, landscape, trajectory).
+        if "summary.json" in files and "config.json" in files:
+            subdirs.clear()
+            path = os.path.join(folder, "summary.json")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    finished = bool(json.load(f).get("finished"))
+            except (OSError, ValueError):
+                continue
+            if finished:
+                found.append((os.path.getmtime(path), folder))
+    if not found:
+        raise FileNotFoundError(f"--run-dir: no finished training run under {root}/; train one "
+                                "first (e.g. python -m experiments.playground) or name it with "
+                                "--run-dir")
+    return max(found)[1]
+
+
+def _log_figures(run_dir: str, summary: dict[str, Any], step: int) -> None:
+    """Add the PNG figures to the run's TensorBoard logs, as images tagged landscape/<name>."""
+    from research.writers import TensorBoardWriter
+
+    pngs = [p for part in summary.values() if isinstance(part, dict)
+            for p in part.get("figures", []) if p.endswith(".png")]
+    writer = TensorBoardWriter(os.path.join(run_dir, "tensorboard"))
+    try:
+        for p in pngs:
+            writer.image_file(f"landscape/{os.path.splitext(os.path.basename(p))[0]}", p, step)
+    finally:
+        writer.close()
+
 
 
 def _say_if_unfinished(run_dir: str, step: int, total_steps: int) -> None:
@@ -173,14 +236,14 @@ class _Run:
                 kw.update(model_state=state_dirs[0], state_directions=state_dirs[1])
         base_settings = {"split": cfg.split, "max_examples": cfg.max_examples}
         base_info = {"run_dir": os.path.abspath(cfg.run_dir), "split": cfg.split,
-                     "title": f"{self.run_cfg.name}: {self.run_cfg.model.kind} on "
-                              f"{self.run_cfg.data.dataset}"}
+                     "title": cfg.title or (f"{self.run_cfg.name}: {self.run_cfg.model.kind} "
+                                            f"on {self.run_cfg.data.dataset}")}
         return evaluate_grid(
             self.fn, state.params if origin is None else origin, directions, axes, self.data,
             batch_size=cfg.batch_size, points_per_call=cfg.points_per_call, dtype=cfg.dtype,
             mesh=self.mesh, path=os.path.join(self.out, f"{name}.npz"),
             settings={**base_settings, **settings}, info={**base_info, **info}, extras=extras,
-            progress=cfg.progress, **kw)
+            progress=cfg.progress, overwrite=cfg.overwrite, **kw)
 
     def save(self, fig, stem) -> list[str]:
         return P.save_figure(fig, os.path.join(self.out, stem), self.cfg.formats)
@@ -277,8 +340,8 @@ def analyse_run(cfg: LandscapeConfig) -> dict[str, Any]:
     """Compute and plot the landscapes a config asks for.
 
     Args:
-        cfg: the landscape configuration (`run_dir` names the trained run, `plots` the
-            analyses: line, plane, interpolation, pca).
+        cfg: the landscape configuration (`run_dir` names the trained run, '' the newest
+            finished run under runs/; `plots` the analyses: line, plane, interpolation, pca).
 
     Returns:
         A summary (also written to `landscape.json`): per analysis, the surface file, figures,
@@ -286,6 +349,10 @@ def analyse_run(cfg: LandscapeConfig) -> dict[str, Any]:
     """
     from research.train import load_run
 
+    if not cfg.run_dir:
+        cfg = dataclasses.replace(cfg, run_dir=newest_finished_run("runs"))
+        print(f"landscape: the newest finished run is {cfg.run_dir} (choose another with "
+              "--run-dir)", flush=True)
     _check_inputs(cfg)
     run_cfg, state, dataset = load_run(cfg.run_dir)
     _say_if_unfinished(cfg.run_dir, int(state.step),
@@ -299,6 +366,8 @@ def analyse_run(cfg: LandscapeConfig) -> dict[str, Any]:
         if name in cfg.plots:
             summary[name] = analyse(run)
     atomic_write_json(os.path.join(out, "landscape.json"), summary)
+    if getattr(run_cfg.train, "tensorboard", False):
+        _log_figures(cfg.run_dir, summary, int(state.step))
     return summary
 
 
