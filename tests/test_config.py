@@ -193,38 +193,3 @@ def test_landscape_defaults_to_the_newest_finished_run(tmp_path, monkeypatch):
     assert newest_finished_run(str(tmp_path)) == old
 
 
-def test_overwrite_replaces_a_refusing_surface_file(tmp_path, monkeypatch):
-    import os
-
-    from experiments import landscape as exp
-    from research.landscape.surface import SurfaceMismatchError
-
-    path = tmp_path / "plane.npz"
-    calls = []
-
-    def old_engine(fn, params, directions, axes, data, *, path, settings=None):
-        calls.append(os.path.exists(path))
-        if os.path.exists(path):
-            raise SurfaceMismatchError("settings differ: seeds")
-        return "computed"
-
-    monkeypatch.setattr(exp.L, "evaluate_grid", old_engine)
-    path.write_bytes(b"old")
-    with pytest.raises(SurfaceMismatchError, match="seeds"):
-        exp._evaluate_grid(False, str(path), fn=None, params=None, directions=[], axes=[],
-                           data={})
-    assert path.read_bytes() == b"old"  # kept without --overwrite
-    assert exp._evaluate_grid(True, str(path), fn=None, params=None, directions=[], axes=[],
-                              data={}) == "computed"
-    assert calls == [True, True, False] and not path.exists()
-
-    seen = {}
-
-    def new_engine(fn, params, directions, axes, data, *, path, overwrite=False):
-        seen["overwrite"] = overwrite
-        return "engine"
-
-    monkeypatch.setattr(exp.L, "evaluate_grid", new_engine)
-    assert exp._evaluate_grid(True, str(path), fn=None, params=None, directions=[], axes=[],
-                              data={}) == "engine"
-    assert seen == {"overwrite": True}
