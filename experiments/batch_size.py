@@ -148,7 +148,7 @@ PRESETS = {
                   clips_per_class=400, n_mels=40, hop_length=256, grid="-1:1:51",
                   none_grid="-0.05:0.05:51", examples=2000, eval_batch_size=500,
                   hessian_iters=50, preset="gpu"),
-    "tiny": Config(batch_sizes=(4, 16), epochs=(2, 4), channels=(2, 4), clips_per_class=4,
+    "tiny": Config(batch_sizes=(4, 16), epochs=(2, 4), channels=(2, 4), clips_per_class=8,
                    clip_seconds=0.5, n_mels=16, n_fft=256, hop_length=128, grid="-1:1:9",
                    none_grid="-0.2:0.2:9", fit_fraction=0.5, examples=16, eval_batch_size=16,
                    hessian_iters=5, preset="tiny"),
