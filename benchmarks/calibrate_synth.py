@@ -145,15 +145,22 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[
 
 def main() -> None:
     """Print the three accuracies (and the settings) as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="soundscapes", choices=tuple(synth.SETS))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="soundscapes", choices=tuple(synth.SETS),
+                   help="procedural set to calibrate")
     p.add_argument("--n", type=int, default=100, help="clips per class")
-    p.add_argument("--train-ratio", type=float, default=0.8)
-    p.add_argument("--difficulty", type=float, default=DataConfig.difficulty)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs-mlp", type=int, default=200)
-    p.add_argument("--epochs-cnn", type=int, default=30)
-    p.add_argument("--cache-dir", default=".cache/features")
+    p.add_argument("--train-ratio", type=float, default=0.8,
+                   help="share of each class's clips used for training (the rest is the test "
+                        "split)")
+    p.add_argument("--difficulty", type=float, default=DataConfig.difficulty,
+                   help="nuisance strength in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="data and training seed")
+    p.add_argument("--epochs-mlp", type=int, default=200,
+                   help="epochs of the MLP on MFCC statistics")
+    p.add_argument("--epochs-cnn", type=int, default=30, help="epochs of the CNN on log-mel")
+    p.add_argument("--cache-dir", default=".cache/features",
+                   help="on-disk feature cache ('' disables it)")
     p.add_argument("--confusion", action="store_true", help="also print confusion matrices")
     args = p.parse_args()
 

@@ -6,7 +6,7 @@ work per step (copying a batch to the device, waiting for the device to fetch me
 directly. This script reads the loop's own clock: the `time` field of the per-epoch
 `train_steps` records in `metrics.jsonl`, from the end of epoch 2 to the end of the last epoch
 (so compilation, start-up, the final evaluation and checkpoint are left out); the bare loop runs
-the same jitted `train_step_jit` over the same batches, already on the device, timed the same
+the same jitted `train_step_donated` over the same batches, already on the device, timed the same
 way.
 
 Run (about a minute on a 2-core CPU):
@@ -50,7 +50,8 @@ import numpy as np
 
 from research.config import PLAYGROUND_PRESETS
 from research.data import load_dataset
-from research.train import build_state, train_and_evaluate, train_step_jit
+from research.train import build_state, train_and_evaluate
+from research.train.steps import train_step_donated
 from research.writers import read_jsonl
 
 
@@ -91,7 +92,7 @@ def _bare_us(epochs: int) -> float:
         if i == 2 * spe:  # as for the loop: from the end of epoch 2
             jax.block_until_ready((state, metrics))
             t0 = time.perf_counter()
-        state, metrics = train_step_jit(state, batch, key)
+        state, metrics = train_step_donated(state, batch, key)
     jax.block_until_ready((state, metrics))
     return 1e6 * (time.perf_counter() - t0) / (len(batches) - 2 * spe)
 

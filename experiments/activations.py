@@ -27,10 +27,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.data.playground import model_scores
 from research.io import atomic_write_json, atomic_write_text
+from research.tables import markdown_table
 from research.train import train_and_evaluate
 from research.viz import draw_decision_boundary, save_figure
 from research.writers import read_jsonl
@@ -172,12 +173,9 @@ def main(cfg: Config) -> dict:
     fig.tight_layout()
     figures += save_figure(fig, os.path.join(out_dir, "curves"), ("png", "pdf"))
 
-    header = "| task | " + " | ".join(cfg.activations) + " |"
-    rows = [header, "|" + "---|" * (len(cfg.activations) + 1)]
-    for task, by_act in results.items():
-        rows.append(f"| {task} | " + " | ".join(f"{by_act[a]:.3f}" for a in cfg.activations)
-                    + " |")
-    table = "\n".join(rows) + "\n"
+    table = markdown_table(["task", *cfg.activations],
+                           [[task, *(by_act[a] for a in cfg.activations)]
+                            for task, by_act in results.items()])
     atomic_write_text(os.path.join(out_dir, "results.md"),
                       "Test accuracy by activation\n\n" + table)
     atomic_write_json(os.path.join(out_dir, "results.json"),
@@ -187,4 +185,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -54,18 +54,18 @@ from matplotlib import ticker as mticker
 
 from research import landscape as L
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
 from research.landscape.hessian import top_eigenvalue
 from research.landscape.measures import sharpness_1d
 from research.reproductions import (
     fixed_subset,
-    loss_of_params,
-    markdown_table,
     params_norm,
+    state_loss_fn,
     state_surface,
 )
+from research.tables import records_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -148,7 +148,7 @@ PRESETS = {
                   clips_per_class=400, n_mels=40, hop_length=256, grid="-1:1:51",
                   none_grid="-0.05:0.05:51", examples=2000, eval_batch_size=500,
                   hessian_iters=50, preset="gpu"),
-    "tiny": Config(batch_sizes=(4, 16), epochs=(2, 4), channels=(2, 4), clips_per_class=4,
+    "tiny": Config(batch_sizes=(4, 16), epochs=(2, 4), channels=(2, 4), clips_per_class=8,
                    clip_seconds=0.5, n_mels=16, n_fft=256, hop_length=128, grid="-1:1:9",
                    none_grid="-0.2:0.2:9", fit_fraction=0.5, examples=16, eval_batch_size=16,
                    hessian_iters=5, preset="tiny"),
@@ -229,8 +229,10 @@ def main(cfg: Config) -> dict[str, Any]:
             for k, v in _curve_numbers(s, cfg.fit_fraction).items():
                 row[f"{norm}_{k}"] = v
         if cfg.hessian_iters:
-            eig, _, used = top_eigenvalue(loss_of_params(state, sub), state.params,
-                                          cfg.hessian_iters, seed=cfg.seed)
+            fn, kw = state_loss_fn(state)
+            eig, _, used = top_eigenvalue(fn, state.params, sub, batch_size=cfg.eval_batch_size,
+                                          max_iter=cfg.hessian_iters, tol=1e-4, seed=cfg.seed,
+                                          **kw)
             row.update(top_eigenvalue=eig, hessian_iters_used=used)
         else:
             row.update(top_eigenvalue=float("nan"), hessian_iters_used=0)
@@ -269,7 +271,7 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"on {cfg.grid}, un-normalised on {cfg.none_grid}. Rise: mean loss increase at "
             f"+-half of the half-width; f''(0): quadratic fit over "
             f"|alpha| <= {cfg.fit_fraction} x half-width; top eigenvalue by power iteration "
-            f"on the same examples.\n\n" + markdown_table(rows, COLUMNS))
+            f"on the same examples.\n\n" + records_table(rows, COLUMNS))
 
 
 def _draw(cfg: Config, rows: list[dict], curves: dict, out_dir: str) -> list[str]:
@@ -300,4 +302,4 @@ def _draw(cfg: Config, rows: list[dict], curves: dict, out_dir: str) -> list[str
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -25,9 +25,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data.real import find_sonic_pi
 from research.io import atomic_write_json, atomic_write_text
+from research.tables import markdown_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -134,14 +135,12 @@ def main(cfg: Config) -> dict:
                 "balanced_accuracy": summary["test"]["balanced_accuracy"],
                 "macro_f1": summary["test"]["macro_f1"], "params": summary["params"],
                 "seconds": summary["seconds"], "classes": len(summary["class_names"])}
-    rows = ["| task | classes | chance | MLP on MFCC stats | CNN on log-mel |",
-            "|---|---|---|---|---|"]
-    for task, r in results.items():
-        k = r["cnn"]["classes"]
-        rows.append(f"| {task} | {k} | {1 / k:.3f} | {r['mlp']['accuracy']:.3f} "
-                    f"({r['mlp']['params']:,} params) | {r['cnn']['accuracy']:.3f} "
-                    f"({r['cnn']['params']:,} params) |")
-    table = "\n".join(rows) + "\n"
+    table = markdown_table(
+        ["task", "classes", "chance", "MLP on MFCC stats", "CNN on log-mel"],
+        [[task, r["cnn"]["classes"], 1 / r["cnn"]["classes"],
+          f"{r['mlp']['accuracy']:.3f} ({r['mlp']['params']:,} params)",
+          f"{r['cnn']['accuracy']:.3f} ({r['cnn']['params']:,} params)"]
+         for task, r in results.items()])
     notes = "".join(f"\nSkipped {t}: {why}.\n" for t, why in skipped.items())
     atomic_write_text(os.path.join(out_dir, "results.md"),
                       "Test accuracy: MLP on MFCC statistics vs CNN on log-mel\n\n" + table + notes)
@@ -166,4 +165,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from research.audio.frontend import logmel
-from research.config import cli
+from research.config import run_cli
 from research.data.synth import SOUNDSCAPE_CLASSES, clip_seed, synthesize
 from research.equivariance import intermediates, shift_errors, shift_time
 from research.io import atomic_write_json
@@ -161,4 +161,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.config import cli
+from research.config import run_cli
 from research.io import atomic_write_json
 from research.paths import loss_grid, minimum_and_curvature, neuron_problem, optimizer_path
 from research.viz import plot_loss_vs_step, plot_paths_on_contour, save_figure
@@ -145,4 +145,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

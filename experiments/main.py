@@ -31,11 +31,11 @@ from typing import Any
 
 from experiments import landscape as landscape_experiment
 from research import metrics as M
-from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import AudioDataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
+from research.config import AudioRunConfig as RunConfig
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
-from research.landscape.config import LandscapeConfig
+from research.landscape.config import JobLandscapeConfig, job_landscape
 from research.train import train_and_evaluate
 from research.viz import (
     plot_confusion,
@@ -51,25 +51,31 @@ class Config:
     """The main job: a training run and the landscape analyses of it.
 
     Attributes:
-        run: the training run (data, model, optimiser, loop); its folder is `workdir/name`.
-        landscape: the landscape analyses (`run_dir` is set to the training run's folder).
+        run: the training run (data, model, optimiser, loop); its folder is
+            `workdir/name/train`.
+        landscape: the landscape analyses of the trained run (the same settings as
+            `python -m experiments.landscape` with the same preset); they go to
+            `workdir/name/landscape`.
         name: name of the job; results go to `workdir/name`.
         workdir: parent folder.
-        preset: the preset these defaults came from.
+        preset: named defaults to start from (cpu, gpu, tiny); the other options given override
+            them. The landscape part uses the landscape preset of the same name.
     """
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
-    landscape: LandscapeConfig = dataclasses.field(default_factory=LandscapeConfig)
+    landscape: JobLandscapeConfig = dataclasses.field(default_factory=JobLandscapeConfig)
     name: str = "main"
     workdir: str = "runs"
     preset: str = "cpu"
 
 
-def _job(run: RunConfig, landscape: LandscapeConfig, preset: str) -> Config:
-    return Config(run=run, landscape=landscape, preset=preset)
+def _job(run: RunConfig, preset: str) -> Config:
+    # The landscape settings come from the one table of landscape presets.
+    return Config(run=dataclasses.replace(run, preset=preset), landscape=job_landscape(preset),
+                  preset=preset)
 
 
-_SOUNDSCAPES = DataConfig(dataset="soundscapes", n=100, train_ratio=0.8, feature="logmel",
+_SOUNDSCAPES = AudioDataConfig(dataset="soundscapes", n=100, train_ratio=0.8, feature="logmel",
                           sample_rate=16000, clip_seconds=1.0, n_fft=1024, hop_length=256,
                           n_mels=40)
 
@@ -83,9 +89,6 @@ PRESETS: dict[str, Config] = {
                                     eval_batch_size=256, checkpoint_every=100,
                                     trajectory_every=25),
                   name="train"),
-        LandscapeConfig(run_dir="-", line="-1:1:41", plane_x="-1:1:21", plane_y="-1:1:21",
-                        interpolation="-0.5:1.5:51", pca_num=21, max_examples=256,
-                        batch_size=256, points_per_call=21, log=True, preset="cpu"),
         "cpu"),
     "gpu": _job(
         RunConfig(data=dataclasses.replace(_SOUNDSCAPES, n=400, clip_seconds=2.0, n_mels=64,
@@ -99,8 +102,6 @@ PRESETS: dict[str, Config] = {
                                     eval_batch_size=512, checkpoint_every=500,
                                     trajectory_every=50),
                   name="train"),
-        LandscapeConfig(run_dir="-", batch_size=512, points_per_call=51, log=True,
-                        preset="paper"),
         "gpu"),
     "tiny": _job(
         RunConfig(data=dataclasses.replace(_SOUNDSCAPES, n=4, train_ratio=0.5,
@@ -112,9 +113,6 @@ PRESETS: dict[str, Config] = {
                   train=TrainConfig(epochs=2, batch_size=5, loss="softmax_ce",
                                     checkpoint_every=4, trajectory_every=2, progress=False),
                   name="train"),
-        LandscapeConfig(run_dir="-", line="-1:1:5", plane_x="-1:1:3", plane_y="-1:1:3",
-                        interpolation="-0.5:1.5:5", pca_num=3, batch_size=64,
-                        points_per_call=9, formats=("png",), progress=False, preset="tiny"),
         "tiny"),
 }
 
@@ -256,21 +254,26 @@ def main(cfg: Config) -> dict:
         return {"summary": summary}
 
     fig_dir = os.path.join(out_dir, "figures")
+    title = f"{cfg.name}: {run.model.kind} on {run.data.dataset}"
     figures = {
-        "examples": save_figure(plot_spectrogram_examples(data.x_train, data.y_train,
-                                                          data.class_names),
-                                os.path.join(fig_dir, "examples"))[0],
+        "examples": save_figure(plot_spectrogram_examples(
+            data.x_train, data.y_train, data.class_names, sample_rate=run.data.sample_rate,
+            hop_length=run.data.hop_length, standardization=data.info.get("standardization")),
+            os.path.join(fig_dir, "examples"), ("png", "pdf"))[0],
         "curves": save_figure(plot_learning_curves(
-            read_jsonl(os.path.join(run.run_dir(), "metrics.jsonl")),
-            title=f"{run.model.kind} on {run.data.dataset}"),
+            read_jsonl(os.path.join(run.run_dir(), "metrics.jsonl")), title=title),
             os.path.join(fig_dir, "learning_curves"), ("png", "pdf"))[0],
         "confusion": save_figure(plot_confusion(summary["test"]["confusion"], data.class_names,
-                                                "Confusion matrix (test split, final state)"),
+                                                f"{title}: confusion matrix (test split, "
+                                                "final state)"),
                                  os.path.join(fig_dir, "confusion"), ("png", "pdf"))[0],
     }
+    if run.train.tensorboard:
+        _log_figures(os.path.join(run.run_dir(), "tensorboard"), figures, summary["steps"])
     t0 = time.time()
     land_cfg = dataclasses.replace(cfg.landscape, run_dir=run.run_dir(),
-                                   out_dir=os.path.join(out_dir, "landscape"))
+                                   out_dir=os.path.join(out_dir, "landscape"),
+                                   title=cfg.landscape.title or title)
     land = landscape_experiment.main(land_cfg)
     seconds["landscape"] = time.time() - t0
     report = write_report(out_dir, cfg, summary, data.info, land, figures, seconds)
@@ -287,5 +290,17 @@ def main(cfg: Config) -> dict:
     return results
 
 
+def _log_figures(logdir: str, figures: dict[str, str], step: int) -> None:
+    """Add the saved PNG figures to the run's TensorBoard logs as images (figures/<name>)."""
+    from research.writers import TensorBoardWriter
+
+    writer = TensorBoardWriter(logdir)
+    try:
+        for name, path in figures.items():
+            writer.image_file(f"figures/{name}", path, step)
+    finally:
+        writer.close()
+
+
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from research.config import PLAYGROUND_PRESETS, Config, cli
+from research.config import PLAYGROUND_PRESETS, Config, run_cli
 from research.data.playground import CLASSIFICATION, hidden_activations, model_scores
 from research.train import train_and_evaluate
 from research.viz import (
@@ -98,4 +98,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(cli(PLAYGROUND_PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PLAYGROUND_PRESETS, "cpu", __doc__.split("\n\n")[0])

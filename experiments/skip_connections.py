@@ -53,12 +53,13 @@ from matplotlib import ticker as mticker
 
 from research import landscape as L
 from research.config import Config as RunConfig
-from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
 from research.landscape.measures import convexity, edge_rise
 from research.models import param_count
-from research.reproductions import fixed_subset, markdown_table, state_surface
+from research.reproductions import fixed_subset, state_surface
+from research.tables import records_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -266,7 +267,7 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"{cfg.threshold}; 'centre': the same over |a|, |b| <= {cfg.center}; 'basin': over "
             f"the points whose loss is below halfway from theta*'s loss to the border's mean."
             f"\n\n"
-            + markdown_table(rows, COLUMNS))
+            + records_table(rows, COLUMNS))
 
 
 def _label(residual: bool, depth: int, ncv: int) -> str:
@@ -353,4 +354,4 @@ def _draw(cfg: Config, axis: np.ndarray, surfaces: dict, out_dir: str) -> list[s
 
 
 if __name__ == "__main__":
-    main(cli(PRESETS, "cpu", __doc__.split("\n\n")[0]))
+    run_cli(main, PRESETS, "cpu", __doc__.split("\n\n")[0])

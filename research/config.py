@@ -3,7 +3,9 @@
 Every experiment takes its command line from these dataclasses through tyro, so
 `python -m experiments.<name> --help` lists every field with its default, and `--preset NAME`
 picks the defaults. Validation runs in `__post_init__`, so a bad value fails at start with a
-message that names the field.
+message that names the field. `run_cli` is every experiment's entry point: it parses the command
+line, runs the experiment, and turns expected user errors (a bad path or setting, a diverged run)
+into one `error: ...` line and exit code 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,18 +14,37 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "linear")
-MODEL_KINDS = ("mlp", "cnn", "piczak")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-LOSSES = ("bce", "softmax_ce", "mse")
-REGULARIZATIONS = ("none", "l1", "l2")
-PLAYGROUND_FEATURES = ("x1", "x2", "x1^2", "x2^2", "x1*x2", "sin_x1", "sin_x2")
+import tyro
+
+# Each choice is a Literal type, so `--help` lists the values; the tuple of names beside it is
+# derived from the type, so the names are written once.
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "linear"]
+ModelKind = Literal["mlp", "cnn", "piczak"]
+Optimizer = Literal["sgd", "momentum", "nesterov", "adam", "adamw"]
+Schedule = Literal["constant", "cosine", "warmup_cosine", "step"]
+Loss = Literal["bce", "softmax_ce", "mse"]
+Regularization = Literal["none", "l1", "l2"]
+PlaygroundFeature = Literal["x1", "x2", "x1^2", "x2^2", "x1*x2", "sin_x1", "sin_x2"]
+AudioFeature = Literal["logmel", "mfcc_stats", "mfcc"]
+Frontend = Literal["librosa", "jax"]
+GlobalPool = Literal["mean", "max", "none"]
+
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+LOSSES: tuple[str, ...] = get_args(Loss)
+REGULARIZATIONS: tuple[str, ...] = get_args(Regularization)
+PLAYGROUND_FEATURES: tuple[str, ...] = get_args(PlaygroundFeature)
+AUDIO_FEATURES: tuple[str, ...] = get_args(AudioFeature)
+FRONTENDS: tuple[str, ...] = get_args(Frontend)
+GLOBAL_POOLS: tuple[str, ...] = get_args(GlobalPool)
 
 
 def _fail(cls: str, name: str, message: str) -> None:
@@ -82,7 +103,7 @@ class DataConfig:
     noise: float = 0.0
     train_ratio: float = 0.5
     val_fraction: float = 0.1
-    features: tuple[str, ...] = ("x1", "x2")
+    features: tuple[PlaygroundFeature, ...] = ("x1", "x2")
     seed: int = 0
     root: str = ""
     test_fold: int = 1
@@ -90,12 +111,12 @@ class DataConfig:
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     difficulty: float = 0.5
-    feature: str = "logmel"
+    feature: AudioFeature = "logmel"
     n_fft: int = 1024
     hop_length: int = 256
     n_mels: int = 40
     n_mfcc: int = 20
-    frontend: str = "librosa"
+    frontend: Frontend = "librosa"
     skip_bad_files: bool = False
     cache_dir: str = ".cache/features"
     standardize: bool = True
@@ -120,10 +141,10 @@ class DataConfig:
         _check_positive(c, "clip_seconds", self.clip_seconds)
         if not 0.0 <= self.difficulty <= 1.0:
             _fail(c, "difficulty", f"must be in [0, 1], got {self.difficulty!r}")
-        _check_choice(c, "feature", self.feature, ("logmel", "mfcc_stats", "mfcc"))
+        _check_choice(c, "feature", self.feature, AUDIO_FEATURES)
         for name in ("n_fft", "hop_length", "n_mels", "n_mfcc"):
             _check_positive(c, name, getattr(self, name))
-        _check_choice(c, "frontend", self.frontend, ("librosa", "jax"))
+        _check_choice(c, "frontend", self.frontend, FRONTENDS)
         if self.feature in ("mfcc", "mfcc_stats") and self.n_mfcc > self.n_mels:
             _fail(c, "n_mfcc", f"must be <= n_mels ({self.n_mels}), got {self.n_mfcc}")
         if not isinstance(self.standardize, bool):
@@ -151,9 +172,9 @@ class ModelConfig:
         head: hidden widths of the dense head after the convolutions.
     """
 
-    kind: str = "mlp"
+    kind: ModelKind = "mlp"
     widths: tuple[int, ...] = (4, 2)
-    activation: str = "tanh"
+    activation: Activation = "tanh"
     dropout: float = 0.0
     channels: tuple[int, ...] = (16, 32, 64)
     kernel_size: tuple[int, int] = (3, 3)
@@ -162,7 +183,7 @@ class ModelConfig:
     batch_norm: bool = True
     residual: bool = False
     depth: int = 0
-    global_pool: str = "mean"
+    global_pool: GlobalPool = "mean"
     head: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -184,7 +205,7 @@ class ModelConfig:
         if any(k < 0 for k in self.first_kernel):
             _fail(c, "first_kernel", f"must be >= 0, got {self.first_kernel}")
         _check_positive(c, "depth", self.depth, allow_zero=True)
-        _check_choice(c, "global_pool", self.global_pool, ("mean", "max", "none"))
+        _check_choice(c, "global_pool", self.global_pool, GLOBAL_POOLS)
         if any(w <= 0 for w in self.head):
             _fail(c, "head", f"every width must be > 0, got {self.head}")
 
@@ -205,11 +226,11 @@ class OptimConfig:
         clip_norm: clip gradients to this global norm (0 disables clipping).
     """
 
-    name: str = "sgd"
+    name: Optimizer = "sgd"
     learning_rate: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     step_boundaries: tuple[float, ...] = (0.5, 0.75)
     step_factor: float = 0.1
@@ -251,13 +272,15 @@ class TrainConfig:
             (0 disables it).
         stop_after: stop after this many steps in total, resumable later (0 runs to the end).
         progress: show a progress bar.
+        tensorboard: also write TensorBoard event files to `<run_dir>/tensorboard` (needs the
+            optional `tensorboardX`; metrics.jsonl is written either way).
     """
 
     epochs: int = 100
     batch_size: int = 10
     seed: int = 0
-    loss: str = "bce"
-    regularization: str = "none"
+    loss: Loss = "bce"
+    regularization: Regularization = "none"
     reg_rate: float = 0.0
     eval_every: int = 1
     eval_train: bool = True
@@ -267,6 +290,7 @@ class TrainConfig:
     trajectory_every: int = 0
     stop_after: int = 0
     progress: bool = True
+    tensorboard: bool = True
 
     def __post_init__(self):
         c = "TrainConfig"
@@ -285,9 +309,10 @@ class Config:
     """One training run: data, model, optimiser and loop, plus where results go.
 
     Attributes:
-        name: run name; results go to `workdir/name` unless `workdir` is given in full.
-        workdir: folder for checkpoints, metrics, config and figures.
-        preset: the preset these defaults came from (informational).
+        name: run name; results go to `workdir/name`.
+        workdir: parent folder of the run's folder (checkpoints, metrics, config, figures).
+        preset: named defaults to start from (the presets are listed above); the other options
+            given override them.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -305,8 +330,41 @@ class Config:
         return os.path.join(self.workdir, self.name)
 
 
+@dataclass(frozen=True)
+class AudioDataConfig(DataConfig):
+    """`DataConfig` for jobs on audio: the Playground-only options are left off the command line.
+
+    An instance is a `DataConfig` (same fields, same validation, same saved config); only
+    `--help` and the parser differ, so an audio job does not offer options it ignores.
+    """
+
+    noise: tyro.conf.Suppress[float] = 0.0
+    features: tyro.conf.Suppress[tuple[PlaygroundFeature, ...]] = ("x1", "x2")
+
+
+@dataclass(frozen=True)
+class JobRunConfig(Config):
+    """A training run inside a larger job, which sets its folder and preset.
+
+    The job's own `--name`, `--workdir` and `--preset` decide them, so the run's copies are left
+    off the command line (no `--run.name` next to `--name`).
+    """
+
+    name: tyro.conf.Suppress[str] = "train"
+    workdir: tyro.conf.Suppress[str] = "runs"
+    preset: tyro.conf.Suppress[str] = "cpu"
+
+
+@dataclass(frozen=True)
+class AudioRunConfig(JobRunConfig):
+    """A training run on audio inside a job: `JobRunConfig` with `AudioDataConfig` data."""
+
+    data: AudioDataConfig = field(default_factory=AudioDataConfig)
+
+
 # Fields that control how a run is executed, not what it computes: a resumed run may change them.
-RUN_CONTROL_FIELDS = ("train.stop_after", "train.progress", "workdir", "name", "preset")
+RUN_CONTROL_FIELDS = ("train.stop_after", "train.progress", "train.tensorboard", "workdir",
+                      "name", "preset")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -373,7 +431,46 @@ def cli(presets: Mapping[str, Any], default: str, description: str,
     return tyro.cli(type(base), default=base, args=args, description=text)
 
 
-_DATACLASSES = {c.__name__: c for c in (DataConfig, ModelConfig, OptimConfig, TrainConfig)}
+# What a user causes with a bad path, a bad setting or a diverged run; `run_cli` prints their
+# message instead of a traceback. The project's own BadFilesError, AudioFileError and
+# SurfaceMismatchError are ValueErrors.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+               FloatingPointError)
+TRACEBACK_ENV = "RESEARCH_TRACEBACK"
+
+
+def run_cli(main: Callable[[Any], Any], presets: Mapping[str, Any], default: str,
+            description: str, args: Sequence[str] | None = None) -> Any:
+    """Parse the command line with `cli` and run `main(cfg)`: every experiment's `__main__`.
+
+    An expected user error (`USER_ERRORS`: a bad setting, a missing or unreadable file or
+    folder, bad audio files, a run that diverged) prints `error: <message>` on stderr and exits
+    with code 2, like a command-line parsing error. Any other exception keeps its full traceback
+    (it is a bug), and so does every exception when the environment variable
+    `RESEARCH_TRACEBACK=1` is set.
+
+    Args:
+        main: the experiment's `main(cfg)`.
+        presets: preset name -> config instance, as for `cli`.
+        default: preset used when `--preset` is not given.
+        description: text shown at the top of `--help`.
+        args: command-line arguments (default: sys.argv[1:]).
+
+    Returns:
+        What `main` returns.
+    """
+    try:
+        return main(cli(presets, default, description, args))
+    except USER_ERRORS as e:
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            raise
+        message = str(e).strip() or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+_DATACLASSES = {c.__name__: c for c in (DataConfig, AudioDataConfig, ModelConfig, OptimConfig,
+                                          TrainConfig)}
 
 
 # Named presets for the Playground experiment (and `make run` until the audio main job exists).

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from research.config import LOSSES, REGULARIZATIONS
+from research.tree import is_kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,8 @@ class Loss:
             (one logit per class) or `mse` (the Playground's `0.5 * (o - t)^2`: on `tanh(o)` against
             targets -1/+1 for two classes, on the raw output for regression).
         num_classes: number of classes; 0 for regression.
-        regularization: `none`, `l1` (`sum |w|`) or `l2` (`sum w^2 / 2`), over kernels only, as in
-            the Playground.
+        regularization: `none`, `l1` (`sum |w|`) or `l2` (`sum w^2 / 2`), over kernels only
+            (`research.tree.is_kernel`), as in the Playground.
         reg_rate: the penalty's weight.
     """
 
@@ -76,6 +77,10 @@ class Loss:
             return 0.5 * jnp.square(jnp.tanh(o_B) - (2.0 * y_B.astype(jnp.float32) - 1.0))
         return 0.5 * jnp.square(o_B - y_B.astype(jnp.float32))
 
+    def __call__(self, outputs_BxO: jax.Array, y_B: jax.Array) -> jax.Array:
+        """Loss of each example (the library's loss convention; see `per_example`)."""
+        return self.per_example(outputs_BxO, y_B)
+
     def predict(self, outputs_BxO: jax.Array) -> jax.Array:
         """Predicted class ids (classification) or values (regression), shape [B]."""
         if self.name == "softmax_ce":
@@ -102,14 +107,10 @@ class Loss:
         if self.regularization == "none" or self.reg_rate == 0.0:
             return jnp.zeros((), jnp.float32)
         kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-                   if _last_key(path) == "kernel"]
+                   if is_kernel(path, leaf)]
         if self.regularization == "l1":
             total = sum(jnp.sum(jnp.abs(k)) for k in kernels)
         else:
             total = sum(0.5 * jnp.sum(jnp.square(k)) for k in kernels)
         return self.reg_rate * total
 
-
-def _last_key(path) -> str:
-    last = path[-1]
-    return str(getattr(last, "key", getattr(last, "name", last)))

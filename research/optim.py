@@ -7,10 +7,10 @@ schedule.
 
 from __future__ import annotations
 
-import jax
 import optax
 
 from research.config import OptimConfig
+from research.tree import kernel_mask
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -37,17 +37,11 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 
-def _kernel_mask(params):
-    """True for kernels: weight decay never touches biases or normalisation parameters."""
-    def is_kernel(path, _):
-        last = path[-1]
-        return str(getattr(last, "key", getattr(last, "name", last))) == "kernel"
-
-    return jax.tree_util.tree_map_with_path(is_kernel, params)
-
-
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """Build the optimiser: optional clipping, weight decay, the update rule and the schedule.
+
+    Weight decay applies to kernels only (`research.tree.is_kernel`), never to biases or
+    normalisation parameters.
 
     Args:
         cfg: optimiser configuration (sgd, momentum, nesterov, adam, adamw).
@@ -62,10 +56,10 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
             parts.append(optax.clip_by_global_norm(cfg.clip_norm))
         if cfg.name == "adamw":
             parts.append(optax.adamw(learning_rate, weight_decay=cfg.weight_decay,
-                                     mask=_kernel_mask))
+                                     mask=kernel_mask))
             return optax.chain(*parts)
         if cfg.weight_decay > 0:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask))
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=kernel_mask))
         if cfg.name == "sgd":
             parts.append(optax.sgd(learning_rate))
         elif cfg.name == "momentum":

@@ -1,6 +1,7 @@
 """Training figures: learning curves, confusion matrices, and the Playground's pictures.
 
-Figures are written with `save_figure`, atomically, as PNG (and PDF when asked). Plotting needs
+Figures are written with `save_figure`, atomically, as PNG and PDF by default; it is the one
+function that writes figures in this project (the landscape plots use it too). Plotting needs
 only arrays and metric records, so it runs after training, from files. No backend is forced:
 matplotlib picks Agg on a machine without a display, and notebooks keep their inline backend.
 """
@@ -17,7 +18,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
-from research.io import atomic_write_bytes
+from research.io import atomic_write_bytes, remove_stale_temporaries
 
 # The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
 PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
@@ -25,70 +26,140 @@ PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
 NEG_COLOR, POS_COLOR = "#f59322", "#0877bd"
 
 
-def save_figure(fig, path: str, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[str]:
-    """Save a figure atomically in each format and close it.
+def save_figure(fig, path: str, formats: Sequence[str] = ("png", "pdf"),
+                dpi: int = 150) -> list[str]:
+    """Save a figure as `<path>.<fmt>` for each format, atomically, and close it.
+
+    The one way figures are written in this project (`research.landscape.save_figure` is this
+    function). Every format is rendered to memory first and only then written, each file through
+    `research.io.atomic_write_bytes`: a failure while rendering leaves existing figures as they
+    were, and a killed process leaves each file old or new, never half written. Leftover
+    temporaries of killed writers in the folder are removed first.
 
     Args:
-        fig: the matplotlib figure.
-        path: output path without extension (an extension given is replaced).
-        formats: file types, e.g. ("png", "pdf").
+        fig: the matplotlib figure (closed afterwards, also when saving fails).
+        path: output path without extension; a figure extension given (.png, .pdf, ...) is
+            dropped, other dots are kept (`plane_0.5` gives `plane_0.5.png`).
+        formats: file types matplotlib can write, e.g. ("png", "pdf").
         dpi: resolution of raster formats.
 
     Returns:
-        The written paths.
+        The written paths, in the order of `formats`.
     """
-    stem = os.path.splitext(path)[0]
-    written = []
-    for fmt in formats:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-        atomic_write_bytes(f"{stem}.{fmt}", buf.getvalue())
-        written.append(f"{stem}.{fmt}")
-    plt.close(fig)
-    return written
+    try:
+        supported = fig.canvas.get_supported_filetypes()
+        bad = [fmt for fmt in formats if fmt not in supported]
+        if bad or not formats:
+            raise ValueError(f"formats: cannot write {bad or 'nothing'}; choose from "
+                             f"{', '.join(sorted(supported))}")
+        stem, ext = os.path.splitext(path)
+        if ext[1:].lower() not in supported:
+            stem = path
+        rendered = []
+        for fmt in formats:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+            rendered.append((f"{stem}.{fmt}", buf.getvalue()))
+    finally:
+        plt.close(fig)
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(stem)))
+    for target, data in rendered:
+        atomic_write_bytes(target, data)
+    return [target for target, _ in rendered]
 
 
-def plot_learning_curves(records: list[dict], title: str = "", log_loss: bool = False):
-    """Train and test loss (and accuracy when present) against epochs.
+def _axes(ax, figsize):
+    """(figure, axes, own): a new figure, or the figure of the axes given (a panel)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax, True
+    return ax.figure, ax, False
+
+
+def _panels(ax, n: int, figsize):
+    """(figure, list of n axes, own) for functions that draw several panels in a row."""
+    if ax is None:
+        fig, axes = plt.subplots(1, n, figsize=figsize, squeeze=False)
+        return fig, list(axes[0]), True
+    axes = list(np.ravel(ax))
+    if len(axes) < n:
+        raise ValueError(f"ax: this plot draws {n} panels, got {len(axes)} axes")
+    return axes[0].figure, axes, False
+
+
+def plot_learning_curves(records: list[dict], title: str = "", log_loss: bool = False, ax=None):
+    """Loss (and accuracy when present) against epochs: training steps, train, val, test.
 
     Args:
-        records: metric records from `metrics.jsonl` (splits train_steps, train, test).
+        records: metric records from `metrics.jsonl` (splits train_steps, train, val, test).
         title: figure title.
         log_loss: log scale for the loss axis.
+        ax: one axes (loss only) or a pair (loss, accuracy) to draw into instead of a new
+            figure.
 
     Returns:
         The figure.
     """
     has_acc = any("accuracy" in r for r in records)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8),
-                             squeeze=False)
-    styles = {"train_steps": ("step average", "0.6", ":"), "train": ("train", "C0", "-"),
+    if ax is None:
+        fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8),
+                                 squeeze=False)
+        axes = list(axes[0])
+    else:
+        axes = list(np.ravel(ax))
+        fig = axes[0].figure
+    styles = {"train_steps": ("training steps (mean over the epoch)", "0.6", ":"),
+              "train": ("train", "C0", "-"), "val": ("validation", "C2", "--"),
               "test": ("test", "C1", "-")}
-    for col, key in enumerate(["loss", "accuracy"][: 1 + has_acc]):
-        ax = axes[0, col]
+    epochs = sorted({r["epoch"] for r in records if "epoch" in r})
+    for a, key in zip(axes, ["loss", "accuracy"][: 1 + has_acc]):
         for split, (label, color, ls) in styles.items():
-            rs = [r for r in records if r.get("split") == split and key in r]
+            rs = [r for r in records if r.get("split") == split and key in r and "epoch" in r]
             if rs:
-                ax.plot([r["epoch"] for r in rs], [r[key] for r in rs], ls, color=color,
-                        label=label, lw=1.5)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
+                a.plot([r["epoch"] for r in rs], [r[key] for r in rs], ls, color=color,
+                       label=label, lw=1.5, marker="o" if len(rs) < 8 else None, ms=3)
+        a.set_xlabel("epoch")
+        a.set_ylabel(key)
+        # Epochs are whole numbers: no 1.2, 1.4 ticks on a short run.
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if epochs and len(epochs) > 1:
+            a.set_xlim(epochs[0], epochs[-1])
         if key == "loss" and log_loss:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False)
+            a.set_yscale("log")
+            a.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        if key == "accuracy":
+            a.set_ylim(-0.02, 1.02)
+        a.grid(alpha=0.3)
+    if axes:
+        axes[0].legend(frameon=False, fontsize=9)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
+    if ax is None:
+        fig.tight_layout()
     return fig
 
 
-def plot_confusion(confusion_CxC, class_names: Sequence[str], title: str = "Confusion matrix"):
-    """A confusion matrix (rows true, columns predicted) with counts and row-normalised colour."""
+def plot_confusion(confusion_CxC, class_names: Sequence[str], title: str = "Confusion matrix",
+                   ax=None):
+    """A confusion matrix (rows true, columns predicted) with counts and row-normalised colour.
+
+    Args:
+        confusion_CxC: counts, rows true class, columns predicted.
+        class_names: the class names.
+        title: the title.
+        ax: draw into this axes instead of a new figure.
+
+    Returns:
+        The figure.
+    """
     conf = np.asarray(confusion_CxC, np.float64)
     frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    else:
+        fig = ax.figure
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
@@ -100,7 +171,8 @@ def plot_confusion(confusion_CxC, class_names: Sequence[str], title: str = "Conf
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
@@ -160,7 +232,7 @@ def draw_decision_boundary(ax, score_fn: Callable[[np.ndarray], np.ndarray], tra
 
 def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, test,
                            title: str, resolution: int = 120, domain: float = 6.0,
-                           regression: bool = False):
+                           regression: bool = False, ax=None):
     """The Playground's output heat map with train (white edge) and test (black edge) points.
 
     Args:
@@ -171,17 +243,19 @@ def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, 
         resolution: grid points per side.
         domain: half-width of the square shown.
         regression: colour points by target value instead of by class.
+        ax: draw into this axes instead of a new figure.
 
     Returns:
         The figure.
     """
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax, own = _axes(ax, (5.2, 4.6))
     im = draw_decision_boundary(ax, score_fn, train, test, resolution, domain, regression)
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, label="network output")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
@@ -220,7 +294,7 @@ def plot_neuron_maps(layers: Sequence[np.ndarray], resolution: int, domain: floa
 
 
 def plot_paths_on_contour(w1_R, w2_S, loss_SxR, paths: dict, theta_star=None, title: str = "",
-                          log_levels: bool = True):
+                          log_levels: bool = True, ax=None):
     """Optimiser paths drawn over a two-parameter loss contour.
 
     Args:
@@ -231,11 +305,12 @@ def plot_paths_on_contour(w1_R, w2_S, loss_SxR, paths: dict, theta_star=None, ti
         theta_star: the minimum, marked with a star.
         title: figure title.
         log_levels: log-spaced contour levels (the valley floor stays visible).
+        ax: draw into this axes instead of a new figure.
 
     Returns:
         The figure.
     """
-    fig, ax = plt.subplots(figsize=(6.2, 5.0))
+    fig, ax, own = _axes(ax, (6.2, 5.0))
     lo, hi = float(np.min(loss_SxR)), float(np.max(loss_SxR))
     if log_levels:
         floor = max(lo, hi * 1e-5, 1e-12)
@@ -266,18 +341,30 @@ def plot_paths_on_contour(w1_R, w2_S, loss_SxR, paths: dict, theta_star=None, ti
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
     if log_levels:
+        # Plain numbers (0.01, 1, 100) rather than 10^-2 or 4x10^0.
         fig.colorbar(cf, ax=ax, fraction=0.046, label="loss (log scale)",
                      ticks=matplotlib.ticker.LogLocator(),
-                     format=matplotlib.ticker.LogFormatterSciNotation())
+                     format=matplotlib.ticker.FormatStrFormatter("%g"))
     else:
         fig.colorbar(cf, ax=ax, fraction=0.046, label="loss")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
-def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = ""):
-    """Loss above the minimum against step, log scale, one line per optimiser or learning rate."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = "", ax=None):
+    """Loss above the minimum against step, log scale, one line per optimiser or learning rate.
+
+    Args:
+        curves: label -> losses per step.
+        min_loss: the minimum subtracted.
+        title: the title.
+        ax: draw into this axes instead of a new figure.
+
+    Returns:
+        The figure.
+    """
+    fig, ax, own = _axes(ax, (5.5, 3.8))
     for i, (label, losses) in enumerate(curves.items()):
         gap = np.maximum(np.asarray(losses, np.float64) - min_loss, 1e-12)
         ax.semilogy(np.arange(len(gap)), gap, color=f"C{(i + 1) % 10}", label=label)
@@ -286,20 +373,31 @@ def plot_loss_vs_step(curves: dict, min_loss: float = 0.0, title: str = ""):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
 def plot_activations(names: Sequence[str] = ("linear", "sigmoid", "tanh", "relu", "gelu"),
-                     lo: float = -4.0, hi: float = 4.0):
-    """Activation functions and their derivatives (by automatic differentiation)."""
+                     lo: float = -4.0, hi: float = 4.0, ax=None):
+    """Activation functions and their derivatives (by automatic differentiation).
+
+    Args:
+        names: activation names.
+        lo: left end of the input range.
+        hi: right end.
+        ax: two axes (function, derivative) to draw into instead of a new figure.
+
+    Returns:
+        The figure.
+    """
     import jax
     import jax.numpy as jnp
 
     from research.models import activation_fn
 
     z = jnp.linspace(lo, hi, 401)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes, own = _panels(ax, 2, (9, 3.4))
     for i, name in enumerate(names):
         f = activation_fn(name)
         axes[0].plot(z, f(z), color=f"C{i}", label=name)
@@ -312,14 +410,18 @@ def plot_activations(names: Sequence[str] = ("linear", "sigmoid", "tanh", "relu"
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-1.5, 2.5)
     axes[0].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
-def plot_playground_datasets(datasets: dict):
-    """Scatter plots of Playground data sets: name -> (points_Nx2, labels_N in -1/+1 or float)."""
-    fig, axes = plt.subplots(1, len(datasets), figsize=(2.8 * len(datasets), 2.9), squeeze=False)
-    for ax, (name, (points, labels)) in zip(axes[0], datasets.items()):
+def plot_playground_datasets(datasets: dict, ax=None):
+    """Scatter plots of Playground data sets: name -> (points_Nx2, labels_N in -1/+1 or float).
+
+    `ax`: one axes per data set to draw into instead of a new figure. Returns the figure.
+    """
+    fig, axes, own = _panels(ax, len(datasets), (2.8 * len(datasets), 2.9))
+    for ax, (name, (points, labels)) in zip(axes, datasets.items()):
         labels = np.asarray(labels)
         if set(np.unique(labels)) <= {-1.0, 1.0}:
             _scatter(ax, points, labels, "white", name)
@@ -332,29 +434,101 @@ def plot_playground_datasets(datasets: dict):
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
+def _mel_ticks(n_mels: int, sample_rate: int, fmin: float = 0.0,
+               fmax: float | None = None) -> tuple[list[float], list[str]]:
+    """Band positions of round frequencies on a mel axis (Slaney scale, as librosa's default)."""
+    from research.audio.frontend import hz_to_mel
+
+    fmax = sample_rate / 2 if fmax is None else fmax
+    lo, hi = float(hz_to_mel(fmin)), float(hz_to_mel(fmax))
+    # Band k's centre is the (k+1)-th of n_mels + 2 equally spaced mel points.
+    step = (hi - lo) / (n_mels + 1)
+    pos, labels = [], []
+    for f in (100, 200, 500, 1000, 2000, 4000, 8000, 16000):
+        p = (float(hz_to_mel(f)) - lo) / step - 1.0
+        # Low frequencies crowd on a mel axis: a tick closer than 2 bands to the last is left out.
+        if fmin < f <= fmax and p >= -0.5 and (not pos or p - pos[-1] >= 2.0):
+            pos.append(p)
+            labels.append(f"{f:g}" if f < 1000 else f"{f // 1000:g}k")
+    return pos, labels
+
+
 def plot_spectrogram_examples(x_NxFxTx1, y_N, class_names: Sequence[str], per_class: int = 1,
-                              title: str = "One example per class (standardised log-mel)"):
-    """A grid of input spectrograms, the first `per_class` examples of every class."""
-    x = np.asarray(x_NxFxTx1)[..., 0]
+                              title: str | None = None, sample_rate: int | None = None,
+                              hop_length: int | None = None,
+                              standardization: dict | None = None, ax=None):
+    """A grid of input spectrograms, the first `per_class` examples of every class.
+
+    With `sample_rate` and `hop_length` the axes are time in seconds and frequency in Hz on the
+    mel axis (Slaney scale, 0 to sample_rate / 2, as the features were computed). With the
+    training split's `standardization` statistics (`dataset.info["standardization"]`) the
+    standardised features are mapped back to dB; otherwise the colour bar is in standard
+    deviations. All panels share one colour scale and one colour bar.
+
+    Args:
+        x_NxFxTx1: spectrograms (frequency as height, time as width).
+        y_N: integer labels.
+        class_names: the class names, indexed by label.
+        per_class: examples per class.
+        title: figure title (default: says what the colours are).
+        sample_rate: audio sample rate (Hz), for the axes.
+        hop_length: STFT hop (samples), for the time axis.
+        standardization: {"mean": [...], "std": [...]} per frequency row (or one value each).
+        ax: a sequence of axes to draw into (one per panel) instead of a new figure.
+
+    Returns:
+        The figure.
+    """
+    x = np.asarray(x_NxFxTx1, np.float64)[..., 0]
     y = np.asarray(y_N)
-    cols = min(len(class_names), 5)
-    rows = int(np.ceil(len(class_names) * per_class / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
-    k = 0
-    for c, name in enumerate(class_names):
-        for i in np.flatnonzero(y == c)[:per_class]:
-            ax = axes.ravel()[k]
-            ax.imshow(x[i], origin="lower", aspect="auto", cmap="magma")
-            ax.set_title(name, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            k += 1
-    for ax in axes.ravel()[k:]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    n_freq, n_time = x.shape[1], x.shape[2]
+    unit = "standardised log-mel (SD)"
+    if standardization:
+        mean = np.asarray(standardization.get("mean", []), np.float64)
+        std = np.asarray(standardization.get("std", []), np.float64)
+        if mean.size in (1, n_freq) and std.size == mean.size:
+            x = x * std.reshape(-1, 1) + mean.reshape(-1, 1)
+            unit = "log-mel power (dB)"
+    picks = [(name, i) for c, name in enumerate(class_names)
+             for i in np.flatnonzero(y == c)[:per_class]]
+    cols = min(len(picks), 5) or 1
+    rows = int(np.ceil(len(picks) / cols)) or 1
+    if ax is None:
+        fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols + 0.8, 2.1 * rows + 0.4),
+                                 squeeze=False, sharex=True, sharey=True, layout="constrained")
+        axes = list(axes.ravel())
+    else:
+        axes = list(np.ravel(ax))
+        fig = axes[0].figure
+    timed = sample_rate is not None and hop_length is not None
+    seconds = hop_length / sample_rate if timed else 1.0
+    # Frame t is centred at t * hop / sample_rate (librosa's center=True).
+    extent = (-0.5 * seconds, (n_time - 0.5) * seconds, -0.5, n_freq - 0.5)
+    shown = x[[i for _, i in picks]] if picks else x[:1]
+    vmin, vmax = np.percentile(shown, [1, 99.5])
+    im = None
+    for a, (name, i) in zip(axes, picks):
+        im = a.imshow(x[i], origin="lower", aspect="auto", cmap="magma", extent=extent,
+                      vmin=vmin, vmax=vmax, interpolation="nearest")
+        a.set_title(name, fontsize=9)
+        if sample_rate is not None:
+            pos, labels = _mel_ticks(n_freq, sample_rate)
+            a.set_yticks(pos, labels)
+        a.tick_params(labelsize=8)
+    for a in axes[len(picks):]:
+        a.axis("off")
+    if ax is None:
+        for a in axes[(rows - 1) * cols:]:
+            a.set_xlabel("time (s)" if timed else "frame", fontsize=9)
+        for a in axes[::cols]:
+            a.set_ylabel("frequency (Hz, mel)" if sample_rate else "mel band", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.9, label=unit, pad=0.01)
+    if ax is None:
+        fig.suptitle(title or f"One training example per class ({unit})", fontsize=10)
     return fig

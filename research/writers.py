@@ -1,10 +1,11 @@
-"""Metric writers: JSON lines, one record per line, appended and flushed as they come."""
+"""Metric writers: JSON lines (the record), and TensorBoard event files (optional, to look at)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 from research.io import atomic_write_text
@@ -62,3 +63,113 @@ def truncate_after(path: str, step: int) -> None:
         return
     keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+
+class TensorBoardWriter:
+    """TensorBoard event files through `tensorboardX`, or nothing (one warning) without it.
+
+    tensorboardX is a pure-Python writer: scalars, images and text without TensorFlow (the
+    writers of flax and clu import TensorFlow). It is an optional extra (`pip install
+    '.[tensorboard]'`); where it is missing, every method does nothing and the first instance
+    warns once, so runs on a bare accelerator host still go through. metrics.jsonl stays the
+    record the reports read; these files are for looking at runs with `tensorboard --logdir runs`.
+    Only process 0 should create one (`jax.process_index() == 0`), as for every file.
+    """
+
+    _warned = False
+
+    def __init__(self, logdir: str):
+        """Open an event file in `logdir` (created if needed).
+
+        Args:
+            logdir: the folder for the event files, e.g. `<run_dir>/tensorboard`.
+        """
+        self.logdir = logdir
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            if not TensorBoardWriter._warned:
+                TensorBoardWriter._warned = True
+                warnings.warn("tensorboardX is not installed: no TensorBoard logs are written "
+                              "(metrics.jsonl still is); install it with pip install "
+                              "'tensorboardX>=2.6' or the project's [tensorboard] extra",
+                              stacklevel=2)
+            self._writer = None
+            return
+        os.makedirs(logdir, exist_ok=True)
+        self._writer = SummaryWriter(logdir=logdir)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether event files are being written (tensorboardX is installed)."""
+        return self._writer is not None
+
+    def scalars(self, step: int, values: dict[str, Any], prefix: str = "") -> None:
+        """Write each finite number of `values` as the scalar `<prefix>/<name>` at `step`.
+
+        Args:
+            step: the global step (x axis).
+            values: name -> number; non-numbers (e.g. a confusion matrix, the split name) and
+                non-finite values are skipped.
+            prefix: the tag group, e.g. "train", "val", "test" (TensorBoard draws one section
+                per prefix).
+        """
+        if self._writer is None:
+            return
+        for name, value in values.items():
+            value = _clean(value)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                tag = f"{prefix}/{name}" if prefix else name
+                self._writer.add_scalar(tag, float(value), int(step))
+        self._writer.flush()
+
+    def figure(self, tag: str, fig, step: int = 0, close: bool = True) -> None:
+        """Write a matplotlib figure as an image.
+
+        Args:
+            tag: the image's name, e.g. "landscape/plane_contour".
+            fig: the figure.
+            step: the global step.
+            close: close the figure afterwards.
+        """
+        if self._writer is None:
+            if close:
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)
+            return
+        self._writer.add_figure(tag, fig, int(step), close=close)
+        self._writer.flush()
+
+    def image_file(self, tag: str, path: str, step: int = 0) -> None:
+        """Write a saved PNG (e.g. from `save_figure`) as an image, without redrawing it.
+
+        Args:
+            tag: the image's name.
+            path: the PNG file.
+            step: the global step.
+        """
+        if self._writer is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"))
+        self._writer.add_image(tag, img, int(step), dataformats="HWC")
+        self._writer.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Write a text (Markdown) entry, e.g. the run's config or report."""
+        if self._writer is None:
+            return
+        self._writer.add_text(tag, text, int(step))
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,3 +1,5 @@
+"""Configs: validation naming the field, round trips, the command line and its error lines."""
+
 import dataclasses
 import json
 import subprocess
@@ -14,6 +16,7 @@ from research.config import (
     TrainConfig,
     cli,
     from_dict,
+    run_cli,
     to_dict,
 )
 
@@ -64,3 +67,129 @@ def test_help_lists_every_option_with_defaults():
                  "--train.regularization", "--train.batch-size", "--model.widths"):
         assert flag in text, flag
     assert "tiny" in text and "xor" in text  # the tiny preset's defaults are shown
+
+
+def test_experiment_user_error_is_one_line_with_exit_code_2():
+    cmd = [sys.executable, "-m", "experiments.main", "--preset", "tiny",
+           "--run.data.dataset", "esc50", "--run.data.root", "/nonexistent"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == ["error: DataConfig.root: folder not found: /nonexistent"]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_run_cli_keeps_tracebacks_for_bugs_and_on_request(monkeypatch, capsys):
+    def fails_with(exc):
+        def main(cfg):
+            raise exc
+        return main
+
+    monkeypatch.delenv("RESEARCH_TRACEBACK", raising=False)
+    args = ["--preset", "tiny"]
+    for exc in (ValueError("TrainConfig.batch_size: 64 is larger than the split (50)"),
+                FloatingPointError("loss is nan at step 7"), PermissionError("denied: /x"),
+                NotADirectoryError("/x is a file")):
+        with pytest.raises(SystemExit) as info:
+            run_cli(fails_with(exc), PLAYGROUND_PRESETS, "cpu", "test", args)
+        assert info.value.code == 2
+        assert capsys.readouterr().err == f"error: {exc}\n"
+    # Anything else is a bug: its traceback stays.
+    with pytest.raises(KeyError):
+        run_cli(fails_with(KeyError("x")), PLAYGROUND_PRESETS, "cpu", "test", args)
+    monkeypatch.setenv("RESEARCH_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bad"):
+        run_cli(fails_with(ValueError("bad")), PLAYGROUND_PRESETS, "cpu", "test", args)
+
+
+def test_landscape_missing_run_dir_on_the_command_line(capsys):
+    from experiments import landscape
+    from research.landscape.config import LANDSCAPE_PRESETS
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(landscape.main, LANDSCAPE_PRESETS, "paper", "test",
+                ["--run-dir", "/nonexistent/run"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: --run-dir: the run folder /nonexistent/run does "
+                                       "not exist\n")
+
+
+def _help(presets, default, capsys):
+    with pytest.raises(SystemExit):
+        cli(presets, default, "test", ["--help"])
+    return capsys.readouterr().out
+
+
+def test_choices_are_listed_in_help_and_names_written_once(capsys):
+    import typing
+
+    from research import config as C
+    from research.landscape import config as LC
+    from research.landscape.directions import IGNORES, NORMALIZATIONS
+
+    assert C.ACTIVATIONS == typing.get_args(C.Activation)
+    assert set(typing.get_args(LC.Normalization)) == set(NORMALIZATIONS)
+    assert set(typing.get_args(LC.Ignore)) == set(IGNORES)
+    assert typing.get_args(LC.BnPolicy) == LC.BN_POLICIES  # the engine's names
+    text = _help(PLAYGROUND_PRESETS, "cpu", capsys)
+    for choices in ("{relu,tanh,sigmoid,gelu,linear}", "{sgd,momentum,nesterov,adam,adamw}",
+                    "{bce,softmax_ce,mse}", "{none,l1,l2}", "{logmel,mfcc_stats,mfcc}"):
+        assert choices in text, choices
+    with pytest.raises(ValueError, match=r"ModelConfig\.activation: unknown value 'swish'"):
+        ModelConfig(activation="swish")
+
+
+def test_main_job_help_has_one_of_each_flag_and_no_playground_options(capsys):
+    from experiments import main as main_job
+
+    text = _help(main_job.PRESETS, "cpu", capsys)
+    for flag in ("--run.name", "--run.workdir", "--run.preset", "--landscape.preset",
+                 "--landscape.run-dir", "--landscape.out-dir", "--run.data.noise",
+                 "--run.data.features"):
+        assert flag not in text, flag
+    for flag in ("--name", "--workdir", "--preset", "--run.data.dataset", "--landscape.overwrite",
+                 "--run.train.tensorboard"):
+        assert flag in text, flag
+    cfg = cli(main_job.PRESETS, "cpu", "test", ["--preset", "tiny", "--run.data.n", "3"])
+    assert isinstance(cfg.run.data, DataConfig) and cfg.run.data.n == 3
+    # The saved config is a plain run config: it loads back as one.
+    assert from_dict(Config, to_dict(cfg.run)).data.n == 3
+
+
+def test_one_preset_name_means_the_same_landscape_everywhere():
+    from experiments import main as main_job
+    from research.landscape.config import LANDSCAPE_PRESETS
+
+    job_only = {"run_dir", "out_dir", "preset"}
+    for name, job in main_job.PRESETS.items():
+        ref = LANDSCAPE_PRESETS[name]
+        for f in dataclasses.fields(ref):
+            if f.name not in job_only:
+                assert getattr(job.landscape, f.name) == getattr(ref, f.name), (name, f.name)
+        assert job.run.preset == job.preset == name
+
+
+def test_landscape_defaults_to_the_newest_finished_run(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from experiments.landscape import newest_finished_run
+
+    def make(path, finished):
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        (path / "summary.json").write_text(json.dumps({"finished": finished}))
+        return str(path)
+
+    with pytest.raises(FileNotFoundError, match="no finished training run"):
+        newest_finished_run(str(tmp_path))
+    old = make(tmp_path / "playground", True)
+    new = make(tmp_path / "main" / "train", True)
+    make(tmp_path / "half", False)
+    now = time.time()
+    os.utime(os.path.join(old, "summary.json"), (now - 100, now - 100))
+    os.utime(os.path.join(new, "summary.json"), (now - 50, now - 50))
+    assert newest_finished_run(str(tmp_path)) == new
+    os.utime(os.path.join(old, "summary.json"), (now, now))
+    assert newest_finished_run(str(tmp_path)) == old
+
+

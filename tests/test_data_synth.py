@@ -113,11 +113,15 @@ def test_split_with_an_empty_side_is_refused():
 
 
 def test_load_dataset_gives_standardised_features_and_a_summary(tmp_path):
-    cfg = DataConfig(dataset="soundscapes", n=4, train_ratio=0.5, sample_rate=SR,
+    cfg = DataConfig(dataset="soundscapes", n=6, train_ratio=0.5, sample_rate=SR,
                      clip_seconds=0.25, n_fft=256, hop_length=64, n_mels=24,
                      cache_dir=str(tmp_path))
     d = load_dataset(cfg)
-    assert d.x_train.shape == (20, 24, 1 + 2000 // 64, 1) and d.x_test.shape[0] == 20
+    # 3 training clips per class, one of which validates.
+    assert d.x_train.shape == (20, 24, 1 + 2000 // 64, 1) and d.x_test.shape[0] == 30
+    assert d.x_val.shape == (10, 24, 1 + 2000 // 64, 1)
+    assert d.info["counts"]["val"] == {c: 1 for c in synth.SOUNDSCAPE_CLASSES}
+    assert d.info["bad_files_skipped"] == 0 and d.info["bad_files"] == []
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
     assert d.class_names == synth.SOUNDSCAPE_CLASSES
     assert d.info["counts"]["train"] == {c: 2 for c in synth.SOUNDSCAPE_CLASSES}
@@ -172,10 +176,11 @@ def test_calibration_script_runs_end_to_end(tmp_path):
     out = json.loads(res.stdout)
     for key in ("loudness_rms_nb", "mlp_mfcc_stats", "cnn_logmel"):
         assert 0.0 <= out[key] <= 1.0
-    assert out["n_train"] == 28 and out["n_test"] == 7
+    # 4 training clips of each of the 7 classes, one of which validates (val_fraction 0.1).
+    assert out["n_train"] == 21 and out["n_test"] == 7
 
 
 def test_fft_size_is_the_smallest_2a3b_at_least_k():
     smooth = sorted(2**a * 3**b for a in range(20) for b in range(13))
     for k in list(range(1, 3000)) + [72000, 88200 + 11025]:
-        assert synth._fft_size(k) == next(v for v in smooth if v >= k), k
+        assert synth.clips._fft_size(k) == next(v for v in smooth if v >= k), k

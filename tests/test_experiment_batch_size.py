@@ -62,7 +62,8 @@ def test_batch_size_end_to_end(tmp_path):
     assert saved["rows"] == json.loads(json.dumps(results["rows"]))
     small, large = saved["rows"]
     assert (small["batch_size"], large["batch_size"]) == cfg.batch_sizes
-    assert small["steps"] == 2 * (20 // 4) and large["steps"] == 4 * (20 // 16)
+    # 8 clips per class: 4 train, of which 1 per class held out for validation -> 30 examples.
+    assert small["steps"] == 2 * (30 // 4) and large["steps"] == 4 * (30 // 16)
     for row in (small, large):
         for norm, grid in (("filter", cfg.grid), ("none", cfg.none_grid)):
             s = load_surface(str(out / row["model"] / f"line_{norm}.npz"))

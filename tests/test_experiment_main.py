@@ -42,7 +42,7 @@ def test_main_job_landscape_is_consistent_with_training(job):
     at_one = int(np.argmin(np.abs(interp.axes[0] - 1.0)))
     assert interp.values["loss"][at_one] == pytest.approx(results["train"]["loss"], rel=1e-4)
     plane = load_surface(str(out / "landscape" / "plane.npz"))
-    assert plane.values["loss"].shape == (3, 3)
+    assert plane.values["loss"].shape == (5, 5)
     assert results["landscape"]["plane"]["loss_at_origin"] == pytest.approx(
         results["train"]["loss"], rel=1e-4)
 

@@ -12,7 +12,7 @@ def test_playground_end_to_end_writes_figures(tmp_path):
     for name in ("decision_boundary.png", "decision_boundary.pdf", "neurons.png",
                  "loss_curves.png"):
         assert (fig_dir / name).stat().st_size > 5000, name
-    assert summary["steps"] == 15
+    assert summary["steps"] == 12  # 3 epochs x 4 steps: 45 training points (5 validation), batch 10
     assert os.path.exists(tmp_path / "playground" / "metrics.jsonl")
 
 

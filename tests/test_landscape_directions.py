@@ -105,6 +105,68 @@ def test_param_kind_by_path():
     assert L.param_kind("GroupNorm_0/scale") == "norm"
 
 
+class Normalizer(nn.Module):
+    """A user's block whose name contains "norm" but which holds a Dense layer."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.LayerNorm()(nn.Dense(4)(x))
+
+
+class UserNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = Normalizer()(x)
+        x = nn.GroupNorm(num_groups=2)(x)
+        return nn.Dense(2)(x)
+
+
+def _by_path(tree):
+    return {L.directions.path_str(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_norm_by_module_kind_and_rank_not_substring():
+    params = UserNet().init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    p = _by_path(params)
+    assert set(p) == {"Normalizer_0/Dense_0/kernel", "Normalizer_0/Dense_0/bias",
+                      "Normalizer_0/LayerNorm_0/scale", "Normalizer_0/LayerNorm_0/bias",
+                      "GroupNorm_0/scale", "GroupNorm_0/bias", "Dense_0/kernel", "Dense_0/bias"}
+    d = _by_path(L.random_direction(params, seed=0))
+    # The Dense kernel inside the user's Normalizer block is a weight: filter-normalised.
+    kernel = "Normalizer_0/Dense_0/kernel"
+    assert np.all(np.abs(d[kernel]) > 0)
+    np.testing.assert_allclose(np.linalg.norm(d[kernel], axis=0),
+                               np.linalg.norm(p[kernel], axis=0), rtol=1e-5)
+    # Biases and the real LayerNorm / GroupNorm parameters are left out (zero direction)...
+    zero = [n for n in p if not n.endswith("kernel")]
+    for n in zero:
+        np.testing.assert_array_equal(d[n], 0.0, err_msg=n)
+    # ... and with ignore="none" they move with the parameter itself (the reference's rule).
+    d_none = _by_path(L.random_direction(params, seed=0, ignore="none"))
+    for n in zero:
+        np.testing.assert_array_equal(d_none[n], p[n], err_msg=n)
+    assert L.param_kind("Normalizer_0/Dense_0/kernel") == "weight"
+    assert L.param_kind("Normalizer_0/Dense_0/bias") == "bias"
+    assert L.param_kind("Normalizer_0/scale") == "weight"
+
+
+def test_param_kind_names_and_rank_veto():
+    for name in ("BatchNorm_0/scale", "LayerNorm_3/bias", "RMSNorm_0/scale", "InstanceNorm_1/scale",
+                 "block/batch_norm/scale", "bn1/weight", "ln_f/scale", "norm/scale",
+                 "attn_norm/scale", "Block_0/GroupNorm_0/bias", "bn/mean"):
+        assert L.param_kind(name, ndim=1) == "norm", name
+    for name in ("Normalizer_0/scale", "normal/scale", "WeightNorm_0/Dense_0/kernel/scale",
+                 "Abnormal_0/bias", "BatchNorm_0/kernel"):
+        assert L.param_kind(name, ndim=1) != "norm", name
+    # A tensor of rank >= 2 is never a norm parameter, whatever its module is called.
+    assert L.param_kind("bn1/weight", ndim=2) == "weight"
+    assert L.param_kind("norm/Dense_0/kernel", ndim=2) == "weight"
+    d = L.random_direction({"norm": {"w": jnp.ones((3, 2)), "scale": jnp.ones(2)}}, seed=0)
+    assert np.all(np.asarray(d["norm"]["w"]) != 0)
+    np.testing.assert_array_equal(d["norm"]["scale"], 0.0)
+
+
 def test_nnx_state_paths():
     class Net(nnx.Module):
         def __init__(self, rngs):
@@ -176,6 +238,30 @@ def test_pca_recovers_planted_plane():
     assert res.distances.max() < 5e-3 and res.distances[-1] == 0.0
     np.testing.assert_array_equal(res.steps, 10 * np.arange(12))
     assert np.all(res.coords[0] >= 0)
+
+
+def test_pca_centres_the_trajectory_like_numpy_svd():
+    # Checkpoints clustered far from the final point: without centring, the first direction
+    # would point at the cluster's mean instead of along its spread.
+    rng = np.random.default_rng(2)
+    k, p = 8, 40
+    final = rng.normal(size=p)
+    spread = rng.normal(size=(k, 3)) * np.array([3.0, 1.0, 0.3])
+    diff_KxP = 20.0 * rng.normal(size=p) + spread @ rng.normal(size=(3, p))
+    traj = [{"w": jnp.asarray((final + diff_KxP[i]).reshape(8, 5), jnp.float32)}
+            for i in range(k)]
+    res = L.pca_directions(traj, final={"w": jnp.asarray(final.reshape(8, 5), jnp.float32)})
+    # Independent reference: SVD of the centred matrix of theta_i - theta_final.
+    theta_KxP = np.stack([np.asarray(t["w"], np.float64).ravel() for t in traj])
+    diff_KxP = theta_KxP - np.float32(final).astype(np.float64)
+    centred_KxP = diff_KxP - diff_KxP.mean(axis=0)
+    _, sing, vt_KxP = np.linalg.svd(centred_KxP, full_matrices=False)
+    basis_CxP = np.stack([np.asarray(d["w"], np.float64).ravel() for d in res.directions])
+    signs_C = np.sign(np.sum(basis_CxP * vt_KxP[:2], axis=1))
+    np.testing.assert_allclose(basis_CxP, signs_C[:, None] * vt_KxP[:2], atol=1e-5)
+    np.testing.assert_allclose(res.explained_variance_ratio, sing[:2] ** 2 / np.sum(sing ** 2),
+                               rtol=1e-6)
+    np.testing.assert_allclose(res.coords, diff_KxP @ basis_CxP.T, rtol=1e-5, atol=1e-4)
 
 
 def test_pca_ignores_biases():

@@ -309,3 +309,141 @@ def test_linen_functions_with_penalty_and_no_state():
     assert got["loss"] == pytest.approx(data_loss, rel=1e-5)
     assert got["objective"] == pytest.approx(data_loss + penalty, rel=1e-5)
     assert got["accuracy"] == pytest.approx(float(np.mean((out[:, 0] > 0) == y)), abs=1e-6)
+
+
+def _line_problem(seed=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, 3)).astype(np.float32)
+    y = rng.normal(size=N).astype(np.float32)
+    theta = {"w": jnp.asarray(rng.normal(size=3), jnp.float32)}
+    return theta, {"x": x, "y": y}
+
+
+def test_second_surface_of_the_same_model_compiles_nothing():
+    theta, data = _line_problem()
+    traces = []
+
+    def fn(p, batch):
+        traces.append(1)  # runs only when JAX traces the function
+        return (batch["x"] @ p["w"] - batch["y"]) ** 2
+
+    first = L.evaluate_grid(fn, theta, [L.gaussian_direction(theta, 0)], [np.linspace(-1, 1, 7)],
+                            data, batch_size=BATCH)
+    assert first.complete
+    before = len(traces)
+    d = L.gaussian_direction(theta, 1)
+    second = L.evaluate_grid(fn, theta, [d], [np.linspace(-3, 2, 7)], data, batch_size=BATCH)
+    assert len(traces) == before  # new directions and coordinates, same shapes: no trace
+    x64 = data["x"].astype(np.float64)
+    for i, a in enumerate(np.linspace(-3, 2, 7)):
+        w = np.asarray(theta["w"], np.float64) + a * np.asarray(d["w"], np.float64)
+        want = np.mean((x64 @ w - data["y"]) ** 2)
+        assert second.values["loss"][i] == pytest.approx(want, rel=1e-5)
+
+
+def test_chunks_are_fitted_to_the_grid(setup):
+    assert L.evaluate.chunk_size(9, 32) == 9  # a 3x3 grid costs 9 points, not 32
+    assert L.evaluate.chunk_size(121, 32) == 31  # 4 equal chunks, 3 padded points
+    assert L.evaluate.chunk_size(15, 4, unit=4) == 4
+    assert L.evaluate.chunk_size(121, 32, unit=4) == 32
+    assert L.evaluate.chunk_size(3, 32, unit=4) == 4  # never less than one point per device
+    s = setup
+    sizes = []
+    L.evaluate_grid(s["fn"], s["params"], s["dirs"], [np.linspace(-1, 1, 3)] * 2, s["data"],
+                    model_state=s["stats"], batch_size=BATCH, points_per_call=32,
+                    on_chunk=lambda surface, n: sizes.append(n))
+    assert sizes == [9]
+
+
+def test_huge_grid_is_refused_before_allocating():
+    theta, data = _line_problem()
+    axis = np.linspace(-1, 1, 100_000)
+    with pytest.raises(ValueError, match=r"axes: the grid 100000 x 100000 has 10,000,000,000 "
+                                         r"points; its surface would need [\d,.]+ GiB"):
+        L.evaluate_grid(lambda p, b: b["x"] @ p["w"], theta, [theta, theta], [axis, axis], data)
+    with pytest.raises(ValueError, match=r"grid: the grid 1000000000 has 1,000,000,000 points"):
+        L.parse_grid("-1:1:1000000000")
+
+
+def test_one_point_axis():
+    with pytest.raises(ValueError, match="ambiguous.*'-1:-1:1'"):
+        L.parse_grid("-1:1:1")
+    np.testing.assert_array_equal(L.parse_grid("0.5:0.5:1"), [0.5])
+    theta, data = _line_problem()
+    s = L.evaluate_grid(lambda p, b: (b["x"] @ p["w"]) ** 2, theta, [theta], [[0.5]], data)
+    want = np.mean((data["x"].astype(np.float64) @ (1.5 * np.asarray(theta["w"]))) ** 2)
+    assert s.shape == (1,) and s.values["loss"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_batch_norm_policy_equals_the_old_keywords(setup):
+    s = setup
+    axes = [np.linspace(-1.0, 1.0, 3)]
+    update = _bn_update(s["model"])
+    old = L.evaluate_grid(s["fn"], s["params"], s["dirs"][:1], axes, s["data"],
+                          model_state=s["stats"], bn_policy="recompute", bn_update_fn=update,
+                          batch_size=BATCH)
+    policy = L.BatchNormPolicy("recompute", state=s["stats"], update_fn=update)
+    new = L.evaluate_grid(s["fn"], s["params"], s["dirs"][:1], axes, s["data"],
+                          batch_norm=policy, batch_size=BATCH)
+    np.testing.assert_array_equal(new.values["loss"], old.values["loss"])
+    assert new.settings == old.settings
+    with pytest.raises(ValueError, match="not both"):
+        L.evaluate_grid(s["fn"], s["params"], s["dirs"][:1], axes, s["data"],
+                        batch_norm=policy, model_state=s["stats"])
+    with pytest.raises(TypeError, match="bn_polcy"):
+        L.evaluate_grid(s["fn"], s["params"], s["dirs"][:1], axes, s["data"], bn_polcy="keep")
+
+
+def test_interpolated_variance_crossing_zero_is_clamped(setup):
+    s = setup
+    stats_b = {"BatchNorm_0": {"mean": s["stats"]["BatchNorm_0"]["mean"],
+                               "var": s["stats"]["BatchNorm_0"]["var"] * 0.2}}
+    sd = L.interpolation_direction(s["stats"], stats_b)
+    surf = L.evaluate_grid(s["fn"], s["params"], s["dirs"][:1], [np.array([1.0, 1.5])],
+                           s["data"], batch_norm=L.BatchNormPolicy(
+                               "interpolate", state=s["stats"], state_directions=[sd]),
+                           batch_size=BATCH)
+    # At 1.5 the extrapolated variance is -0.2 var: without the clamp, rsqrt gives NaN.
+    st = {"BatchNorm_0": {"mean": s["stats"]["BatchNorm_0"]["mean"],
+                          "var": jnp.zeros_like(s["stats"]["BatchNorm_0"]["var"])}}
+    p = _perturb(s["params"], s["dirs"][:1], (1.5,))
+    loss, _ = _direct(s["model"], p, st, s["x"], s["y"])
+    assert surf.values["loss"][1] == pytest.approx(loss, rel=2e-5)
+
+
+def test_recomputed_variance_from_cancellation_is_clamped():
+    # A plain-JAX BatchNorm with the fast, unclamped variance E[h^2] - E[h]^2: on near-constant
+    # features with a large mean it comes out slightly negative from float32 cancellation.
+    rng = np.random.default_rng(0)
+    x = (1000.0 + 1e-3 * rng.normal(size=(7, 8))).astype(np.float32)
+    data = {"x": x, "y": np.zeros(7, np.float32)}
+    theta = {"w": jnp.ones(8, jnp.float32)}
+    state = {"mean": jnp.zeros(8, jnp.float32), "var": jnp.ones(8, jnp.float32)}
+
+    def fast_var(h):
+        return jnp.mean(h * h, 0) - jnp.mean(h, 0) ** 2
+
+    def update(p, st, batch):
+        h = batch["x"] * p["w"][None, :]
+        return {"mean": 0.9 * st["mean"] + 0.1 * jnp.mean(h, 0),
+                "var": 0.9 * st["var"] + 0.1 * fast_var(h)}
+
+    def fn(p, st, batch):
+        z = (batch["x"] * p["w"][None, :] - st["mean"][None, :]) \
+            * jax.lax.rsqrt(st["var"] + 1e-5)[None, :]
+        return jnp.mean(z * z, axis=1)
+
+    assert float(jnp.min(jax.jit(fast_var)(jnp.asarray(x)))) < -1e-5  # the case exists
+    surf = L.evaluate_grid(fn, theta, [{"w": jnp.full(8, 0.01, jnp.float32)}],
+                           [np.linspace(-1, 1, 3)], data, batch_size=8,
+                           batch_norm=L.BatchNormPolicy("recompute", state=state,
+                                                        update_fn=update))
+    assert np.isfinite(surf.values["loss"]).all()
+
+
+def test_linen_functions_are_reused_for_the_same_model():
+    from research.losses import Loss
+    from research.models import MLP
+
+    model, loss = MLP(widths=(4,), num_outputs=1, activation="tanh"), Loss("bce", 2)
+    assert L.linen_functions(model.apply, loss) == L.linen_functions(model.apply, loss)

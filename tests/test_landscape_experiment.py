@@ -63,6 +63,11 @@ def test_landscape_experiment_end_to_end(run_dir):
     # Other settings into the same folder are refused, naming the setting.
     with pytest.raises(L.SurfaceMismatchError, match="seeds"):
         exp.main(dataclasses.replace(cfg, seed=5, plots=("plane",)))
+    # --overwrite replaces the refusing file with the new settings' surface.
+    exp.main(dataclasses.replace(cfg, seed=5, plots=("plane",), overwrite=True))
+    replaced = L.load_surface(os.path.join(out, "plane.npz"))
+    assert replaced.complete and replaced.settings["seeds"] == [5, 6]
+    assert not np.array_equal(replaced.values["loss"], before)
 
 
 def test_missing_trajectory_fails_before_computing(run_dir, tmp_path):
@@ -71,9 +76,33 @@ def test_missing_trajectory_fails_before_computing(run_dir, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("trajectory", "landscape"))
     cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(bare))
-    with pytest.raises(SystemExit, match="trajectory-every"):
+    with pytest.raises(FileNotFoundError, match="trajectory-every"):
         exp.main(cfg)
     assert not (bare / "landscape").exists()
+
+
+def test_missing_run_folder_is_named_as_such(tmp_path):
+    cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=r"run folder .*nope does not exist"):
+        exp.main(cfg)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        exp.main(dataclasses.replace(cfg, run_dir=str(tmp_path)))
+
+
+def test_unfinished_run_says_which_checkpoint_it_evaluates(run_dir, tmp_path, capsys):
+    import shutil
+
+    part = tmp_path / "part"
+    shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("landscape"))
+    # As if killed after the checkpoint of step 10: no final checkpoint, no summary.json.
+    shutil.rmtree(part / "checkpoints" / "12")
+    os.remove(part / "summary.json")
+    cfg = dataclasses.replace(LANDSCAPE_PRESETS["tiny"], run_dir=str(part), plots=("line",))
+    capsys.readouterr()
+    exp.main(cfg)
+    err = capsys.readouterr().err
+    assert "unfinished" in err and "no summary.json" in err
+    assert "newest checkpoint, at step 10 of 12" in err
 
 
 def test_landscape_experiment_cli_parses(run_dir):
@@ -110,7 +139,7 @@ def test_batchnorm_cnn_run_with_interpolated_statistics(tmp_path):
                            model_state=init_stats, bn_policy="interpolate",
                            state_directions=[sd], batch_size=16)
     trained = state.replace(params=jax.tree_util.tree_map(lambda p: p * 1.1, state.params),
-                            batch_stats=trained_stats)
+                            model_state={"batch_stats": trained_stats})
     from research.train import evaluate
 
     assert surf.values["loss"][0] == pytest.approx(evaluate(state, x, y, 16)["loss"], rel=1e-5)
@@ -120,7 +149,7 @@ def test_batchnorm_cnn_run_with_interpolated_statistics(tmp_path):
 def test_max_examples_takes_a_fixed_subset_across_classes():
     import types
 
-    from experiments.landscape import _split
+    from research.landscape.analysis import _split
     from research.landscape.config import LandscapeConfig
 
     y = np.repeat(np.arange(4), 25)  # stored class by class

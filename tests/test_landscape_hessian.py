@@ -1,4 +1,8 @@
-"""Hessian-vector products and the top eigenvalue, against jax.hessian and numpy's eigvalsh."""
+"""Curvature tools against dense Hessians (`jax.hessian` + numpy's `eigh`) of a tiny MLP.
+
+The reference is the dense Hessian of the mean loss over all examples of the split, so the
+split-averaged tools (padded batches, a ragged last batch masked) must match it exactly.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,104 +10,198 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from research.landscape.hessian import hvp, top_eigenvalue
+from research.landscape import evaluate_grid
+from research.landscape import hessian as H
 from research.models import MLP
 
-
-def _problem():
-    model = MLP(widths=(5,), num_outputs=1, activation="tanh")
-    x_NxD = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
-    y_N = (x_NxD[:, 0] * x_NxD[:, 1] > 0).astype(jnp.float32)
-    params = model.init(jax.random.PRNGKey(1), x_NxD)["params"]
-
-    def loss(p):
-        logits_N = model.apply({"params": p}, x_NxD)[:, 0]
-        return jnp.mean(jnp.logaddexp(0.0, logits_N) - y_N * logits_N)
-    return loss, params
+N = 13  # with batch_size 4: three whole batches and a ragged one of a single example
+MODEL = MLP(widths=(4,), num_outputs=1, activation="tanh")
 
 
-def _dense_hessian(loss, params):
+def _loss_B(params, batch):
+    logits_B = MODEL.apply({"params": params}, batch["x"])[:, 0]
+    return jnp.logaddexp(0.0, logits_B) - batch["y"] * logits_B
+
+
+def _problem(seed=0):
+    x_NxD = np.asarray(jax.random.normal(jax.random.key(seed), (N, 2)), np.float32)
+    y_N = (x_NxD[:, 0] * x_NxD[:, 1] > 0).astype(np.float32)
+    params = MODEL.init(jax.random.key(seed + 1), x_NxD)["params"]
+    return params, {"x": x_NxD, "y": y_N}
+
+
+def _dense(params, data):
+    """The dense Hessian of the mean loss over all examples, in float64, and its eigenpairs."""
     flat, unravel = ravel_pytree(params)
-    return np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat), np.float64), unravel
+    hess = jax.hessian(lambda f: jnp.mean(_loss_B(unravel(f), data)))(flat)
+    hess = np.asarray(hess, np.float64)
+    hess = 0.5 * (hess + hess.T)
+    w, v = np.linalg.eigh(hess)
+    return hess, w, v
 
 
-def test_hvp_matches_dense_hessian():
-    loss, params = _problem()
-    H, unravel = _dense_hessian(loss, params)
-    v = jax.random.normal(jax.random.PRNGKey(2), (H.shape[0],))
-    got = ravel_pytree(hvp(loss, params, unravel(v)))[0]
-    np.testing.assert_allclose(np.asarray(got), H @ np.asarray(v), rtol=1e-4, atol=1e-5)
+def test_hvp_primitive_matches_dense_hessian():
+    params, data = _problem()
+    hess, _, _ = _dense(params, data)
+    flat, unravel = ravel_pytree(params)
+    v = np.random.default_rng(0).normal(size=flat.shape).astype(np.float32)
+    got = ravel_pytree(H.hvp(lambda p: jnp.mean(_loss_B(p, data)), params, unravel(v)))[0]
+    np.testing.assert_allclose(np.asarray(got), hess @ v, rtol=1e-4, atol=1e-5)
 
 
-def test_top_eigenvalue_matches_eigvalsh():
-    loss, params = _problem()
-    H, _ = _dense_hessian(loss, params)
-    eigs = np.linalg.eigvalsh(H)
-    top = eigs[np.argmax(np.abs(eigs))]
-    eig, vec, used = top_eigenvalue(loss, params, iters=500, tol=1e-7, seed=0)
-    assert eig == pytest.approx(top, rel=2e-3)
-    v = np.asarray(ravel_pytree(vec)[0], np.float64)
-    assert np.linalg.norm(v) == pytest.approx(1.0, rel=1e-4)
-    # the vector is an eigenvector: H v = lambda v
-    np.testing.assert_allclose(H @ v, top * v, atol=5e-3 * abs(top))
-    assert 1 <= used <= 500
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_top_eigenpairs_match_dense_with_ragged_batches(batch_size):
+    params, data = _problem()
+    hess, w, _ = _dense(params, data)
+    want = w[np.argsort(-np.abs(w))[:2]]
+    pairs = H.top_eigenvalues(_loss_B, params, data, k=2, batch_size=batch_size,
+                              max_iter=2000, tol=1e-7)
+    np.testing.assert_allclose(pairs.values, want, rtol=1e-3)
+    for lam, vec in zip(pairs.values, pairs.vectors):
+        v = np.asarray(ravel_pytree(vec)[0], np.float64)
+        assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(hess @ v, lam * v, atol=1e-2 * abs(want[0]))
+    assert np.all((pairs.iterations >= 1) & (pairs.iterations <= 2000))
 
 
-def test_top_eigenvalue_of_a_quadratic_and_bad_iters():
-    A = jnp.diag(jnp.array([1.0, -3.0, 10.0]))
-    eig, _, _ = top_eigenvalue(lambda p: 0.5 * p["w"] @ A @ p["w"], {"w": jnp.ones(3)},
-                               iters=200, tol=1e-9)
-    assert eig == pytest.approx(10.0, rel=1e-5)
-    with pytest.raises(ValueError, match="iters"):
-        top_eigenvalue(lambda p: jnp.sum(p**2), jnp.ones(2), iters=0)
+def test_dict_and_scalar_functions_give_the_same_curvature():
+    params, data = _problem()
+    _, w, _ = _dense(params, data)
+    as_dict = H.top_eigenvalue(lambda p, b: {"loss": _loss_B(p, b), "other": b["y"]},
+                               params, data, batch_size=4, max_iter=2000, tol=1e-7)
+    # a scalar batch mean with a ragged last batch: evaluated per example, still exact
+    as_mean = H.top_eigenvalue(lambda p, b: jnp.mean(_loss_B(p, b)), params, data,
+                               batch_size=4, max_iter=2000, tol=1e-7)
+    top = w[np.argmax(np.abs(w))]
+    assert as_dict[0] == pytest.approx(top, rel=1e-3)
+    assert as_mean[0] == pytest.approx(top, rel=1e-3)
 
 
-def _quadratic(eigs, seed=0):
-    """A quadratic 0.5 w^T A w with known spectrum, A = Q diag(eigs) Q^T."""
-    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))))
-    a = jnp.asarray(q @ np.diag(eigs) @ q.T, jnp.float32)
-    return (lambda p: 0.5 * p["w"] @ a @ p["w"]), {"w": jnp.ones(len(eigs))}
+def _quadratic(eigs, seed=0, n=6):
+    """Per-example quadratics 0.5 w^T A_i w whose mean Hessian has the spectrum `eigs`."""
+    d = len(eigs)
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a = q @ np.diag(eigs) @ q.T
+    noise = rng.normal(size=(n, d, d))
+    noise = noise + noise.transpose(0, 2, 1)
+    a_NxDxD = a + noise - noise.mean(0)  # the mean is exactly `a`
+    fn = lambda p, b: 0.5 * jnp.einsum("i,bij,j->b", p["w"], b["a"], p["w"])  # noqa: E731
+    return fn, {"w": jnp.ones(d)}, {"a": a_NxDxD.astype(np.float32)}
 
 
-def test_top_k_eigenvalues_with_deflation():
-    from research.landscape.hessian import top_eigenvalues
-
-    loss, params = _quadratic([9.0, -6.0, 4.0, 1.0, 0.5, 0.1])
-    values, vectors = top_eigenvalues(loss, params, k=3, iters=2000, tol=1e-9)
-    np.testing.assert_allclose(values, [9.0, -6.0, 4.0], rtol=1e-3)
-    flat = np.stack([np.asarray(v["w"]) for v in vectors])
-    np.testing.assert_allclose(flat @ flat.T, np.eye(3), atol=1e-3)
-    # on the MLP problem: the top 2 by magnitude, against the dense Hessian
-    loss, params = _problem()
-    H, _ = _dense_hessian(loss, params)
-    eigs = np.linalg.eigvalsh(H)
-    want = eigs[np.argsort(-np.abs(eigs))[:2]]
-    got, _ = top_eigenvalues(loss, params, k=2, iters=1000, tol=1e-8)
-    np.testing.assert_allclose(got, want, rtol=1e-2)
+def test_deflation_finds_negative_eigenvalues_in_order():
+    fn, params, data = _quadratic([9.0, -6.0, 4.0, 1.0, 0.5, 0.1])
+    pairs = H.top_eigenvalues(fn, params, data, k=3, batch_size=4, max_iter=3000, tol=1e-8)
+    np.testing.assert_allclose(pairs.values, [9.0, -6.0, 4.0], rtol=1e-3)
+    flat_KxP = np.stack([np.asarray(v["w"]) for v in pairs.vectors])
+    np.testing.assert_allclose(flat_KxP @ flat_KxP.T, np.eye(3), atol=1e-3)
 
 
-def test_hutchinson_trace_is_unbiased():
-    from research.landscape.hessian import hutchinson_trace
-
-    loss, params = _problem()
-    H, _ = _dense_hessian(loss, params)
-    est, stderr = hutchinson_trace(loss, params, samples=300, seed=1)
-    assert abs(est - np.trace(H)) < 4 * stderr + 1e-6
+def test_hutchinson_trace_is_unbiased_over_a_split():
+    params, data = _problem()
+    hess, _, _ = _dense(params, data)
+    est, stderr = H.hutchinson_trace(_loss_B, params, data, samples=300, batch_size=4,
+                                     probes_per_step=64, seed=1)
     assert stderr > 0
+    assert abs(est - np.trace(hess)) < 4 * stderr + 1e-6
 
 
-def test_lanczos_nodes_are_the_eigenvalues_and_density_integrates_to_one():
-    from research.landscape.hessian import lanczos, spectral_density
-
-    eigs = [5.0, 3.0, 2.0, -1.0, 0.5]
-    loss, params = _quadratic(eigs, seed=2)
-    theta, tau = lanczos(loss, params, steps=5)
-    np.testing.assert_allclose(np.sort(theta), np.sort(eigs), atol=1e-3)
-    assert tau.sum() == pytest.approx(1.0, abs=1e-5)
-    grid, density, info = spectral_density(loss, params, steps=5, runs=3, sigma=0.05)
+def test_lanczos_density_and_extremes_match_dense():
+    params, data = _problem()
+    _, w, _ = _dense(params, data)
+    p = len(w)
+    nodes, weights = H.lanczos(_loss_B, params, data, steps=p, runs=2, batch_size=4)
+    for theta, tau in zip(nodes, weights):
+        np.testing.assert_allclose(np.sort(theta), w, atol=1e-4 * np.abs(w).max())
+        assert tau.sum() == pytest.approx(1.0, abs=1e-5)
+    lmax, lmin = H.extreme_eigenvalues(_loss_B, params, data, steps=p, batch_size=4)
+    assert lmax == pytest.approx(w[-1], rel=1e-4)
+    assert lmin == pytest.approx(w[0], abs=1e-4 * np.abs(w).max())
+    grid, density, info = H.spectral_density(_loss_B, params, data, steps=p, runs=2,
+                                             batch_size=4, sigma=0.01)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
-    # the density peaks at the eigenvalues
-    for e in eigs:
-        near = np.abs(grid - e) < 0.05
-        assert density[near].max() > 10 * np.median(density)
-    assert len(info["nodes"]) == 3
+    assert len(info["nodes"]) == 2
+
+
+def test_lanczos_survives_more_steps_than_distinct_eigenvalues():
+    # rank-deficient: 3 distinct eigenvalues in 6 dimensions, so Lanczos breaks down early
+    fn, params, data = _quadratic([2.0, 2.0, 2.0, -1.0, -1.0, 0.5])
+    nodes, weights = H.lanczos(fn, params, data, steps=6)
+    assert np.all(np.isfinite(nodes[0])) and weights[0].sum() == pytest.approx(1.0, abs=1e-5)
+    assert nodes[0].max() == pytest.approx(2.0, rel=1e-4)
+    assert nodes[0].min() == pytest.approx(-1.0, rel=1e-4)
+
+
+def test_second_call_with_new_params_does_not_retrace():
+    H.clear_cache()
+    traces = []
+
+    def counted(p, b):
+        traces.append(1)  # runs only while jax traces the function
+        return _loss_B(p, b)
+
+    params, data = _problem()
+    params2, data2 = _problem(seed=5)
+    for tool in (lambda p, d: H.top_eigenvalues(counted, p, d, k=2, batch_size=4, max_iter=5),
+                 lambda p, d: H.hutchinson_trace(counted, p, d, samples=4, batch_size=4),
+                 lambda p, d: H.lanczos(counted, p, d, steps=5, batch_size=4)):
+        tool(params, data)
+        first = len(traces)
+        assert first > 0
+        tool(params2, data2)  # new parameters and new data, same shapes
+        assert len(traces) == first
+
+
+def test_bad_inputs_say_what_is_wrong():
+    params, data = _problem()
+    with pytest.raises(ValueError, match="k:"):
+        H.top_eigenvalues(_loss_B, params, data, k=0)
+    with pytest.raises(ValueError, match="leading"):
+        H.hutchinson_trace(_loss_B, params, {"x": data["x"], "y": data["y"][:3]})
+    with pytest.raises(ValueError, match="'loss'"):
+        H.top_eigenvalues(lambda p, b: {"l": _loss_B(p, b)}, params, data)
+    with pytest.raises(ValueError, match="shape"):
+        H.lanczos(lambda p, b: _loss_B(p, b)[:2], params, data, steps=3)
+
+
+def test_line_along_top_eigenvector_curves_by_lambda_max():
+    params, data = _problem()
+    _, w, _ = _dense(params, data)
+    hd = H.hessian_directions(_loss_B, params, data, k=1, batch_size=4, max_iter=2000,
+                              tol=1e-7)
+    assert hd.eigenvalues[0] == pytest.approx(w[np.argmax(np.abs(w))], rel=1e-3)
+    assert hd.eigenvalues[0] > 0
+    h = 0.05
+    alpha = np.array([-h, 0.0, h])
+    s = evaluate_grid(_loss_B, params, hd.directions, [alpha], data, batch_size=4,
+                      info=hd.info)
+    f = s.values["loss"]
+    second = (f[0] - 2 * f[1] + f[2]) / h**2
+    assert second == pytest.approx(hd.eigenvalues[0], rel=2e-2)
+    assert s.info["hessian_eigenvalues"] == pytest.approx(list(hd.eigenvalues))
+
+
+def test_eigenvalue_map_matches_dense_at_grid_points(tmp_path):
+    from research.landscape import load_surface
+
+    params, data = _problem()
+    flat, unravel = ravel_pytree(params)
+    rng = np.random.default_rng(3)
+    dirs = [unravel(jnp.asarray(rng.normal(size=flat.shape), jnp.float32) * 0.3)
+            for _ in range(2)]
+    axes = [np.array([-1.0, 0.0, 1.0]), np.array([0.0, 0.5])]
+    p = flat.shape[0]
+    s = H.eigenvalue_map(_loss_B, params, dirs, axes, data, steps=p, batch_size=4,
+                         points_per_call=4, path=str(tmp_path / "eig.npz"))
+    for i, a in enumerate(axes[0]):
+        for j, b in enumerate(axes[1]):
+            at = jax.tree_util.tree_map(lambda t, x, y, a=a, b=b: t + a * x + b * y, params, *dirs)
+            _, w, _ = _dense(at, data)
+            scale = np.abs(w).max()
+            assert s.values["lambda_max"][i, j] == pytest.approx(w[-1], abs=1e-3 * scale)
+            assert s.values["lambda_min"][i, j] == pytest.approx(w[0], abs=1e-3 * scale)
+    back = load_surface(str(tmp_path / "eig.npz"))
+    assert back.complete and back.settings["lanczos_steps"] == p
+    np.testing.assert_allclose(back.values["ratio"],
+                               np.abs(s.values["lambda_min"] / s.values["lambda_max"]))

@@ -1,13 +1,18 @@
-"""Plots from a surface file: files written, 3D not blank, levels, VTK parsed back, GIF frames."""
+"""Plots from a surface file: files written (atomically), 3D not blank, levels, VTK, GIF frames."""
 
+import os
+import pathlib
 import xml.etree.ElementTree as ET
 
+import matplotlib.artist
 import matplotlib.pyplot as plt
+import matplotlib.text
 import numpy as np
 import pytest
 from PIL import Image
 
 from research import landscape as L
+from research import viz
 from research.landscape.surface import empty_surface
 
 
@@ -45,14 +50,22 @@ def _colourful_fraction(path):
     return np.mean(img.max(axis=-1) - img.min(axis=-1) > 60)
 
 
-def test_contour_levels():
+def test_contour_levels_are_round_numbers():
     v = np.array([[0.01, 0.1], [1.0, 10.0]])
-    levels, log = L.contour_levels(v, n=4, quantile=1.0)
+    levels, log = L.contour_levels(v, n=8, quantile=1.0)
     assert log
-    np.testing.assert_allclose(levels, np.geomspace(0.01, 10.0, 5)[1:])
-    levels, log = L.contour_levels(np.array([1.0, 1.5, 2.0]), n=4, quantile=1.0)
+    # 1-2-5 (or finer) per decade, above the minimum, up to the top.
+    assert levels[0] > 0.01 and levels[-1] == 10.0
+    mantissas = levels / 10.0 ** np.floor(np.log10(levels) + 1e-9)
+    assert set(np.round(mantissas, 6)) <= {1.0, 1.5, 2.0, 3.0, 5.0, 7.0}
+    levels, log = L.contour_levels(np.array([2.29, 3.0, 3.62]), n=10, quantile=1.0)
     assert not log
-    np.testing.assert_allclose(levels, np.linspace(1.0, 2.0, 5)[1:])
+    step = float(np.round(np.diff(levels)[0], 9))
+    assert step in (0.1, 0.2, 0.25, 0.5)
+    np.testing.assert_allclose(np.diff(levels), step)
+    # Multiples of the step (2.4, 2.6, ...), not 2.42, 2.87, 3.18.
+    np.testing.assert_allclose(levels / step, np.round(levels / step), atol=1e-9)
+    assert 2.29 < levels[0] <= 2.29 + step and levels[-1] <= 3.62
     # A huge corner value does not set the top level.
     v = np.concatenate([np.linspace(1, 2, 99), [1e6]])
     assert L.contour_levels(v, 5, quantile=0.98)[0][-1] < 3
@@ -79,8 +92,11 @@ def test_3d_axes_hold_the_surface(surface_path):
     for log, z in ((False, s.values["loss"]), (True, np.log10(s.values["loss"]))):
         fig = L.plot_surface_3d(surface_path, log=log)
         ax = fig.axes[0]
-        assert ax.name == "3d"
-        assert ax.get_zlabel().startswith("log") == log
+        assert ax.name == "3d" and len(fig.axes) == 1  # the height says it: no colour bar
+        assert ax.get_zlabel() == ("loss (log scale)" if log else "loss")
+        # Ticks read as losses, plainly (2, 5, 10), wherever the height is log10 of them.
+        labels = [ax.zaxis.get_major_formatter()(t) for t in ax.get_zticks()]
+        assert labels and all("10^" not in t and "\\times" not in t for t in labels)
         zmin, zmax = ax.get_zlim()
         assert zmin <= z.min() + 1e-9 and zmax > np.quantile(z, 0.5)
         plt.close(fig)
@@ -152,3 +168,113 @@ def test_plot_errors_name_the_problem(surface_path, line_path):
         s.extras.clear()
         L.plot_trajectory(s)
     plt.close("all")
+
+
+class _Boom(matplotlib.artist.Artist):
+    """An artist whose drawing fails mid-render, as a bad value or a full disk would.
+
+    It fails from its second drawing on: `bbox_inches="tight"` first draws the figure once for
+    the layout, before any file is opened; the failure must come while the file is written.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def draw(self, renderer):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("boom")
+
+
+def test_failed_render_keeps_the_old_figure_and_leaves_no_temporary(surface_path, tmp_path):
+    assert L.save_figure is viz.save_figure  # one function writes every figure
+    stem = str(tmp_path / "plane")
+    paths = L.save_figure(L.plot_contour(surface_path), stem, ("pdf", "png"))
+    before = {p: pathlib.Path(p).read_bytes() for p in paths}
+    fig = L.plot_contour(surface_path)
+    fig.add_artist(_Boom())
+    with pytest.raises(RuntimeError, match="boom"):
+        L.save_figure(fig, stem, ("pdf", "png"))
+    assert {p: pathlib.Path(p).read_bytes() for p in paths} == before
+    assert sorted(os.listdir(tmp_path)) == ["plane.pdf", "plane.png"]
+    assert plt.get_fignums() == []
+
+
+def test_save_figure_keeps_dots_in_the_name_and_drops_a_figure_extension(tmp_path):
+    fig, _ = plt.subplots()
+    want = [str(tmp_path / "lr_0.5.png")]
+    assert viz.save_figure(fig, str(tmp_path / "lr_0.5"), ("png",)) == want
+    fig, _ = plt.subplots()
+    assert viz.save_figure(fig, str(tmp_path / "a.pdf")) == [str(tmp_path / f"a.{e}")
+                                                              for e in ("png", "pdf")]
+    with pytest.raises(ValueError, match="formats"):
+        viz.save_figure(plt.subplots()[0], str(tmp_path / "b"), ("png", "docx"))
+    assert sorted(os.listdir(tmp_path)) == ["a.pdf", "a.png", "lr_0.5.png"]
+
+
+def test_theta_star_drawn_over_the_minimum_and_labels_plain(surface_path):
+    s = L.load_surface(surface_path)
+    s.values["loss"][:] = s.values["loss"] - s.values["loss"].min() + 1.0
+    i0, j0 = (np.argmin(np.abs(a)) for a in s.axes)
+    s.values["loss"][i0, j0] = 0.5  # the minimum at theta*
+    fig = L.plot_contour(s)
+    ax = fig.axes[0]
+    star = next(ln for ln in ax.lines if ln.get_marker() == "*")
+    theta = next(ln for ln in ax.lines if ln.get_label().startswith("\u03b8*"))
+    np.testing.assert_allclose(star.get_xydata()[0], theta.get_xydata()[0])
+    assert theta.get_zorder() > star.get_zorder() and theta.get_markersize() < star.get_markersize()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("\u03b8*") for t in labels) and any("minimum" in t for t in labels)
+    assert ax.get_aspect() == 1.0  # equal units on both axes
+    assert "bicubic interpolation" in ax.get_title()
+    bar = fig.axes[1]
+    ticks = [bar.yaxis.get_major_formatter()(t) for t in bar.get_yticks()]
+    assert ticks and all("10^" not in t and "\\times" not in t for t in ticks)
+    plt.close(fig)
+
+
+def test_step_labels_are_spaced_and_skip_theta_star(surface_path):
+    s = L.load_surface(surface_path)
+    t = np.array([[0.9, -0.8], [0.5, -0.4], [0.02, 0.01], [0.01, 0.0], [0.005, 0.0], [0.0, 0.0]])
+    s.extras.update(trajectory=t, trajectory_steps=np.arange(6) * 10)
+    fig = L.plot_trajectory(s, annotate_steps=6)
+    texts = sorted(a.get_text() for a in fig.axes[0].texts
+                   if isinstance(a, matplotlib.text.Annotation))  # not the contour labels
+    assert texts == ["10", "step 0"]  # 20..50 crowd at theta* and are left out
+    plt.close(fig)
+
+
+def test_every_plot_draws_into_a_panel(surface_path, line_path):
+    fig = plt.figure(figsize=(12, 8))
+    axes = [fig.add_subplot(2, 3, k) for k in (1, 2, 3, 4)]
+    ax3d = fig.add_subplot(2, 3, 5, projection="3d")
+    assert L.plot_contour(surface_path, ax=axes[0]) is fig
+    assert L.plot_trajectory(surface_path, ax=axes[1]) is fig
+    assert L.plot_1d(line_path, ax=axes[2]) is fig
+    assert L.plot_interpolation(line_path, ax=axes[3]) is fig
+    assert L.plot_surface_3d(surface_path, ax=ax3d) is fig
+    assert all(a.has_data() for a in [*axes, ax3d])
+    with pytest.raises(ValueError, match="3D"):
+        L.plot_surface_3d(surface_path, ax=axes[0])
+    panels = plt.figure().subplots(1, 2)
+    records = [{"split": sp, "epoch": e, "loss": 1.0 / e, "accuracy": 0.1 * e}
+               for e in (1, 2, 3) for sp in ("train_steps", "train", "val", "test")]
+    assert viz.plot_learning_curves(records, ax=panels) is panels[0].figure
+    assert [ln.get_label() for ln in panels[0].lines][2] == "validation"
+    plt.close("all")
+
+
+def test_spectrogram_examples_have_time_mel_axes_and_db_bar():
+    x = np.random.default_rng(0).normal(size=(4, 40, 63, 1))
+    stats = {"mean": list(np.linspace(-60, -20, 40)), "std": [10.0] * 40}
+    fig = viz.plot_spectrogram_examples(x, np.array([0, 1, 0, 1]), ["a", "b"],
+                                        sample_rate=16000, hop_length=256,
+                                        standardization=stats)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] == pytest.approx(62.5 * 256 / 16000)  # seconds
+    assert "1k" in [t.get_text() for t in ax.get_yticklabels()]
+    assert fig.axes[-1].get_ylabel() == "log-mel power (dB)"
+    lo, hi = ax.images[0].get_clim()
+    assert -80 < lo < hi < 10  # mapped back to dB, not standard deviations
+    plt.close(fig)

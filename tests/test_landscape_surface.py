@@ -1,10 +1,15 @@
 """Surface files: round trip, resume after an interruption, refusal to mix settings, config."""
 
+import os
+import time
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from research import landscape as L
+from research.io import _temp_path
 from research.landscape.config import LandscapeConfig
 from research.landscape.surface import empty_surface
 
@@ -145,3 +150,27 @@ def test_parse_grid_and_config_validation():
     with pytest.raises(ValueError, match=r"LandscapeConfig\.batch_size"):
         LandscapeConfig(batch_size=0)
     assert LandscapeConfig().line == "-1:1:51" and LandscapeConfig().interpolation == "-0.5:1.5:401"
+
+
+def test_overwrite_replaces_a_surface_with_other_settings(tmp_path, problem):
+    path = tmp_path / "s.npz"
+    _run(problem, path)
+    with pytest.raises(L.SurfaceMismatchError, match="overwrite=True"):
+        L.evaluate_grid(problem["fn"], problem["theta"], problem["dirs"], AXES, problem["data"],
+                        path=str(path), settings={"seed": 1})
+    s = L.evaluate_grid(problem["fn"], problem["theta"], problem["dirs"], AXES, problem["data"],
+                        path=str(path), settings={"seed": 1}, overwrite=True)
+    assert s.complete and L.load_surface(str(path)).settings["seed"] == 1
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path, problem):
+    stale = tmp_path / ".s.npz.k1ll3dab.tmp"  # an old-style temporary of a killed write
+    stale.write_bytes(b"half a file")
+    hours_ago = time.time() - 7200
+    os.utime(stale, (hours_ago, hours_ago))
+    live = Path(_temp_path(str(tmp_path / "other.npz")))  # a write in progress right now
+    live.write_bytes(b"another file's write in progress")
+    _run(problem, tmp_path / "s.npz")
+    assert not stale.exists()
+    assert live.exists()
+    assert L.load_surface(str(tmp_path / "s.npz")).complete

@@ -290,8 +290,10 @@ def truncate(path, step):
     real_truncate(path, step)
 research.train.loop.truncate_after = truncate
 """))
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # the kill left one
     train_and_evaluate(KILL_CFG, str(tmp_path))
     _assert_same_run(ref_dir, tmp_path)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_kill_between_best_and_newest_checkpoint_keeps_the_best(reference, tmp_path):

@@ -5,9 +5,14 @@
 - soundscapes, music: procedural sets (`research.data.synth`), `cfg.n` clips per class, split by
   generator seed with `cfg.train_ratio`;
 - sonic-pi: the kick / snare / cymbal / tabla task from the Debian `sonic-pi-samples` package,
-  split by source file with `cfg.train_ratio` and `cfg.seed`, cut into segments of
-  `cfg.clip_seconds`;
-- esc50, urbansound8k, gtzan: a user's local copy at `cfg.root`, `cfg.test_fold` held out.
+  split by source file with `cfg.train_ratio`, `cfg.val_fraction` and `cfg.seed`, cut into
+  segments of `cfg.clip_seconds`;
+- esc50, urbansound8k, gtzan: a user's local copy at `cfg.root`; fold `cfg.test_fold` tests,
+  fold `cfg.val_fold` validates (0: the fold after the test fold, cyclically).
+
+The procedural sets carve their validation clips from the training clips (`_with_validation`).
+Clips whose features come out non-finite are bad files like unreadable ones: named, or with
+`cfg.skip_bad_files` left out and listed in `info["bad_files"]`.
 
 Features (`cfg.feature`): logmel and mfcc give `x_NxFxTx1` (frequency as height, time as width),
 mfcc_stats gives `x_NxD`. They are computed with librosa (`research.audio.features`), cached on
@@ -24,13 +29,14 @@ import numpy as np
 
 from research.audio import features
 from research.config import DataConfig
-from research.data import Dataset, holdout, real, synth
+from research.data import Dataset, folds, holdout, sonic_pi, synth
+from research.data.audio_files import SPLITS, BadFilesError, Loaded, class_counts
 
 PROCEDURAL = tuple(synth.SETS)
 BENCHMARKS = ("esc50", "urbansound8k", "gtzan")
 
 
-def _waveforms(cfg: DataConfig) -> real.Loaded:
+def _waveforms(cfg: DataConfig) -> Loaded:
     """Waveforms and labels of both splits, with a summary of where they came from."""
     if cfg.dataset in PROCEDURAL:
         s = synth.split(cfg.dataset, cfg.n, cfg.train_ratio, cfg.seed, cfg.sample_rate,
@@ -42,24 +48,20 @@ def _waveforms(cfg: DataConfig) -> real.Loaded:
                 "split": (f"by generator seed: clip indices 0..{n_train - 1} of each class train, "
                           f"{n_train}..{cfg.n - 1} test; seed = (data seed {cfg.seed}, set, "
                           "class, index)"),
-                "counts": {"train": _counts(s["y_train"], names),
-                           "test": _counts(s["y_test"], names)}}
-        return real.Loaded(s["wave_train"], s["y_train"], s["wave_test"], s["y_test"], names,
-                           info)
+                "counts": {"train": class_counts(s["y_train"], names),
+                           "test": class_counts(s["y_test"], names)}}
+        return Loaded(s["wave_train"], s["y_train"], s["wave_test"], s["y_test"], names, info)
     if cfg.dataset == "sonic-pi":
-        return real.load_sonic_pi(cfg.root, cfg.train_ratio, cfg.seed, cfg.sample_rate,
-                                  cfg.clip_seconds, cfg.skip_bad_files)
-    loaders = {"esc50": real.load_esc50, "urbansound8k": real.load_urbansound8k,
-               "gtzan": real.load_gtzan}
+        return sonic_pi.load_sonic_pi(cfg.root, cfg.train_ratio, cfg.seed, cfg.sample_rate,
+                                      cfg.clip_seconds, cfg.skip_bad_files,
+                                      val_fraction=cfg.val_fraction)
+    loaders = {"esc50": folds.load_esc50, "urbansound8k": folds.load_urbansound8k,
+               "gtzan": folds.load_gtzan}
     if cfg.dataset not in loaders:
         raise ValueError(f"DataConfig.dataset: {cfg.dataset!r} is not an audio data set; "
                          f"choose one of {', '.join(PROCEDURAL + ('sonic-pi',) + BENCHMARKS)}")
     return loaders[cfg.dataset](cfg.root, cfg.test_fold, cfg.sample_rate, cfg.clip_seconds,
-                                cfg.skip_bad_files)
-
-
-def _counts(y_N: np.ndarray, names) -> dict[str, int]:
-    return {name: int(np.sum(y_N == i)) for i, name in enumerate(names)}
+                                cfg.skip_bad_files, val_fold=cfg.val_fold)
 
 
 def feature_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -94,11 +96,15 @@ def load(cfg: DataConfig) -> Dataset:
     t_audio = time.perf_counter() - t0
     settings = feature_settings(cfg)
     t0 = time.perf_counter()
-    tr = features.cached_compute(loaded.wave_train, settings, cfg.cache_dir)
-    va = features.cached_compute(loaded.wave_val, settings, cfg.cache_dir)
-    te = features.cached_compute(loaded.wave_test, settings, cfg.cache_dir)
+    # Overflow is checked clip by clip below, where the clip's file can be named; an empty
+    # split (sonic-pi classes of 2 files give no validation file) divides by zero in librosa.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        tr = features.cached_compute(loaded.wave_train, settings, cfg.cache_dir)
+        va = features.cached_compute(loaded.wave_val, settings, cfg.cache_dir)
+        te = features.cached_compute(loaded.wave_test, settings, cfg.cache_dir)
     t_feat = time.perf_counter() - t0
-    x_train, x_val, x_test = tr.features, va.features, te.features
+    loaded, (x_train, x_val, x_test) = _drop_nonfinite(
+        loaded, (tr.features, va.features, te.features), cfg.skip_bad_files)
     if x_train.ndim == 3:
         x_train, x_val, x_test = x_train[..., None], x_val[..., None], x_test[..., None]
     info = dict(loaded.info)
@@ -120,7 +126,58 @@ def load(cfg: DataConfig) -> Dataset:
                    y_val=loaded.y_val.astype(np.int32))
 
 
-def _with_validation(loaded: real.Loaded, cfg: DataConfig) -> real.Loaded:
+def _drop_nonfinite(loaded: Loaded, feats: tuple[np.ndarray, ...], skip_bad_files: bool,
+                    ) -> tuple[Loaded, tuple[np.ndarray, ...]]:
+    """Treat clips whose features hold NaN or inf as bad files, named by their source.
+
+    A jitted model scores NaN inputs as if they were numbers, and the standardiser would stop
+    with no file named, so such clips are reported like unreadable files: loading stops with
+    every source named, or with `skip_bad_files` all clips of those files are left out and
+    the files listed in `info["bad_files"]`.
+
+    Args:
+        loaded: the waveforms, labels and source files of each split.
+        feats: features of the train, val and test clips, in that order.
+        skip_bad_files: leave the bad files out instead of stopping.
+
+    Returns:
+        The loaded splits and features without the bad files' clips.
+    """
+    sources = {}
+    for split, x in zip(SPLITS, feats):
+        files = getattr(loaded, f"files_{split}")
+        rows = np.flatnonzero(~np.all(np.isfinite(x), axis=tuple(range(1, x.ndim))))
+        for i in rows.tolist():
+            # Procedural clips have no file: their split and index name them.
+            sources.setdefault(files[i] if files else f"{split} clip {i}", split)
+    info = dict(loaded.info)
+    info.setdefault("bad_files_skipped", 0)
+    info.setdefault("bad_files", [])
+    if not sources:
+        return dataclasses.replace(loaded, info=info), feats
+    bad = [(f, f"non-finite features (NaN or inf) in the {split} split")
+           for f, split in sources.items()]
+    if not skip_bad_files:
+        raise BadFilesError(bad)
+    info["bad_files"] = info["bad_files"] + [{"path": p, "reason": r} for p, r in bad]
+    info["bad_files_skipped"] = len(info["bad_files"])
+    out, kept = {}, []
+    for split, x in zip(SPLITS, feats):
+        files = getattr(loaded, f"files_{split}")
+        n = len(x)
+        names = files if files else [f"{split} clip {i}" for i in range(n)]
+        keep = np.asarray([name not in sources for name in names], bool).reshape(n)
+        out[f"wave_{split}"] = getattr(loaded, f"wave_{split}")[keep]
+        out[f"y_{split}"] = getattr(loaded, f"y_{split}")[keep]
+        if files:
+            out[f"files_{split}"] = tuple(f for f, k in zip(files, keep) if k)
+        kept.append(x[keep])
+    if "counts" in info:
+        info["counts"] = {s: class_counts(out[f"y_{s}"], loaded.class_names) for s in SPLITS}
+    return dataclasses.replace(loaded, info=info, **out), tuple(kept)
+
+
+def _with_validation(loaded: Loaded, cfg: DataConfig) -> Loaded:
     """Carve a seeded, class-stratified validation share from the training clips if needed.
 
     Sources that define their own validation split (folds, source files) keep it. Procedural
@@ -135,8 +192,11 @@ def _with_validation(loaded: real.Loaded, cfg: DataConfig) -> real.Loaded:
                           f"(data seed {cfg.seed}), held out for model selection")
     if "counts" in info:
         info["counts"] = {**info["counts"],
-                          "train": _counts(loaded.y_train[keep], loaded.class_names),
-                          "val": _counts(loaded.y_train[held], loaded.class_names)}
-    return dataclasses.replace(loaded, wave_train=loaded.wave_train[keep],
-                               y_train=loaded.y_train[keep], wave_val=loaded.wave_train[held],
-                               y_val=loaded.y_train[held], info=info)
+                          "train": class_counts(loaded.y_train[keep], loaded.class_names),
+                          "val": class_counts(loaded.y_train[held], loaded.class_names)}
+    files = loaded.files_train
+    return dataclasses.replace(
+        loaded, wave_train=loaded.wave_train[keep], y_train=loaded.y_train[keep],
+        wave_val=loaded.wave_train[held], y_val=loaded.y_train[held], info=info,
+        files_train=None if files is None else tuple(files[i] for i in keep),
+        files_val=None if files is None else tuple(files[i] for i in held))

@@ -29,6 +29,7 @@ from research.landscape.directions import (
 )
 from research.landscape.evaluate import (
     BN_POLICIES,
+    BatchNormPolicy,
     evaluate_grid,
     evaluate_point,
     linen_functions,
@@ -52,10 +53,10 @@ from research.landscape.surface import (
 )
 
 __all__ = [
-    "BN_POLICIES", "LANDSCAPE_PRESETS", "LandscapeConfig", "PCADirections", "Surface",
-    "SurfaceMismatchError", "animate_trajectory", "contour_levels", "cosine", "evaluate_grid",
-    "evaluate_point", "export_vtp", "fingerprint", "gaussian_direction", "hessian",
-    "interpolation_direction", "linen_functions", "load_surface", "measures",
+    "BN_POLICIES", "BatchNormPolicy", "LANDSCAPE_PRESETS", "LandscapeConfig", "PCADirections",
+    "Surface", "SurfaceMismatchError", "animate_trajectory", "contour_levels", "cosine",
+    "evaluate_grid", "evaluate_point", "export_vtp", "fingerprint", "gaussian_direction",
+    "hessian", "interpolation_direction", "linen_functions", "load_surface", "measures",
     "normalize_direction", "orthogonalize", "param_kind", "parse_grid", "pca_directions",
     "plane_directions", "plot_1d", "plot_contour", "plot_interpolation", "plot_surface_3d",
     "plot_trajectory", "random_direction", "save_figure", "save_surface",

@@ -3,16 +3,35 @@
 Every function takes and returns ordinary pytrees with the structure of the parameters, so any
 model works: Flax Linen `params`, an NNX `State` from `nnx.split`, or a dict of arrays.
 
-Parameters are classified by their *path*, not their rank (the reference decides by rank, which
-misfiles 1-D weights and 2-D norm parameters):
+Parameters are classified by their path, with the rank as a veto (`param_kind`):
 
-- `norm`: anything inside a normalisation module (a path component such as `BatchNorm_0`,
-  `LayerNorm_1`, `bn1`, `ln_f`, `norm`) and BatchNorm statistics (`batch_stats`, `mean`, `var`);
-- `bias`: a leaf named `bias`, `b`, `b1`, `bias_0`, `beta`;
-- `weight`: everything else (kernels, embeddings, scales of other modules).
+- `norm`: a parameter of a normalisation layer or a running statistic. The leaf has rank 0 or 1,
+  is not a kernel by name (`research.tree.is_kernel`: `kernel`, `embedding`, `w`, ...), and
+  either its leaf name is a statistic (`mean`, `var`, `running_mean`, `running_var`), or it
+  lies in a `batch_stats` collection, or the module holding it (the path component just before
+  the leaf) is named like a normalisation layer: a Flax class name with or without a suffix
+  (`BatchNorm_0`, `LayerNorm_3`, `GroupNorm`, `RMSNorm_1`, `InstanceNorm_0`, also
+  `batch_norm`, `layer_norm2`), a short name (`bn`, `ln`, `gn`, `norm`, alone or followed by
+  digits or `_...`: `bn1`, `ln_f`, `norm_out`), or a name ending in `_norm` (`attn_norm`,
+  `final_norm2`). Only the module holding the leaf counts, and the whole name must
+  match: the `Dense_0/kernel` of a user's block named `Normalizer` is a weight, while a
+  `LayerNorm_0` inside that block is a normalisation layer. A module of the user's own whose name
+  matches none of these (say `Normalizer_0/scale`) is not recognised; pass `ignore=` a function
+  of the path to leave it out. `WeightNorm` and `SpectralNorm` reparametrise a weight and are
+  not normalisation layers: WeightNorm's `scale` is a weight.
+- `bias`: a leaf named `bias`, `b`, `b1`, `bias_0`, `beta` (outside normalisation layers);
+- `weight`: everything else (kernels, embeddings, scales of other modules, any tensor of rank
+  2 or more).
 
 With `ignore="biasbn"` (the paper's recommendation, our default) the direction is zero on `bias` and
 `norm` leaves; with `ignore="none"` it equals the parameter there (the reference's choice).
+
+Differences from the reference (tomgoldstein/loss-landscape), which decides by rank alone: it
+treats every 1-D tensor as a bias or BatchNorm parameter, so a 1-D weight (a PReLU slope, a
+learned scale of the user's own) gets a zero direction there and a filter-normalised one here
+(one filter: the whole vector). Filters run along the last axis (Flax's output axis), so a Flax
+`Embed` table `[num_embeddings, features]` is normalised per feature column here, where the
+reference, on PyTorch's `[num_embeddings, dim]` weight, normalises each row (one token's vector).
 """
 
 from __future__ import annotations
@@ -27,39 +46,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import tree
+from research.tree import is_kernel, path_str
+
 PyTree = Any
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
 IGNORES = ("biasbn", "none")
 EPS = 1e-10  # the reference's guard in ||theta|| / (||d|| + eps)
 
-_NORM_COMPONENT = re.compile(r"(?i)(norm|^(bn|ln|gn)([_\d].*)?$|^batch_stats$)")
+# The name of a module that is a normalisation layer (see the module docstring).
+_NORM_MODULE = re.compile(
+    r"(?i)^(?:(?:batch|layer|group|rms|instance)_?norm(?:_?\d+)?"  # BatchNorm_0, layer_norm
+    r"|(?:bn|ln|gn|norm)(?:\d+|_\w*)?"  # bn1, ln_f, norm, norm_out
+    r"|\w*_norm\d*)$")  # attn_norm, final_norm2
 _BIAS_LEAF = re.compile(r"(?i)^(bias|b|beta)(_?\d+)?$")
 _STAT_LEAF = re.compile(r"(?i)^(mean|var|running_mean|running_var)$")
-# Wrapper keys that NNX and similar libraries add below the real parameter name.
-_WRAPPER_KEYS = ("value", "raw_value")
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def param_kind(path: Sequence[Any] | str, ndim: int | None = None) -> str:
+    """Classify a parameter by its path and rank: 'norm', 'bias' or 'weight'.
 
-
-def path_str(path: Sequence[Any]) -> str:
-    """A readable 'a/b/c' name for a `jax.tree_util` key path (NNX `.value` wrappers dropped)."""
-    names = [_key_name(k) for k in path]
-    while len(names) > 1 and names[-1] in _WRAPPER_KEYS:
-        names.pop()
-    return "/".join(names)
-
-
-def param_kind(path: Sequence[Any] | str) -> str:
-    """Classify a parameter by its path: 'norm', 'bias' or 'weight' (see the module docstring).
+    The rule is in the module docstring: `norm` needs a normalisation module (or a statistic)
+    by name and a rank of at most 1; `bias` a bias-like leaf name; anything else is a weight.
 
     Args:
         path: a `jax.tree_util` key path or an 'a/b/c' string.
+        ndim: the tensor's rank; a tensor of rank 2 or more is never a norm parameter. None
+            (unknown) decides by the path alone.
 
     Returns:
         'norm', 'bias' or 'weight'.
@@ -68,22 +82,26 @@ def param_kind(path: Sequence[Any] | str) -> str:
     parts = [p for p in name.split("/") if p]
     if not parts:
         return "weight"
-    if any(_NORM_COMPONENT.search(p) for p in parts[:-1]) or _STAT_LEAF.match(parts[-1]):
+    leaf = parts[-1]
+    may_be_norm = (ndim is None or ndim <= 1) and not is_kernel(leaf, ndim=ndim)
+    if may_be_norm and (_STAT_LEAF.match(leaf) or "batch_stats" in parts[:-1]
+                        or (len(parts) > 1 and _NORM_MODULE.match(parts[-2]))):
         return "norm"
-    if _BIAS_LEAF.match(parts[-1]):
+    if _BIAS_LEAF.match(leaf):
         return "bias"
     return "weight"
 
 
-def _ignored(ignore: str | Callable[[str], bool]) -> Callable[[str], bool]:
+def _ignored(ignore: str | Callable[[str], bool]) -> Callable[[str, int], bool]:
+    """A predicate (path, rank) -> zero this leaf's direction."""
     if callable(ignore):
-        return ignore
+        return lambda name, ndim: bool(ignore(name))
     if ignore not in IGNORES:
         raise ValueError(f"ignore: unknown value {ignore!r}; choose one of {', '.join(IGNORES)} "
                          "or pass a function path -> bool")
     if ignore == "none":
-        return lambda name: False
-    return lambda name: param_kind(name) in ("bias", "norm")
+        return lambda name, ndim: False
+    return lambda name, ndim: param_kind(name, ndim) in ("bias", "norm")
 
 
 def _leaves_with_names(tree: PyTree) -> tuple[list[str], list[Any], Any]:
@@ -196,9 +214,9 @@ def normalize_direction(direction: PyTree, params: PyTree, normalization: str = 
         # float64 on the host: the norms of large layers are then exact to float32 precision.
         d = np.asarray(d, np.float64)
         p = np.asarray(p, np.float64)
-        if is_ignored(n):
+        if is_ignored(n, p.ndim):
             out.append(np.zeros_like(d))
-        elif normalization in ("filter", "layer") and param_kind(n) != "weight":
+        elif normalization in ("filter", "layer") and param_kind(n, p.ndim) != "weight":
             out.append(p.copy())
         elif normalization == "filter" and d.ndim >= 2:
             axis = filter_axis % d.ndim
@@ -209,7 +227,7 @@ def normalize_direction(direction: PyTree, params: PyTree, normalization: str = 
         else:
             out.append(d)
     if normalization == "model":
-        kept = [i for i, n in enumerate(names) if not is_ignored(n)]
+        kept = [i for i, n in enumerate(names) if not is_ignored(n, np.ndim(p_leaves[i]))]
         d_norm = np.sqrt(sum(np.sum(np.square(out[i])) for i in kept))
         p_norm = np.sqrt(sum(np.sum(np.square(np.asarray(p_leaves[i], np.float64)))
                              for i in kept))
@@ -237,24 +255,13 @@ def random_direction(params: PyTree, seed: int, normalization: str = "filter",
                                filter_axis)
 
 
-def tree_vdot(a: PyTree, b: PyTree) -> float:
-    """Inner product <a, b> over all leaves, in float64."""
-    return float(sum(np.vdot(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
-                     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
-
-
-def tree_norm(a: PyTree) -> float:
-    """Euclidean norm over all leaves."""
-    return float(np.sqrt(tree_vdot(a, a)))
-
-
 def cosine(d1: PyTree, d2: PyTree) -> float:
     """Cosine of the angle between two directions (near 0 for random ones in high dimension)."""
     check_same_structure(d2, d1, "d2", "d1")
-    n1, n2 = tree_norm(d1), tree_norm(d2)
+    n1, n2 = tree.norm(d1), tree.norm(d2)
     if n1 == 0.0 or n2 == 0.0:
         raise ValueError("cosine: a direction is all zeros")
-    return tree_vdot(d1, d2) / (n1 * n2)
+    return tree.vdot(d1, d2) / (n1 * n2)
 
 
 def orthogonalize(d1: PyTree, d2: PyTree) -> PyTree:
@@ -271,10 +278,10 @@ def orthogonalize(d1: PyTree, d2: PyTree) -> PyTree:
         d2 - (<d1, d2> / <d1, d1>) d1, float32.
     """
     check_same_structure(d2, d1, "d2", "d1")
-    n11 = tree_vdot(d1, d1)
+    n11 = tree.vdot(d1, d1)
     if n11 == 0.0:
         raise ValueError("orthogonalize: d1 is all zeros")
-    coef = tree_vdot(d1, d2) / n11
+    coef = tree.vdot(d1, d2) / n11
     return jax.tree_util.tree_map(
         lambda a, b: jnp.asarray(np.asarray(b, np.float64) - coef * np.asarray(a, np.float64),
                                  jnp.float32), d1, d2)
@@ -336,21 +343,6 @@ class PCADirections:
     steps: np.ndarray
 
 
-def _flatten(tree: PyTree) -> np.ndarray:
-    return np.concatenate([np.asarray(leaf, np.float64).ravel()
-                           for leaf in jax.tree_util.tree_leaves(tree)])
-
-
-def _unflatten(vector: np.ndarray, like: PyTree) -> PyTree:
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    out, start = [], 0
-    for leaf in leaves:
-        size = int(np.size(leaf))
-        out.append(jnp.asarray(vector[start:start + size].reshape(np.shape(leaf)), jnp.float32))
-        start += size
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
                    final: PyTree | None = None, n_components: int = 2,
                    ignore: str | Callable[[str], bool] = "biasbn") -> PCADirections:
@@ -384,15 +376,15 @@ def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
     if not 1 <= n_components <= len(trees):
         raise ValueError(f"n_components: must be in [1, {len(trees)}] for {len(trees)} "
                          f"checkpoints, got {n_components}")
-    for i, tree in enumerate(trees):
-        check_same_structure(tree, final, f"trajectory[{i}]", "final")
+    for i, t in enumerate(trees):
+        check_same_structure(t, final, f"trajectory[{i}]", "final")
     check_finite(final, "final")
     is_ignored = _ignored(ignore)
     names, leaves, _ = _leaves_with_names(final)
-    keep_P = np.concatenate([np.full(int(np.size(leaf)), not is_ignored(n))
+    keep_P = np.concatenate([np.full(int(np.size(leaf)), not is_ignored(n, np.ndim(leaf)))
                              for n, leaf in zip(names, leaves)])
-    theta_P = _flatten(final)
-    diff_KxP = np.stack([_flatten(t) - theta_P for t in trees])
+    theta_P = tree.ravel(final)
+    diff_KxP = np.stack([tree.ravel(t) - theta_P for t in trees])
     if not np.all(np.isfinite(diff_KxP)):
         raise ValueError("trajectory: a checkpoint has non-finite parameters")
     masked_KxP = np.where(keep_P[None, :], diff_KxP, 0.0)
@@ -416,7 +408,7 @@ def pca_directions(trajectory: Sequence[PyTree] | Sequence[tuple[int, PyTree]],
     residual_KxP = diff_KxP - coords_KxC @ basis_CxP
     total = float(np.sum(eigval_K))
     return PCADirections(
-        directions=tuple(_unflatten(b, final) for b in basis_CxP),
+        directions=tuple(tree.unravel(b, final) for b in basis_CxP),
         explained_variance_ratio=eigval_K[:n_components] / total,
         coords=coords_KxC,
         distances=np.linalg.norm(residual_KxP, axis=1),

@@ -12,8 +12,13 @@ Layout of `surface.npz` (plain numpy, readable without this package):
   (everything else: cosines, explained variance, run folder ...).
 
 The file is rewritten atomically (temporary file, then rename) after each chunk of points, so an
-interrupted run leaves a valid file, and a re-run computes only the missing points. A re-run with
-different `settings` refuses to mix results and says which setting changed.
+interrupted run leaves a valid file, and a re-run computes only the missing points; opening it
+removes the temporaries a killed write left behind. A re-run with different `settings` refuses to
+mix results and says which setting changed, unless told to overwrite.
+
+A surface lives in host memory (float64 per metric and point, plus the done-mask, the coordinates
+and a copy at each save), so grids over `MAX_SURFACE_BYTES` are refused before anything is
+allocated: split such a grid into several surfaces.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,10 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from research.io import atomic_write_bytes
+from research.io import atomic_write_bytes, remove_stale_temporaries
 
 FORMAT = "research.landscape.surface/1"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Generous for any grid one can evaluate (86 million points of two metrics), far below the point
+# where a 2-D grid typed with one zero too many takes the machine down.
+MAX_SURFACE_BYTES = 4 * 2**30
 
 
 class SurfaceMismatchError(ValueError):
@@ -99,11 +108,49 @@ def empty_surface(axes, metrics, settings=None, info=None, extras=None) -> Surfa
     """
     axes = tuple(np.asarray(a, np.float64) for a in axes)
     shape = tuple(len(a) for a in axes)
+    check_surface_size(shape, len(metrics))
     for name in metrics:
         _check_name("metrics", name)
     return Surface(axes=axes, values={m: np.full(shape, np.nan, np.float64) for m in metrics},
                    done=np.zeros(shape, bool), settings=dict(settings or {}),
                    info=dict(info or {}), extras=dict(extras or {}))
+
+
+def surface_bytes(shape, num_metrics: int) -> int:
+    """Host memory a surface of this grid shape needs while it is computed and saved.
+
+    Args:
+        shape: points along each axis.
+        num_metrics: metrics stored per point.
+
+    Returns:
+        Bytes: the float64 values and the done-mask, twice (the in-memory .npz written at each
+        save), plus the float64 coordinates of every point.
+    """
+    points = math.prod(int(n) for n in shape)
+    return points * (2 * (8 * max(1, num_metrics) + 1) + 8 * len(shape))
+
+
+def check_surface_size(shape, num_metrics: int, field: str = "axes") -> None:
+    """Raise a ValueError, before anything is allocated, if the surface would not fit.
+
+    Args:
+        shape: points along each axis.
+        num_metrics: metrics stored per point.
+        field: the field name for the message.
+    """
+    need = surface_bytes(shape, num_metrics)
+    if need > MAX_SURFACE_BYTES:
+        points = math.prod(int(n) for n in shape)
+        raise ValueError(
+            f"{field}: the grid {' x '.join(str(int(n)) for n in shape)} has {points:,} points; "
+            f"its surface would need {_bytes_text(need)} of host memory, over the limit of "
+            f"{_bytes_text(MAX_SURFACE_BYTES)} (research.landscape.surface.MAX_SURFACE_BYTES); "
+            "use fewer points or split the grid into several surfaces")
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _check_name(field: str, name: str) -> None:
@@ -213,7 +260,8 @@ def check_resumable(surface: Surface, axes, metrics, settings: Mapping[str, Any]
         raise SurfaceMismatchError(
             f"{path} was computed with different settings; refusing to mix results:\n  "
             + "\n  ".join(problems)
-            + "\nUse another output path, or delete the file to start again.")
+            + "\nUse another output path, or overwrite=True (the CLI's --overwrite) to replace "
+              "it.")
 
 
 def _grid_text(axis: np.ndarray) -> str:
@@ -222,3 +270,37 @@ def _grid_text(axis: np.ndarray) -> str:
     return f"{float(axis[0]):g}:{float(axis[-1]):g}:{len(axis)}"
 
 
+
+
+
+def open_surface(path: str | None, axes, metrics, settings: Mapping[str, Any],
+                 info: Mapping[str, Any], extras: Mapping[str, Any] | None = None, *,
+                 overwrite: bool = False) -> Surface:
+    """The surface to fill: the saved one at `path` when it matches, else a new (saved) one.
+
+    Args:
+        path: the .npz path, or None for a surface held in memory only.
+        axes: the requested coordinates.
+        metrics: the requested metric names.
+        settings: the requested settings (compared with the saved ones).
+        info: descriptive metadata (replaces the saved keys of the same name).
+        extras: extra arrays (replace the saved ones of the same name).
+        overwrite: start a new surface even if a file exists (replacing it).
+
+    Returns:
+        The surface; raises `SurfaceMismatchError` if the saved one has other settings.
+    """
+    check_surface_size([len(a) for a in axes], len(metrics))
+    if path is None:
+        return empty_surface(axes, metrics, settings, info, extras)
+    # A killed earlier write leaves a temporary beside the file; a live writer's is kept.
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    if not overwrite and os.path.exists(path):
+        surface = load_surface(path)
+        check_resumable(surface, axes, metrics, settings, path)
+        surface.info.update(info)
+        surface.extras.update({k: np.asarray(v) for k, v in (extras or {}).items()})
+        return surface
+    surface = empty_surface(axes, metrics, settings, info, extras)
+    save_surface(path, surface)
+    return surface

@@ -38,7 +38,7 @@ from research.losses import Loss
 from research.models import make_model, param_count
 from research.optim import make_optimizer
 from research.train.state import TrainState
-from research.train.steps import eval_step_jit, train_step_jit
+from research.train.steps import eval_step_jit, train_step_donated
 from research.writers import JsonlWriter, read_jsonl, truncate_after
 
 
@@ -237,7 +237,9 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     os.makedirs(run_dir, exist_ok=True)
     remove_stale = getattr(research.io, "remove_stale_temporaries", None)
     if remove_stale is not None:
-        remove_stale(run_dir)
+        # Temporaries of atomic writes a kill interrupted (orbax cleans its own folders).
+        for folder in (run_dir, os.path.join(run_dir, "trajectory")):
+            remove_stale(folder)
     atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
     atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
 
@@ -343,7 +345,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
             else:
                 idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
                 batch = {"x": x_train[idx], "y": y_train[idx]}
-            state, metrics = train_step_jit(state, batch, key)
+            state, metrics = train_step_donated(state, batch, key)
             step += 1
             bar.update(1)
             pending.append((step, metrics))

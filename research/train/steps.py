@@ -1,8 +1,15 @@
-"""Pure training and evaluation steps.
+"""Pure training and evaluation steps, for any model adapter and any per-example loss.
 
 `train_step(state, batch, key) -> (state, metrics)` and `eval_step(state, batch) -> metrics` are
-pure functions of their arguments: import them into your own code and `jax.jit` them (the
-`*_jit` versions here donate the state, so its buffers are reused in place).
+pure functions of their arguments: import them into your own code and `jax.jit` them.
+`train_step_jit` is jitted without donation, so arrays you still hold (say the initial
+parameters, for an interpolation plot) stay valid; `train_step_donated` reuses the state's
+buffers in place and is for loops that own the state (our training loop).
+
+The loss is `state.loss(outputs, y) -> per-example values`. When it also has `penalty(params)`
+(as `research.losses.Loss` does) the penalty is added to the objective; when it has `predict`
+its predictions give the accuracy; otherwise integer labels are taken as class ids and the
+accuracy comes from the outputs (sign of one logit, argmax of several).
 """
 
 from __future__ import annotations
@@ -17,17 +24,28 @@ from research.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def _apply(state: TrainState, params, x, train: bool, key=None):
-    """Run the model; returns (outputs, new batch_stats)."""
-    variables = {"params": params}
-    rngs = {"dropout": key} if key is not None else None
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-        if train:
-            out, updates = state.apply_fn(variables, x, train=True, rngs=rngs,
-                                          mutable=["batch_stats"])
-            return out, updates["batch_stats"]
-    return state.apply_fn(variables, x, train=train, rngs=rngs), state.batch_stats
+def _per_example(loss, out, y) -> jax.Array:
+    per = getattr(loss, "per_example", loss)
+    return jnp.asarray(per(out, y), jnp.float32)
+
+
+def _penalty(loss, params) -> jax.Array:
+    pen = getattr(loss, "penalty", None)
+    return pen(params) if pen is not None else jnp.zeros((), jnp.float32)
+
+
+def _classification(loss, y) -> bool:
+    if hasattr(loss, "classification"):
+        return bool(loss.classification)
+    return jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer)
+
+
+def _predict(loss, out) -> jax.Array:
+    if hasattr(loss, "predict"):
+        return loss.predict(out)
+    if out.ndim == 1 or out.shape[-1] == 1:
+        return (out.reshape(out.shape[0]) > 0).astype(jnp.int32)
+    return jnp.argmax(out, axis=-1).astype(jnp.int32)
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
@@ -47,23 +65,23 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
     step_key = jax.random.fold_in(key, state.step)
 
     def objective(params):
-        out_BxO, batch_stats = _apply(state, params, batch["x"], True, step_key)
-        data_loss = jnp.mean(state.loss.per_example(out_BxO, batch["y"]))
-        return data_loss + state.loss.penalty(params), (data_loss, out_BxO, batch_stats)
+        out_BxO, model_state = state.model(params, state.model_state, batch["x"], True, step_key)
+        data_loss = jnp.mean(_per_example(state.loss, out_BxO, batch["y"]))
+        return data_loss + _penalty(state.loss, params), (data_loss, out_BxO, model_state)
 
-    (total, (data_loss, out_BxO, batch_stats)), grads = jax.value_and_grad(
+    (total, (data_loss, out_BxO, model_state)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     metrics = {"loss": data_loss, "objective": total, "grad_norm": optax.global_norm(grads)}
     lr = current_learning_rate(opt_state)
     if lr is not None:
         metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
-    if state.loss.classification:
+    if _classification(state.loss, batch["y"]):
         metrics["accuracy"] = jnp.mean(
-            (state.loss.predict(out_BxO) == batch["y"]).astype(jnp.float32))
+            (_predict(state.loss, out_BxO) == batch["y"]).astype(jnp.float32))
     return new_state, metrics
 
 
@@ -81,21 +99,24 @@ def eval_step(state: TrainState, batch: Batch) -> dict:
         loss_sum, correct_sum (classification) and count (device scalars), and pred_B, the
         predicted class ids (or values, for regression).
     """
-    out_BxO, _ = _apply(state, state.params, batch["x"], False)
+    out_BxO, _ = state.model(state.params, state.model_state, batch["x"], False)
     mask_B = batch.get("mask")
     if mask_B is None:
-        mask_B = jnp.ones(batch["y"].shape, jnp.float32)
+        mask_B = jnp.ones(batch["y"].shape[:1], jnp.float32)
     mask_B = mask_B.astype(jnp.float32)
-    pred_B = state.loss.predict(out_BxO)
+    classification = _classification(state.loss, batch["y"])
+    pred_B = _predict(state.loss, out_BxO) if classification else getattr(
+        state.loss, "predict", lambda o: o)(out_BxO)
     metrics = {
-        "loss_sum": jnp.sum(state.loss.per_example(out_BxO, batch["y"]) * mask_B),
+        "loss_sum": jnp.sum(_per_example(state.loss, out_BxO, batch["y"]) * mask_B),
         "count": jnp.sum(mask_B),
         "pred": pred_B,
     }
-    if state.loss.classification:
+    if classification:
         metrics["correct_sum"] = jnp.sum((pred_B == batch["y"]).astype(jnp.float32) * mask_B)
     return metrics
 
 
-train_step_jit = jax.jit(train_step, donate_argnums=0)
+train_step_jit = jax.jit(train_step)
+train_step_donated = jax.jit(train_step, donate_argnums=0)
 eval_step_jit = jax.jit(eval_step)

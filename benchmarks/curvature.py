@@ -1,0 +1,360 @@
+"""Curvature speed: `research.landscape.hessian` against PyHessian, and eigenvalue maps.
+
+Both sides compute the same quantities for the same models with the same weights on the same
+data (a batch of `--examples`), in float32 on the CPU:
+
+- top-3 eigenvalues by power iteration with deflation (PyHessian's defaults on both sides:
+  at most 100 products per pair, relative tolerance 1e-3; products used are printed);
+- the trace by Hutchinson with 100 Rademacher probes (PyHessian's early stop disabled, tol 0);
+- the spectral density by SLQ with 100 Lanczos steps, one run.
+
+Models: an MLP (`--mlp` widths, tanh) on vectors, and a small CNN (conv3x3 8 - ReLU -
+maxpool 2 - conv3x3 16 - ReLU - global mean - dense) on 1 x 32 x 32 inputs; softmax
+cross-entropy over 10 classes. Written as plain JAX functions of a params dict and as
+`torch.nn` modules, with the JAX weights copied into torch.
+
+"First call" is a fresh process's first call: for JAX it includes tracing and compiling, for
+PyHessian the construction of `hessian(model, criterion, data)` (a forward and a backward pass
+with `create_graph`) and the first use of torch's kernels. "Later calls" are the median of
+`--repeats` calls at new parameters of the same shapes (for JAX: perturbed copies, so no
+compiled constant can be reused; for PyHessian: a new `hessian` object, which a new point
+needs). PyHessian 0.1 calls `torch.eig`, removed from torch 2; the density runs it with a
+shim that returns `torch.linalg.eigh`'s results in `torch.eig`'s layout (the only change).
+
+Threads: both sides are pinned to the same `--threads` cores with `os.sched_setaffinity`
+before jax is imported; torch gets `torch.set_num_threads(threads)`, and with one thread XLA's
+CPU client is told `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`.
+
+Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points
+of the MLP over the whole split: `hessian.eigenvalue_map` (20 Lanczos steps per point, all points
+in one compiled call) against the reference's loop (tomgoldstein/loss-landscape
+`plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1, tol=1e-2)` on a
+`LinearOperator` of Hessian-vector products (here a jitted JAX HVP over the split, compiled once
+outside the timing, so the comparison is of the method, not of JAX against torch), then again on
+`H - 0.51 lambda_max` for lambda_min.
+
+Command:
+    python -m benchmarks.curvature --threads 1 --repeats 5 --map 5
+
+Measured (2-core CPU shared with other jobs, load average 8-14, so first calls are inflated
+about 3-4x in wall time for both sides; jax 0.10.2, torch 2.13 CPU, PyHessian 0.1, 1 thread):
+    MLP 32-64-64-10 (6,922 params), 256 examples, later calls (median of 5):
+        top-3 0.086 s vs PyHessian 0.278 s (3.2x faster; 58 vs 88 products),
+        trace 0.154 s vs 0.331 s (2.2x), density 0.347 s vs 1.504 s (4.3x);
+    first calls: 11.7 / 4.9 / 7.7 s vs 2.1 / 0.41 / 1.97 s (3.9-12x slower: XLA compile,
+        about 1.2-1.5 s of CPU time per program, the rest is the machine's load);
+    CNN (1,418 params), 256 examples: top-3 later calls 87.9 s vs PyHessian 8.3 s (10x SLOWER).
+        Cause, measured: on XLA:CPU a convolution HVP inside `lax.while_loop`/`fori_loop` runs
+        about 7x slower than the same HVP as its own jitted call (5 products: 4.1 s in
+        `fori_loop`, 0.24 s unrolled, 0.1 s each alone); not yet fixed (see the report).
+    Eigenvalue map 5 x 5, MLP, 20 Lanczos steps per point: 0.45 s vs the eigsh loop 2.83 s
+        (1,210 products): 6.3x (target 10x); lambda_max agrees to 1.4e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="cores for each side (pinned)")
+    p.add_argument("--examples", type=int, default=256, help="examples in the batch")
+    p.add_argument("--mlp", type=int, nargs="+", default=[32, 64, 64],
+                   help="MLP input size and hidden widths")
+    p.add_argument("--repeats", type=int, default=5, help="later calls timed (median)")
+    p.add_argument("--probes-per-step", type=int, default=10, help="Hutchinson probes per vmap")
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--tools", nargs="+", default=["top3", "trace", "density"],
+                   choices=["top3", "trace", "density"])
+    p.add_argument("--map", type=int, default=0, help="eigenvalue map grid size (0: skip)")
+    p.add_argument("--compile-cache", default="",
+                   help="JAX persistent compilation cache folder (a second run's first calls "
+                        "then load the compiled programs instead of compiling)")
+    return p.parse_args(argv)
+
+
+def _pin(threads: int) -> None:
+    """Pin this process (both frameworks) to `threads` cores; must run before importing jax."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1")
+
+
+def _jax_models(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    rng = np.random.default_rng(0)
+    n = args.examples
+
+    def dense_init(i, o):
+        return {"w": (rng.normal(size=(i, o)) / np.sqrt(i)).astype(np.float32),
+                "b": (0.1 * rng.normal(size=o)).astype(np.float32)}
+
+    widths = list(args.mlp)
+    mlp = {f"l{i}": dense_init(a, b) for i, (a, b) in enumerate(zip(widths, widths[1:] + [10]))}
+    x_mlp = rng.normal(size=(n, widths[0])).astype(np.float32)
+
+    def mlp_fn(params, batch):
+        h = batch["x"]
+        for i in range(len(params)):
+            h = h @ params[f"l{i}"]["w"] + params[f"l{i}"]["b"]
+            if i < len(params) - 1:
+                h = jnp.tanh(h)
+        return optax.softmax_cross_entropy_with_integer_labels(h, batch["y"])
+
+    def conv_init(i, o):
+        return {"w": (rng.normal(size=(3, 3, i, o)) / np.sqrt(9 * i)).astype(np.float32),
+                "b": (0.1 * rng.normal(size=o)).astype(np.float32)}
+
+    cnn = {"c0": conv_init(1, 8), "c1": conv_init(8, 16), "d": dense_init(16, 10)}
+    x_cnn = rng.normal(size=(n, 32, 32, 1)).astype(np.float32)
+
+    def conv(x, p):
+        y = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + p["b"]
+
+    def cnn_fn(params, batch):
+        h = jax.nn.relu(conv(batch["x"], params["c0"]))
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = jax.nn.relu(conv(h, params["c1"]))
+        h = jnp.mean(h, axis=(1, 2))
+        logits = h @ params["d"]["w"] + params["d"]["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+
+    y = rng.integers(0, 10, size=n).astype(np.int32)
+    return {"mlp": (mlp_fn, mlp, {"x": x_mlp, "y": y}),
+            "cnn": (cnn_fn, cnn, {"x": x_cnn, "y": y})}
+
+
+def _torch_model(name, params):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    if name == "mlp":
+        layers = []
+        for i in range(len(params)):
+            w = np.asarray(params[f"l{i}"]["w"])
+            lin = nn.Linear(*w.shape)
+            with torch.no_grad():
+                lin.weight.copy_(t(w.T))
+                lin.bias.copy_(t(np.asarray(params[f"l{i}"]["b"])))
+            layers.append(lin)
+            if i < len(params) - 1:
+                layers.append(nn.Tanh())
+        return nn.Sequential(*layers)
+
+    def conv(p):
+        w = np.asarray(p["w"])  # HWIO -> OIHW
+        c = nn.Conv2d(w.shape[2], w.shape[3], 3, padding=1)
+        with torch.no_grad():
+            c.weight.copy_(t(np.transpose(w, (3, 2, 0, 1))))
+            c.bias.copy_(t(np.asarray(p["b"])))
+        return c
+
+    dense = nn.Linear(16, 10)
+    with torch.no_grad():
+        dense.weight.copy_(t(np.asarray(params["d"]["w"]).T))
+        dense.bias.copy_(t(np.asarray(params["d"]["b"])))
+    return nn.Sequential(conv(params["c0"]), nn.ReLU(), nn.MaxPool2d(2), conv(params["c1"]),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), dense)
+
+
+def _torch_data(name, data):
+    import numpy as np
+    import torch
+
+    x = data["x"] if name == "mlp" else np.transpose(data["x"], (0, 3, 1, 2))
+    return (torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(data["y"].astype(np.int64)))
+
+
+def _eig_shim():
+    """PyHessian 0.1's `torch.eig(T, eigenvectors=True)` on torch 2 (eigh of the symmetric T)."""
+    import torch
+
+    def eig(t, eigenvectors=False):
+        w, v = torch.linalg.eigh(t)
+        return torch.stack([w, torch.zeros_like(w)], 1), v
+    torch.eig = eig
+
+
+def _timed(call, *args):
+    t0 = time.perf_counter()
+    out = call(*args)
+    return time.perf_counter() - t0, out
+
+
+def _ours(tool, fn, params, data, args):
+    from research.landscape import hessian as H
+
+    if tool == "top3":
+        pairs = H.top_eigenvalues(fn, params, data, 3, max_iter=100, tol=1e-3)
+        return [float(v) for v in pairs.values], int(pairs.iterations.sum())
+    if tool == "trace":
+        return H.hutchinson_trace(fn, params, data, 100,
+                                  probes_per_step=args.probes_per_step)[0], 100
+    nodes, _ = H.lanczos(fn, params, data, 100)
+    return [float(nodes[0][-1])], 100
+
+
+def _pyhessian(tool, model, data, counter):
+    import torch
+    from pyhessian import hessian
+
+    counter[0] = 0
+    h = hessian(model, torch.nn.CrossEntropyLoss(), data=data, cuda=False)
+    if tool == "top3":
+        vals, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=3)
+        return [float(v) for v in vals], counter[0]
+    if tool == "trace":
+        return float(sum(h.trace(maxIter=100, tol=0.0)) / 100), counter[0]
+    nodes, _ = h.density(iter=100, n_v=1)
+    return [float(max(nodes[0]))], counter[0]
+
+
+def main(argv=None) -> dict:
+    """Run the comparison and print the table.
+
+    Args:
+        argv: command-line arguments (default: sys.argv).
+
+    Returns:
+        {(model, tool): {"ours_first", "ours_later", "torch_first", "torch_later", ...}}.
+    """
+    args = _parse(argv)
+    _pin(args.threads)
+    import jax
+    import numpy as np
+    import pyhessian  # noqa: F401 (imports pyhessian.hessian, whose name the package shadows)
+    import torch
+
+    ph = sys.modules["pyhessian.hessian"]
+
+    torch.set_num_threads(args.threads)
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _eig_shim()
+    counter = [0]
+    original = ph.hessian_vector_product
+
+    def counted(*a, **k):  # PyHessian's products on one batch, counted
+        counter[0] += 1
+        return original(*a, **k)
+    ph.hessian_vector_product = counted
+
+    print(f"jax {jax.__version__}, torch {torch.__version__}, {args.threads} thread(s) each, "
+          f"cores {sorted(os.sched_getaffinity(0))}, {args.examples} examples", flush=True)
+    models = _jax_models(args)
+    rng = np.random.default_rng(1)
+    results = {}
+    for name in args.models:
+        fn, params, data = models[name]
+        nparams = sum(np.size(v) for v in jax.tree_util.tree_leaves(params))
+        model = _torch_model(name, params).eval()
+        tdata = _torch_data(name, data)
+        for tool in args.tools:
+            first, (ours_val, ours_hvps) = _timed(_ours, tool, fn, params, data, args)
+            later = []
+            for _ in range(args.repeats):
+                moved = jax.tree_util.tree_map(
+                    lambda a: a + np.float32(1e-4) * rng.normal(size=a.shape).astype(a.dtype),
+                    params)
+                later.append(_timed(_ours, tool, fn, moved, data, args)[0])
+            t_first, (t_val, t_hvps) = _timed(_pyhessian, tool, model, tdata, counter)
+            t_later = [_timed(_pyhessian, tool, model, tdata, counter)[0]
+                       for _ in range(args.repeats)]
+            r = {"ours_first": first, "ours_later": statistics.median(later),
+                 "torch_first": t_first, "torch_later": statistics.median(t_later),
+                 "ours_value": ours_val, "torch_value": t_val, "ours_hvps": ours_hvps,
+                 "torch_hvps": t_hvps, "params": int(nparams)}
+            results[(name, tool)] = r
+            print(f"{name:4} ({nparams} params) {tool:8} first: ours {first:7.3f} s, "
+                  f"PyHessian {t_first:7.3f} s (ours/PyH {first / t_first:5.2f}x) | later: ours "
+                  f"{r['ours_later']:7.3f} s, PyHessian {r['torch_later']:7.3f} s (PyH/ours "
+                  f"{r['torch_later'] / r['ours_later']:5.2f}x faster) | HVPs {ours_hvps} vs "
+                  f"{t_hvps} | value {_short(ours_val)} vs {_short(t_val)}", flush=True)
+    if args.map:
+        results["map"] = _map_benchmark(models["mlp"], args.map)
+    return results
+
+
+def _short(v) -> str:
+    return "[" + ", ".join(f"{x:.4g}" for x in v) + "]" if isinstance(v, list) else f"{v:.4g}"
+
+
+def _map_benchmark(model, n: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from research.landscape import hessian as H
+
+    fn, params, data = model
+    flat, unravel = ravel_pytree(params)
+    rng = np.random.default_rng(2)
+    dirs = [unravel(jnp.asarray(0.1 * rng.normal(size=flat.shape), jnp.float32))
+            for _ in range(2)]
+    axes = [np.linspace(-1, 1, n)] * 2
+    first, s = _timed(lambda: H.eigenvalue_map(fn, params, dirs, axes, data, steps=20,
+                                               points_per_call=n * n))
+    later, s = _timed(lambda: H.eigenvalue_map(fn, params, dirs, axes, data, steps=20,
+                                               points_per_call=n * n))
+
+    d1, d2 = (ravel_pytree(d)[0] for d in dirs)
+    hvp_jit = jax.jit(lambda f, v: jax.jvp(jax.grad(lambda g: jnp.mean(fn(unravel(g), data))),
+                                           (f,), (v,))[1])
+    hvp_jit(flat, flat).block_until_ready()  # compiled once, outside the timing
+    calls = [0]
+
+    def reference():
+        lmax_G, lmin_G = [], []
+        for a in axes[0]:
+            for b in axes[1]:
+                at = flat + a * d1 + b * d2
+
+                def mv(v, at=at, shift=0.0):
+                    calls[0] += 1
+                    v = jnp.asarray(np.ravel(v), jnp.float32)
+                    return np.asarray(hvp_jit(at, v), np.float64) - shift * np.ravel(v)
+                op = LinearOperator((flat.size, flat.size), matvec=mv, dtype=np.float64)
+                lmax = float(eigsh(op, k=1, tol=1e-2, return_eigenvectors=False)[0])
+                shift = 0.51 * lmax
+                op2 = LinearOperator((flat.size, flat.size),
+                                     matvec=lambda v, mv=mv, s_=shift: mv(v, shift=s_),
+                                     dtype=np.float64)
+                lmin = float(eigsh(op2, k=1, tol=1e-2, return_eigenvectors=False)[0]) + shift
+                lmax_G.append(lmax)
+                lmin_G.append(lmin)
+        return np.array(lmax_G).reshape(n, n), np.array(lmin_G).reshape(n, n)
+
+    ref_s, (ref_max, ref_min) = _timed(reference)
+    dev_max = float(np.max(np.abs(s.values["lambda_max"] - ref_max) / np.abs(ref_max)))
+    print(f"eigenvalue map {n}x{n} (MLP, whole split): ours {later:.3f} s (first call "
+          f"{first:.3f} s, 20 Lanczos steps/point), reference eigsh loop {ref_s:.3f} s "
+          f"({calls[0]} HVPs): {ref_s / later:.1f}x faster (first call {ref_s / first:.1f}x); "
+          f"max relative difference of lambda_max {dev_max:.2e}", flush=True)
+    return {"ours_first": first, "ours_later": later, "reference": ref_s,
+            "reference_hvps": calls[0], "lambda_max_rel_diff": dev_max}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
