@@ -9,12 +9,12 @@ import pytest
 
 from research.data.playground import make_dataset
 from research.landscape import curves as C
-from research.landscape.directions import tree_vdot
 from research.landscape.evaluate import linen_functions
 from research.losses import Loss
 from research.models import MLP
 from research.train.state import TrainState
 from research.train.steps import train_step_jit
+from research.tree import vdot as tree_vdot
 
 
 def _trees(seed=0):

@@ -36,13 +36,8 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from research.landscape.directions import (
-    check_finite,
-    check_same_structure,
-    plane_directions,
-    tree_norm,
-    tree_vdot,
-)
+from research import tree
+from research.landscape.directions import check_finite, check_same_structure, plane_directions
 from research.landscape.evaluate import evaluate_grid
 from research.landscape.surface import Surface
 from research.losses import Loss
@@ -376,13 +371,13 @@ def curve_plane(w1: PyTree, w2: PyTree, theta: PyTree) -> CurvePlane:
         A `CurvePlane`.
     """
     d1, d2 = plane_directions(w1, w2, theta)
-    n1 = tree_norm(d1)
+    n1 = tree.norm(d1)
     if n1 == 0.0:
         raise ValueError("w1, w2: the two models are identical; there is no curve to draw")
-    along = tree_vdot(d1, d2) / n1
+    along = tree.vdot(d1, d2) / n1
     e1 = jax.tree_util.tree_map(lambda d: d / n1, d1)
     perp = jax.tree_util.tree_map(lambda d, e: d - along * e, d2, e1)
-    n2 = tree_norm(perp)
+    n2 = tree.norm(perp)
     if n2 <= 1e-6 * max(n1, 1e-30):
         raise ValueError("theta: the control point lies on the line through w1 and w2 (e.g. "
                          "untrained); the three do not span a plane")
