@@ -65,6 +65,21 @@ def truncate_after(path: str, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
+def log_record(tb: TensorBoardWriter | None, record: dict[str, Any]) -> None:
+    """Mirror one metrics.jsonl record into TensorBoard (`<split>/<metric>`, `optim/learning_rate`).
+
+    Args:
+        tb: the writer, or None (nothing is written).
+        record: a record with `step` and `split`.
+    """
+    if tb is None:
+        return
+    values = {k: v for k, v in record.items() if k not in ("step", "epoch", "split", "time")}
+    if "learning_rate" in values:
+        tb.scalars(record["step"], {"learning_rate": values.pop("learning_rate")}, "optim")
+    tb.scalars(record["step"], values, record["split"])
+
+
 class TensorBoardWriter:
     """TensorBoard event files through `tensorboardX`, or nothing (one warning) without it.
 

@@ -390,3 +390,25 @@ def test_main_report_names_the_split_and_state_of_every_number(tmp_path):
     assert "train" not in test_table
     assert "final" in test_table and "best" in test_table
     assert "validation" in report
+
+
+def test_tensorboard_mirrors_metrics_and_a_resume_writes_no_step_twice(tmp_path):
+    tbparse = pytest.importorskip("tbparse", reason="tbparse (the dev extra) is not installed")
+    import shutil
+
+    cfg = _cfg(epochs=3, checkpoint_every=3)
+    train_and_evaluate(dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, stop_after=9)), str(tmp_path))
+    # As if killed before the checkpoint of step 9: the epoch record of step 8 is already in
+    # the event file, and the run resumes from step 6.
+    shutil.rmtree(tmp_path / "checkpoints" / "9")
+    train_and_evaluate(cfg, str(tmp_path))
+    df = tbparse.SummaryReader(str(tmp_path / "tensorboard" / "metrics")).scalars
+    records = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    for split in ("train_steps", "val", "test"):
+        want = [(r["step"], r["loss"]) for r in records if r["split"] == split]
+        got = df[df.tag == f"{split}/loss"].sort_values("step")
+        # The killed piece's events past its checkpoint are gone: one value per step.
+        assert list(got.step) == [s for s, _ in want], split
+        np.testing.assert_allclose(got.value, [v for _, v in want], rtol=1e-6)
+    assert (df.tag == "optim/learning_rate").any()

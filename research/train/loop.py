@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import time
 from collections import defaultdict
 
@@ -39,7 +40,7 @@ from research.models import make_model, param_count
 from research.optim import make_optimizer
 from research.train.state import TrainState
 from research.train.steps import eval_step_jit, train_step_donated
-from research.writers import JsonlWriter, read_jsonl, truncate_after
+from research.writers import JsonlWriter, TensorBoardWriter, log_record, read_jsonl, truncate_after
 
 
 def _steps_per_epoch(cfg: Config, n_train: int) -> int:
@@ -289,6 +290,20 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         loop_record.setdefault("seconds", stored.get("seconds", 0.0))
 
     writer = JsonlWriter(metrics_path)
+    tb = None
+    if tc.tensorboard and jax.process_index() == 0:
+        # The event files mirror metrics.jsonl: rebuilt from its (truncated) records at every
+        # start, so a killed piece's events past the checkpoint never show twice.
+        tb_dir = os.path.join(run_dir, "tensorboard", "metrics")
+        shutil.rmtree(tb_dir, ignore_errors=True)
+        tb = TensorBoardWriter(tb_dir)
+        for record in read_jsonl(metrics_path):
+            log_record(tb, record)
+
+    def write(record: dict) -> None:
+        writer.write(record)
+        log_record(tb, record)
+
     key = jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)
     x_train, y_train = data.x_train, data.y_train
     on_device = x_train.nbytes + y_train.nbytes <= _DEVICE_DATA_BYTES
@@ -360,20 +375,20 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                 record = {"step": step, "epoch": epoch + 1, "split": "train_steps",
                           "time": elapsed()}
                 record.update({k: v / max(count, 1) for k, v in sums.items()})
-                writer.write(record)
+                write(record)
                 sums.clear()
                 count = 0
                 if (epoch + 1) % tc.eval_every == 0 or step == total:
                     head = {"step": step, "epoch": epoch + 1}
                     if tc.eval_train:
                         ev = evaluate(state, x_train, y_train, tc.eval_batch_size)
-                        writer.write({**head, "split": "train", **ev})
+                        write({**head, "split": "train", **ev})
                     if has_val:
                         ev = evaluate(state, data.x_val, data.y_val, tc.eval_batch_size)
-                        writer.write({**head, "split": "val", **ev})
+                        write({**head, "split": "val", **ev})
                         val_score = sign * ev[score_key]
                     # Test curves are for plots only: nothing is chosen on them.
-                    writer.write({**head, "split": "test", **evaluate(
+                    write({**head, "split": "test", **evaluate(
                         state, data.x_test, data.y_test, tc.eval_batch_size)})
                     if has_val and val_score > best:
                         # Before the newest checkpoint of this step: see the docstring.
@@ -387,6 +402,8 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     finally:
         bar.close()
         writer.close()
+        if tb is not None:
+            tb.close()
 
     try:
         summary = {"name": cfg.name, "version": _SUMMARY_VERSION, "steps": step,
