@@ -27,15 +27,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
 
-from experiments import landscape as landscape_experiment
 from research import metrics as M
 from research.config import AudioDataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.config import AudioRunConfig as RunConfig
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
+from research.landscape.analysis import analyse_run
 from research.landscape.config import JobLandscapeConfig, job_landscape
+from research.landscape.interactive import export_html
+from research.tables import markdown_table
 from research.train import train_and_evaluate
 from research.viz import (
     plot_confusion,
@@ -43,7 +44,7 @@ from research.viz import (
     plot_spectrogram_examples,
     save_figure,
 )
-from research.writers import read_jsonl
+from research.writers import log_image_files, read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +118,6 @@ PRESETS: dict[str, Config] = {
 }
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
 
 def _rel(path: str, start: str) -> str:
     return os.path.relpath(path, start)
@@ -164,13 +158,15 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         f"# {cfg.name}: a CNN on procedural soundscapes and its loss landscape\n",
         f"Preset `{cfg.preset}`; command `python -m experiments.main --preset {cfg.preset}`.\n",
         "## Data\n",
-        _table(["data set", "classes", "train clips", "test clips", "input", "split"],
-               [[r.data.dataset, len(names), data_info.get("n_train"), data_info.get("n_test"),
+        markdown_table(["data set", "classes", "train clips", "validation clips", "test clips",
+                        "input", "split"],
+               [[r.data.dataset, len(names), data_info.get("n_train"), data_info.get("n_val"),
+                 data_info.get("n_test"),
                  " x ".join(map(str, data_info.get("input_shape", []))),
                  data_info.get("split", "")]]),
         f"\n![examples]({_rel(figures['examples'], out_dir)})\n",
         "## Model and training\n",
-        _table(["model", "channels", "parameters", "optimiser", "epochs", "batch", "steps",
+        markdown_table(["model", "channels", "parameters", "optimiser", "epochs", "batch", "steps",
                 "train time (s)"],
                [[r.model.kind, str(list(r.model.channels)), summary["params"],
                  f"{r.optim.name} lr {r.optim.learning_rate:g} ({r.optim.schedule})",
@@ -182,12 +178,12 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         "the training split), never on the test split.\n",
         f"\n![learning curves]({_rel(figures['curves'], out_dir)})\n",
         "## Training and validation splits\n",
-        _table(["split", "state", "loss", "accuracy", "balanced accuracy", "macro-F1"],
+        markdown_table(["split", "state", "loss", "accuracy", "balanced accuracy", "macro-F1"],
                fit_rows),
         "\n## Evaluation (test split)\n",
-        _table(["state", "loss", "accuracy", "balanced accuracy", "macro-F1"], eval_rows),
+        markdown_table(["state", "loss", "accuracy", "balanced accuracy", "macro-F1"], eval_rows),
         f"\nPer class and confusion matrix: test split, {final_name} state.\n",
-        _table(["class", "precision", "recall", "F1", "support"],
+        markdown_table(["class", "precision", "recall", "F1", "support"],
                [[n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]]
                 for i, n in enumerate(names)]),
         f"\n![confusion matrix]({_rel(figures['confusion'], out_dir)})\n",
@@ -212,7 +208,7 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         rows.append(["PCA plane", f"{cfg.landscape.pca_num} x {cfg.landscape.pca_num}", "",
                      f"explained variance {100 * evr[0]:.1f}% + {100 * evr[1]:.1f}%, "
                      f"max distance from plane {land['pca']['max_distance_from_plane']:.3g}"])
-    parts.append(_table(["analysis", "grid", "loss at trained weights", "notes"], rows))
+    parts.append(markdown_table(["analysis", "grid", "loss at trained weights", "notes"], rows))
     for key, title in (("interpolation", "Interpolation from initialisation"),
                        ("line", "1D filter-normalised line"),
                        ("plane", "2D filter-normalised plane"),
@@ -221,10 +217,15 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         if pngs:
             parts.append(f"\n### {title}\n")
             parts += [f"![{key}]({_rel(p, out_dir)})\n" for p in pngs]
+        html = land.get(key, {}).get("html")
+        if html:
+            parts.append(f"[Interactive 3D view]({_rel(html, out_dir)}) (one self-contained "
+                         "HTML file: rotate, zoom, hover for values, linear/log10 toggle; "
+                         "works offline)\n")
     parts.append("\n## Run time\n")
     parts.append("Training: the run's own training seconds over all its pieces; the other "
                  "stages: this invocation (a rerun skips finished work).\n")
-    parts.append(_table(list(seconds), [[f"{v:.0f} s" for v in seconds.values()]]))
+    parts.append(markdown_table(list(seconds), [[f"{v:.0f} s" for v in seconds.values()]]))
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(parts))
     return path
@@ -269,12 +270,21 @@ def main(cfg: Config) -> dict:
                                  os.path.join(fig_dir, "confusion"), ("png", "pdf"))[0],
     }
     if run.train.tensorboard:
-        _log_figures(os.path.join(run.run_dir(), "tensorboard"), figures, summary["steps"])
+        log_image_files(os.path.join(run.run_dir(), "tensorboard"),
+                        {f"figures/{k}": p for k, p in figures.items()}, summary["steps"])
     t0 = time.time()
     land_cfg = dataclasses.replace(cfg.landscape, run_dir=run.run_dir(),
                                    out_dir=os.path.join(out_dir, "landscape"),
                                    title=cfg.landscape.title or title)
-    land = landscape_experiment.main(land_cfg)
+    land = analyse_run(land_cfg)
+    for key in ("plane", "pca"):
+        if key in land:
+            try:  # plotly is a dependency, but a bare accelerator host may lack it
+                land[key]["html"] = export_html(
+                    land[key]["surface"], os.path.join(land_cfg.output_dir(), f"{key}.html"),
+                    log=True if cfg.landscape.log else None)
+            except ImportError as e:
+                print(f"skipping the interactive {key} page: {e}")
     seconds["landscape"] = time.time() - t0
     report = write_report(out_dir, cfg, summary, data.info, land, figures, seconds)
     results = {"test": summary["test"], "train": summary["train"], "val": summary.get("val"),
@@ -289,17 +299,6 @@ def main(cfg: Config) -> dict:
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     return results
 
-
-def _log_figures(logdir: str, figures: dict[str, str], step: int) -> None:
-    """Add the saved PNG figures to the run's TensorBoard logs as images (figures/<name>)."""
-    from research.writers import TensorBoardWriter
-
-    writer = TensorBoardWriter(logdir)
-    try:
-        for name, path in figures.items():
-            writer.image_file(f"figures/{name}", path, step)
-    finally:
-        writer.close()
 
 
 if __name__ == "__main__":

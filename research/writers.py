@@ -188,3 +188,23 @@ class TensorBoardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def log_image_files(logdir: str, images: dict[str, str], step: int) -> None:
+    """Add saved image files to the TensorBoard logs in `logdir` (process 0 only).
+
+    Args:
+        logdir: the event folder, e.g. `<run_dir>/tensorboard`.
+        images: tag -> PNG path, e.g. {"landscape/plane_contour": ".../plane_contour.png"}.
+        step: the global step they belong to.
+    """
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    writer = TensorBoardWriter(logdir)
+    try:
+        for tag, path in images.items():
+            writer.image_file(tag, path, step)
+    finally:
+        writer.close()

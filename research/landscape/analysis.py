@@ -32,6 +32,7 @@ from research.landscape.config import LandscapeConfig, parse_grid
 from research.landscape.evaluate import evaluate_grid
 from research.landscape.surface import Surface
 from research.sharding import make_mesh
+from research.writers import log_image_files
 
 
 def state_functions(state: Any) -> tuple[Callable, Callable | None]:
@@ -155,19 +156,6 @@ def newest_finished_run(root: str = "runs") -> str:
                                 "--run-dir")
     return max(found)[1]
 
-
-def _log_figures(run_dir: str, summary: dict[str, Any], step: int) -> None:
-    """Add the PNG figures to the run's TensorBoard logs, as images tagged landscape/<name>."""
-    from research.writers import TensorBoardWriter
-
-    pngs = [p for part in summary.values() if isinstance(part, dict)
-            for p in part.get("figures", []) if p.endswith(".png")]
-    writer = TensorBoardWriter(os.path.join(run_dir, "tensorboard"))
-    try:
-        for p in pngs:
-            writer.image_file(f"landscape/{os.path.splitext(os.path.basename(p))[0]}", p, step)
-    finally:
-        writer.close()
 
 
 
@@ -367,7 +355,11 @@ def analyse_run(cfg: LandscapeConfig) -> dict[str, Any]:
             summary[name] = analyse(run)
     atomic_write_json(os.path.join(out, "landscape.json"), summary)
     if getattr(run_cfg.train, "tensorboard", False):
-        _log_figures(cfg.run_dir, summary, int(state.step))
+        pngs = [p for part in summary.values() if isinstance(part, dict)
+                for p in part.get("figures", []) if p.endswith(".png")]
+        log_image_files(os.path.join(cfg.run_dir, "tensorboard"),
+                        {f"landscape/{os.path.splitext(os.path.basename(p))[0]}": p
+                         for p in pngs}, int(state.step))
     return summary
 
 
