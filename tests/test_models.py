@@ -9,7 +9,7 @@ from jax import lax
 from research.config import ModelConfig
 from research.models import CNN, MLP, PiczakCNN, make_model, param_count
 from research.models import cnn as cnn_module
-from research.models.ops import conv_general_dilated, max_pool
+from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
 
 def _init(model, x):
@@ -197,6 +197,32 @@ def test_models_unchanged_against_nn_max_pool_and_lax_conv(model, shape, monkeyp
     fast = run()
     monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
     monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
+    monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
     ref = run()
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_matches_flax_batchnorm(train):
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 3))
+    ours, ref = BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9)
+    v = ref.init(jax.random.PRNGKey(1), x, use_running_average=False)
+    v = {"params": {"scale": jnp.array([1.0, 0.5, 2.0]), "bias": jnp.array([0.0, 1.0, -1.0])},
+         "batch_stats": v["batch_stats"]}
+    assert (jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(1), x, False))
+            == jax.tree_util.tree_structure(v))
+
+    def run(module, params, x):
+        return module.apply({**v, "params": params}, x, use_running_average=not train,
+                            mutable=["batch_stats"])
+
+    (a, a_stats), (b, b_stats) = run(ours, v["params"], x), run(ref, v["params"], x)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for s, t in zip(jax.tree_util.tree_leaves(a_stats), jax.tree_util.tree_leaves(b_stats)):
+        np.testing.assert_allclose(s, t, rtol=1e-6, atol=1e-6)
+    w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    ga = jax.grad(lambda p, x: jnp.sum(run(ours, p, x)[0] * w), (0, 1))(v["params"], x)
+    gb = jax.grad(lambda p, x: jnp.sum(run(ref, p, x)[0] * w), (0, 1))(v["params"], x)
+    for s, t in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(s, t, rtol=1e-4, atol=1e-4)

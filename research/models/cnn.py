@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.mlp import activation_fn
-from research.models.ops import conv_general_dilated, max_pool
+from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
 
 def _clip(window: Sequence[int], h_BxFxTxC: jax.Array) -> tuple[int, int]:
@@ -65,7 +65,7 @@ class CNN(nn.Module):
         h = nn.Conv(features, _clip(kernel, h), padding=self.padding,
                     use_bias=not self.batch_norm, conv_general_dilated=conv_general_dilated)(h)
         if self.batch_norm:
-            h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+            h = BatchNorm(use_running_average=not train, momentum=0.9)(h)
         return h
 
     @nn.compact

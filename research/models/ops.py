@@ -169,3 +169,56 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         return library()
     return _shift_conv(lhs, rhs, pads, precision)
+
+
+class BatchNorm(nn.Module):
+    """`nn.BatchNorm` over all axes but the last, as one multiply-add: `x * a + b`.
+
+    The same variables (`params`: scale, bias; `batch_stats`: mean, var), defaults, running
+    average update and statistics (`E[x^2] - E[x]^2`, Flax's fast variance) as `nn.BatchNorm`;
+    only the normalisation is folded into `a = scale / sqrt(var + eps)` and `b = bias - mean * a`,
+    so the backward pass keeps no centred copy of the input (a full-size tensor `nn.BatchNorm`'s
+    gradient stores and reads back). Values agree to float32 rounding.
+
+    Attributes:
+        use_running_average: normalise with the running averages (evaluation mode).
+        momentum: decay of the running averages.
+        epsilon: added to the variance.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Normalise `x_...xC` over every axis but the last.
+
+        Args:
+            x: inputs, channels last.
+            use_running_average: overrides the attribute, as in `nn.BatchNorm`.
+
+        Returns:
+            The normalised inputs, same shape and dtype.
+        """
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        if use_running_average:
+            mean_C, var_C = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean_C = jnp.mean(x32, axes)
+            var_C = jnp.maximum(0.0, jnp.mean(jnp.square(x32), axes) - jnp.square(mean_C))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean_C
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var_C
+        a_C = scale * lax.rsqrt(var_C + self.epsilon)
+        b_C = bias - mean_C * a_C
+        shape = (1,) * (x.ndim - 1) + (c,)
+        return (x * a_C.reshape(shape) + b_C.reshape(shape)).astype(x.dtype)
