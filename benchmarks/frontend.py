@@ -30,7 +30,8 @@ prints the JAX calls' CPU time over wall time.
 Measured (2-core AMD EPYC VM, jax 0.10.2, librosa 0.11, defaults): JAX 4,473 s of audio per s
 (best; median 4,081), librosa 1,639 (batched call; 1,063 clip by clip), ratio 2.56x median
 (worst round 2.22x; an earlier --single-thread figure, 2.77x, used XLA flags that did not
-limit XLA:CPU), max difference 1.2e-5 dB;
+limit XLA:CPU; pinned with sched_setaffinity, --gen-clips 0, load average 2.8: 2.84x median,
+worst 1.72x, JAX CPU/wall 0.99), max difference 1.2e-5 dB;
 generation 253 soundscape and 306 music clips per CPU second (medians 245 and 302). On CPU
 `make_frontend` works through the batch in chunks that fit the cache, which doubled its
 throughput. The H100 figure is not measured yet (`benchmarks/device_check.sh`).

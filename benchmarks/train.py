@@ -26,8 +26,22 @@ Run (the default measures batch 32 and 128 on 1 and 2 threads, about 3 minutes o
     python -m benchmarks.train
     python -m benchmarks.train --threads 1 --batch 32 --rounds 3 --sides jax-step torch-eager
 
-Measured (2-core shared AMD EPYC VM, jax 0.10.2, torch 2.13 CPU): see the report of the issue
-"Fast on the CPU too" and `python -m benchmarks.train` (figures move with the load on this host).
+Measured (2-core shared AMD EPYC VM, jax 0.10.2, torch 2.13 CPU, `python -m benchmarks.train`,
+load average 4.6 at the start: each side got about half a core on "1 thread"), samples per
+second, median of 5 rounds (ratio to PyTorch eager within rounds, median / worst round):
+
+    threads batch   jax-step            jax-loop            torch-eager  torch-compile
+    1       32      791 (1.32x/1.24x)   801 (1.23x/1.19x)   579          487 (0.81x/0.76x)
+    1       128     379 (1.03x/0.52x)   397 (0.92x/0.49x)   478          371 (0.87x/0.50x)
+    2       32      1483 (0.87x/0.74x)  1355 (0.87x/0.76x)  1695         1103 (0.82x/0.65x)
+    2       128     764 (0.58x/0.48x)   829 (0.64x/0.48x)   1291         1062 (0.78x/0.54x)
+
+Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
+for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
+2 threads). With 2 CPUs XLA:CPU used 1.25-1.3 CPU seconds per second against PyTorch's 1.9:
+its convolutions at these sizes barely run in parallel. The loop's overhead per step (host
+batch, metrics fetched one step late) is below the round-to-round noise. Compilation: about
+2-8 s for JAX, 20-45 s for torch.compile (first call, both batch sizes compiled apart).
 """
 
 from __future__ import annotations
