@@ -226,3 +226,20 @@ def test_batchnorm_matches_flax_batchnorm(train):
     gb = jax.grad(lambda p, x: jnp.sum(run(ref, p, x)[0] * w), (0, 1))(v["params"], x)
     for s, t in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(s, t, rtol=1e-4, atol=1e-4)
+
+
+def test_models_keep_the_dtypes_of_nn_max_pool_and_lax_conv(monkeypatch):
+    model = CNN(channels=(3, 4), num_outputs=2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+    variables = _init(model, x)
+    bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), variables)
+    cases = [(bf16, x.astype(jnp.bfloat16)), (variables, x.astype(jnp.bfloat16))]
+    fast = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+    monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
+    monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
+    monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
+    ref = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=0.05, atol=0.05)

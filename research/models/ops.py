@@ -83,6 +83,7 @@ def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int],
 def _shift_conv_value(x_BxHxWx1, k_KhxKwx1xO, pads):
     """The convolution of a one-channel input as shifted multiply-adds, accumulated in f32."""
     kh, kw = k_KhxKwx1xO.shape[:2]
+    dtype = jnp.result_type(x_BxHxWx1, k_KhxKwx1xO)
     p_BxHpxWpx1 = jnp.pad(x_BxHxWx1, ((0, 0), pads[0], pads[1], (0, 0))).astype(jnp.float32)
     ho, wo = p_BxHpxWpx1.shape[1] - kh + 1, p_BxHpxWpx1.shape[2] - kw + 1
     k_KhxKwx1xO = k_KhxKwx1xO.astype(jnp.float32)
@@ -91,7 +92,7 @@ def _shift_conv_value(x_BxHxWx1, k_KhxKwx1xO, pads):
         for j in range(kw):
             term = p_BxHpxWpx1[:, i:i + ho, j:j + wo, :] * k_KhxKwx1xO[i:i + 1, j:j + 1]
             out_BxHoxWoxO = term if out_BxHoxWoxO is None else out_BxHoxWoxO + term
-    return out_BxHoxWoxO.astype(jnp.result_type(x_BxHxWx1, k_KhxKwx1xO))
+    return out_BxHoxWoxO.astype(dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -204,7 +205,7 @@ class BatchNorm(nn.Module):
             use_running_average: overrides the attribute, as in `nn.BatchNorm`.
 
         Returns:
-            The normalised inputs, same shape and dtype.
+            The normalised inputs, same shape; the dtype of `x` promoted with the parameters'.
         """
         use_running_average = nn.merge_param("use_running_average", self.use_running_average,
                                              use_running_average)
@@ -226,4 +227,6 @@ class BatchNorm(nn.Module):
         a_C = scale * lax.rsqrt(var_C + self.epsilon)
         b_C = bias - mean_C * a_C
         shape = (1,) * (x.ndim - 1) + (c,)
-        return (x * a_C.reshape(shape) + b_C.reshape(shape)).astype(x.dtype)
+        # The output dtype follows nn.BatchNorm: inputs promoted with the parameters.
+        dtype = jnp.result_type(x, scale, bias)
+        return (x * a_C.reshape(shape) + b_C.reshape(shape)).astype(dtype)
