@@ -9,7 +9,7 @@ generates on one core.
 Run:
 
     python -m benchmarks.frontend                      # defaults: 256 clips of 4 s at 22.05 kHz
-    python -m benchmarks.frontend --batch 32 --single-thread   # JAX on one CPU thread too
+    python -m benchmarks.frontend --batch 32 --single-thread   # the process pinned to one CPU
     JAX_PLATFORMS=cuda python -m benchmarks.frontend   # on a GPU
 
 Targets (issue 3): on one H100 at least 1,000,000 s of audio per second for batches of 256
@@ -20,9 +20,18 @@ librosa is optional here (GPU hosts may lack it): without it only the JAX figure
 Each of the `--repeats` rounds times one JAX call and librosa on the same clips, so that load from
 other processes hits both sides of a round's ratio; the median ratio is the headline figure.
 
+Threads: librosa's numpy/BLAS always gets one thread (`OMP_NUM_THREADS` and friends set to 1
+before import). `--single-thread` pins the whole process to one CPU with `os.sched_setaffinity`
+before JAX is imported: XLA:CPU's thread pool follows the affinity mask, whereas its thread flags
+(`--xla_cpu_multi_thread_eigen`, `intra_op_parallelism_threads`) do not limit it in jax 0.10
+(CPU time over wall time was 1.89 with them). The output says how threads were limited and
+prints the JAX calls' CPU time over wall time.
+
 Measured (2-core AMD EPYC VM, jax 0.10.2, librosa 0.11, defaults): JAX 4,473 s of audio per s
 (best; median 4,081), librosa 1,639 (batched call; 1,063 clip by clip), ratio 2.56x median
-(worst round 2.22x; with --single-thread 2.77x, worst 2.48x), max difference 1.2e-5 dB;
+(worst round 2.22x; an earlier --single-thread figure, 2.77x, used XLA flags that did not
+limit XLA:CPU; pinned with sched_setaffinity, --gen-clips 0, load average 2.8: 2.84x median,
+worst 1.72x, JAX CPU/wall 0.99), max difference 1.2e-5 dB;
 generation 253 soundscape and 306 music clips per CPU second (medians 245 and 302). On CPU
 `make_frontend` works through the batch in chunks that fit the cache, which doubled its
 throughput. The H100 figure is not measured yet (`benchmarks/device_check.sh`).
@@ -53,7 +62,8 @@ def _parse() -> argparse.Namespace:
                    help="procedural clips timed per set (4 s at 16 kHz, default difficulty); "
                    "0 skips generation")
     p.add_argument("--single-thread", action="store_true",
-                   help="restrict XLA's CPU backend to one thread (set before JAX starts)")
+                   help="pin the process (JAX and librosa) to one CPU with os.sched_setaffinity "
+                   "before JAX starts")
     return p.parse_args()
 
 
@@ -64,8 +74,13 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if args.single_thread:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
-                                   "=false intra_op_parallelism_threads=1").strip()
+        # XLA:CPU sizes and schedules its thread pool by the affinity mask, not by its flags.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cpus = sorted(os.sched_getaffinity(0))
+    threads_note = (f"JAX: process pinned to CPU {cpus[0]} (os.sched_setaffinity)"
+                    if args.single_thread else
+                    f"JAX: XLA:CPU free on {len(cpus)} CPUs")
+    threads_note += "; librosa: one thread (OMP/OPENBLAS/MKL_NUM_THREADS=1)"
     import jax
     import numpy as np
 
@@ -80,7 +95,8 @@ def main() -> None:
     result: dict = {"device": str(jax.devices()[0]), "platform": jax.default_backend(),
                     "batch": args.batch, "clip_seconds": args.seconds,
                     "sample_rate": args.sample_rate, "n_fft": args.n_fft, "hop": args.hop,
-                    "n_mels": args.n_mels, "single_thread": args.single_thread}
+                    "n_mels": args.n_mels, "single_thread": args.single_thread,
+                    "threads": threads_note}
     n = int(round(args.seconds * args.sample_rate))
     rng = np.random.default_rng(0)
     t = np.arange(n) / args.sample_rate
@@ -112,7 +128,7 @@ def main() -> None:
 
     # Rounds alternate JAX and librosa, so that load from other processes, which comes and goes
     # on shared machines, hits both sides of each round's ratio alike.
-    jax_rates, lib_rates, ratios = [], [], []
+    jax_rates, lib_rates, ratios, jax_cpu = [], [], [], []
     with jax.default_matmul_precision("highest"):
         t0 = time.perf_counter()
         out = frontend(x_dev).block_until_ready()
@@ -120,14 +136,17 @@ def main() -> None:
         if librosa is not None:
             librosa_rates()  # warm librosa's caches (filterbank, window)
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             frontend(x_dev).block_until_ready()
-            jax_rates.append(audio_s / (time.perf_counter() - t0))
+            wall = time.perf_counter() - t0
+            jax_rates.append(audio_s / wall)
+            jax_cpu.append((time.process_time() - c0) / wall)
             if librosa is not None:
                 lib_rates.append(librosa_rates())
                 ratios.append(jax_rates[-1] / max(lib_rates[-1]))
     result["jax_audio_s_per_s"] = round(max(jax_rates), 1)
     result["jax_audio_s_per_s_median"] = round(float(np.median(jax_rates)), 1)
+    result["jax_cpu_per_wall_median"] = round(float(np.median(jax_cpu)), 2)
 
     if librosa is not None:
         per_clip, batched = np.asarray(lib_rates).T
@@ -161,8 +180,10 @@ def main() -> None:
 
     print(f"device: {result['device']}  batch {args.batch} x {args.seconds} s at "
           f"{args.sample_rate} Hz, n_fft {args.n_fft}, hop {args.hop}, {args.n_mels} mels")
+    print(f"threads: {threads_note}")
     print(f"JAX front end: {result['jax_audio_s_per_s']:,.0f} s of audio per s "
-          f"(best of {args.repeats}; median {result['jax_audio_s_per_s_median']:,.0f})")
+          f"(best of {args.repeats}; median {result['jax_audio_s_per_s_median']:,.0f}); "
+          f"CPU time / wall time {result['jax_cpu_per_wall_median']}")
     if librosa is not None:
         lib, ratio = result["librosa_audio_s_per_s"], result["ratio_jax_over_librosa"]
         print(f"librosa, one core: {lib['per_clip']:,.0f} s/s clip by clip, "

@@ -220,3 +220,20 @@ def test_benchmark_script_runs_and_agrees_with_librosa():
                           cwd=os.path.dirname(os.path.dirname(__file__)),
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert "generation_4s_16khz" not in json.loads(res0.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_single_thread_pins_jax_to_one_cpu():
+    cmd = [sys.executable, "-m", "benchmarks.frontend", "--batch", "8", "--seconds", "0.5",
+           "--sample-rate", "8000", "--n-fft", "256", "--hop", "64", "--n-mels", "16",
+           "--repeats", "3", "--librosa-clips", "1", "--gen-clips", "0", "--single-thread"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(__file__)),
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "pinned to CPU" in out["threads"] and "librosa: one thread" in out["threads"]
+    assert "threads: JAX: process pinned" in res.stdout
+    # One CPU cannot give more than one second of CPU time per second (small timer slack).
+    assert out["jax_cpu_per_wall_median"] <= 1.1

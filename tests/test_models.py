@@ -1,10 +1,15 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax import lax
 
 from research.config import ModelConfig
 from research.models import CNN, MLP, PiczakCNN, make_model, param_count
+from research.models import cnn as cnn_module
+from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
 
 def _init(model, x):
@@ -92,3 +97,149 @@ def test_make_model_from_config():
     assert isinstance(m, CNN) and m.num_outputs == 5 and m.channels == (2, 3)
     m = make_model(ModelConfig(kind="piczak", channels=(4, 4), head=(8,)), 3)
     assert isinstance(m, PiczakCNN) and m.first_kernel == (57, 6)
+
+
+# --- fast pooling and first convolution (research.models.ops) against the library operations ---
+
+def _pool_ref(x, window, strides=None):
+    return nn.max_pool(x, tuple(window), strides=tuple(strides or window))
+
+
+@pytest.mark.parametrize("shape,window,strides", [
+    ((2, 8, 8, 3), (2, 2), None),
+    ((2, 9, 7, 2), (2, 2), None),      # non-dividing edge: VALID drops the last row and column
+    ((1, 10, 11, 4), (3, 2), None),
+    ((3, 5, 6, 1), (1, 3), None),
+    ((2, 9, 12, 2), (4, 3), (1, 3)),   # window != stride: falls back to nn.max_pool
+])
+def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous: no ties
+    ref = _pool_ref(x, window, strides)
+    out = max_pool(x, window, strides)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+    w = jax.random.normal(jax.random.PRNGKey(1), ref.shape)
+    g_ref = jax.grad(lambda x: jnp.sum(_pool_ref(x, window, strides) * w))(x)
+    g = jax.grad(lambda x: jnp.sum(max_pool(x, window, strides) * w))(x)
+    np.testing.assert_array_equal(g, g_ref)
+
+
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_nn_max_pool():
+    # Row-major first maximum, as XLA's select_and_scatter and PyTorch's max_pool2d do
+    # (jnp.max would split the gradient among the tied elements).
+    x = jnp.array([[0.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]).reshape(1, 2, 4, 1)
+    g = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2))))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(_pool_ref(x, (2, 2))))(x)
+    np.testing.assert_array_equal(g, g_ref)
+    np.testing.assert_array_equal(g[0, :, :, 0], [[0, 1, 1, 0], [0, 0, 0, 0]])
+    nan = max_pool(jnp.array([[1.0, jnp.nan], [3.0, 2.0]]).reshape(1, 2, 2, 1), (2, 2))
+    assert np.isnan(nan).all()
+
+
+def _conv_ref(x, k, padding):
+    return lax.conv_general_dilated(x, k, (1, 1), padding,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((5, 1), "VALID"),
+                                            ((2, 3), ((1, 0), (2, 1)))])
+def test_one_channel_conv_values_and_gradients_match_lax(kernel, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 1))
+    k = jax.random.normal(jax.random.PRNGKey(1), kernel + (1, 4))
+    ref = _conv_ref(x, k, padding)
+    out = conv_general_dilated(x, k, (1, 1), padding,
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.PRNGKey(2), ref.shape)
+
+    def loss(f):
+        return lambda x, k: jnp.sum(jnp.tanh(f(x, k)) * w)
+
+    ours = loss(lambda x, k: conv_general_dilated(x, k, (1, 1), padding,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    theirs = loss(lambda x, k: _conv_ref(x, k, padding))
+    for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(theirs, (0, 1))(x, k)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Forward over reverse (the Hessian-vector products of research.landscape.hessian).
+    v = jax.random.normal(jax.random.PRNGKey(3), k.shape)
+    hvp = [jax.jvp(jax.grad(f, 1), (x, k), (jnp.zeros_like(x), v))[1] for f in (ours, theirs)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-4, atol=1e-4)
+
+
+def test_conv_with_several_input_channels_is_the_library_convolution():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2))
+    out = conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(out, lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+
+@pytest.mark.parametrize("model,shape", [
+    (CNN(channels=(4, 6, 5), num_outputs=3, head=(7,)), (4, 12, 18, 1)),
+    (CNN(channels=(3, 4), num_outputs=2, padding="CIRCULAR", global_pool="none"), (2, 9, 10, 1)),
+    (PiczakCNN(filters=(3, 4), num_outputs=2, first_kernel=(5, 3), hidden=(6,), dropout=0.0),
+     (2, 8, 15, 1)),
+])
+def test_models_unchanged_against_nn_max_pool_and_lax_conv(model, shape, monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    y = jnp.arange(shape[0]) % model.num_outputs
+    variables = _init(model, x)
+
+    def run():
+        def loss(params):
+            v = {**variables, "params": params}
+            out, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), out
+        (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        return out, model.apply(variables, x, train=False), grads
+
+    fast = run()
+    monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
+    monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
+    monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
+    ref = run()
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_matches_flax_batchnorm(train):
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 3))
+    ours, ref = BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9)
+    v = ref.init(jax.random.PRNGKey(1), x, use_running_average=False)
+    v = {"params": {"scale": jnp.array([1.0, 0.5, 2.0]), "bias": jnp.array([0.0, 1.0, -1.0])},
+         "batch_stats": v["batch_stats"]}
+    assert (jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(1), x, False))
+            == jax.tree_util.tree_structure(v))
+
+    def run(module, params, x):
+        return module.apply({**v, "params": params}, x, use_running_average=not train,
+                            mutable=["batch_stats"])
+
+    (a, a_stats), (b, b_stats) = run(ours, v["params"], x), run(ref, v["params"], x)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for s, t in zip(jax.tree_util.tree_leaves(a_stats), jax.tree_util.tree_leaves(b_stats)):
+        np.testing.assert_allclose(s, t, rtol=1e-6, atol=1e-6)
+    w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    ga = jax.grad(lambda p, x: jnp.sum(run(ours, p, x)[0] * w), (0, 1))(v["params"], x)
+    gb = jax.grad(lambda p, x: jnp.sum(run(ref, p, x)[0] * w), (0, 1))(v["params"], x)
+    for s, t in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(s, t, rtol=1e-4, atol=1e-4)
+
+
+def test_models_keep_the_dtypes_of_nn_max_pool_and_lax_conv(monkeypatch):
+    model = CNN(channels=(3, 4), num_outputs=2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+    variables = _init(model, x)
+    bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), variables)
+    cases = [(bf16, x.astype(jnp.bfloat16)), (variables, x.astype(jnp.bfloat16))]
+    fast = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+    monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
+    monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
+    monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
+    ref = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=0.05, atol=0.05)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.mlp import activation_fn
+from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
 
 def _clip(window: Sequence[int], h_BxFxTxC: jax.Array) -> tuple[int, int]:
@@ -62,9 +63,9 @@ class CNN(nn.Module):
 
     def _conv_bn(self, h, features: int, kernel: tuple[int, int], train: bool):
         h = nn.Conv(features, _clip(kernel, h), padding=self.padding,
-                    use_bias=not self.batch_norm)(h)
+                    use_bias=not self.batch_norm, conv_general_dilated=conv_general_dilated)(h)
         if self.batch_norm:
-            h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+            h = BatchNorm(use_running_average=not train, momentum=0.9)(h)
         return h
 
     @nn.compact
@@ -93,7 +94,7 @@ class CNN(nn.Module):
             self.sow("intermediates", f"stage{stage}_features", h)
             window = _clip(self.pool, h)
             if window != (1, 1):
-                h = nn.max_pool(h, window, strides=window)
+                h = max_pool(h, window)
             self.sow("intermediates", f"stage{stage}_pooled", h)
         if self.global_pool == "mean":
             h = jnp.mean(h, axis=(1, 2))
@@ -137,13 +138,14 @@ class PiczakCNN(nn.Module):
         """Apply the network to `x_BxFxTxC`; returns outputs_BxO."""
         if x.ndim != 4:
             raise ValueError(f"PiczakCNN input must be x_BxFxTxC, got shape {x.shape}")
-        h = nn.relu(nn.Conv(self.filters[0], _clip(self.first_kernel, x), padding="VALID")(x))
+        h = nn.relu(nn.Conv(self.filters[0], _clip(self.first_kernel, x), padding="VALID",
+                            conv_general_dilated=conv_general_dilated)(x))
         window = _clip((4, 3), h)
-        h = nn.max_pool(h, window, strides=(1, window[1]))
+        h = max_pool(h, window, strides=(1, window[1]))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.relu(nn.Conv(self.filters[1], _clip((1, 3), h), padding="VALID")(h))
         window = _clip((1, 3), h)
-        h = nn.max_pool(h, window, strides=window)
+        h = max_pool(h, window)
         h = h.reshape((h.shape[0], -1))
         for width in self.hidden:
             h = nn.relu(nn.Dense(width)(h))
