@@ -129,6 +129,11 @@ def mfcc_stats(wave_NxT: np.ndarray, sample_rate: int, n_mfcc: int = 20, n_fft: 
         x_Nx(2K) float32: K means, then K standard deviations.
     """
     m_NxKxT = mfcc(wave_NxT, sample_rate, n_mfcc, n_fft, hop_length, n_mels, fmin, fmax, top_db)
+    return _stats(m_NxKxT)
+
+
+def _stats(m_NxKxT: np.ndarray) -> np.ndarray:
+    """The `mfcc_stats` vector of MFCCs from either backend: K means over time, then K stds."""
     return np.concatenate([m_NxKxT.mean(axis=2), m_NxKxT.std(axis=2)], axis=1).astype(np.float32)
 
 
@@ -202,16 +207,14 @@ def compute(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
     """
     s = dict(settings)
     feature = s.pop("feature")
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
     if s.pop("backend", "librosa") == "jax":
         return _jax_compute(_check_waves(wave_NxT), feature, s)
     if feature == "logmel":
         s.pop("n_mfcc", None)
         return logmel(wave_NxT, **s)
-    if feature == "mfcc":
-        return mfcc(wave_NxT, **s)
-    if feature == "mfcc_stats":
-        return mfcc_stats(wave_NxT, **s)
-    raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+    return (mfcc if feature == "mfcc" else mfcc_stats)(wave_NxT, **s)
 
 
 def _jax_compute(wave_NxT: np.ndarray, feature: str, s: dict[str, Any]) -> np.ndarray:
@@ -220,8 +223,6 @@ def _jax_compute(wave_NxT: np.ndarray, feature: str, s: dict[str, Any]) -> np.nd
 
     from research.audio import frontend as fe
 
-    if feature not in FEATURES:
-        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
     fn = fe.make_frontend(s["sample_rate"], s["n_fft"], s["hop_length"], s["n_mels"],
                           feature="logmel" if feature == "logmel" else "mfcc",
                           n_mfcc=s.get("n_mfcc", 20), fmin=s["fmin"], fmax=s["fmax"],
@@ -236,9 +237,7 @@ def _jax_compute(wave_NxT: np.ndarray, feature: str, s: dict[str, Any]) -> np.nd
         chunk_BxT = np.pad(chunk_BxT, ((0, batch - real), (0, 0)))
         out.append(np.asarray(jax.device_get(fn(chunk_BxT)))[:real, ..., 0])
     feats = np.concatenate(out) if out else np.zeros((0,), np.float32)
-    if feature == "mfcc_stats":
-        feats = np.concatenate([feats.mean(axis=2), feats.std(axis=2)], axis=1)
-    return feats.astype(np.float32)
+    return _stats(feats) if feature == "mfcc_stats" else feats.astype(np.float32)
 
 
 def cache_key(wave_NxT: np.ndarray, settings: Mapping[str, Any]) -> str:
