@@ -88,17 +88,9 @@ def _view_values(v: np.ndarray, quantile: float) -> np.ndarray:
     return np.where(np.isfinite(v), np.minimum(v, cap), np.nan)
 
 
-def build_figure(surface: Surface | str, metric: str = "loss", log: bool | None = None,
-                 trajectory: Any = None, trajectory_steps: Any = None, title: str | None = None,
-                 clip_quantile: float = 0.98):
-    """The plotly figure behind `export_html` (see there for the arguments).
-
-    Returns:
-        A `plotly.graph_objects.Figure`; traces come in (linear, log10) groups whose visibility
-        the two buttons switch.
-    """
-    go = _plotly()
-    s = _surface(surface)
+def _check_values(s: Surface, metric: str, log: bool | None,
+                  clip_quantile: float) -> tuple[np.ndarray, bool, bool]:
+    """The metric's values, whether they have a log10 view, and the starting view (log)."""
     if s.ndim not in (1, 2):
         raise ValueError(f"surface: export_html draws 1D and 2D surfaces, this one has {s.ndim}")
     if not 0.0 < clip_quantile <= 1.0:
@@ -113,79 +105,120 @@ def build_figure(surface: Surface | str, metric: str = "loss", log: bool | None 
         log = bool(has_log and np.all(v[finite] > 0) and pos.max() / pos.min() > 20)
     if log and not has_log:
         raise ValueError(f"log: {metric!r} has no positive values, so it has no log10 view")
-    traj = _trajectory(s, trajectory, trajectory_steps)
-    label = _metric_label(metric)
-    names = [_axis_label(s, i) for i in range(s.ndim)]
-    imin = np.unravel_index(np.nanargmin(np.where(finite, v, np.nan)), v.shape)
-    fig = go.Figure()
-    groups: dict[str, list[int]] = {"linear": [], "log": []}
-    modes = [("linear", lambda x: x)] + ([("log", _log10)] if has_log else [])
+    return v, has_log, log
 
-    if s.ndim == 2:
-        for mode, f in modes:
-            z_AxB = f(_view_values(v, clip_quantile))
-            zname = label if mode == "linear" else f"log\u2081\u2080 {label}"
-            hover = (f"{names[0]} %{{x:.4g}}<br>{names[1]} %{{y:.4g}}<br>{label} "
-                     "%{customdata:.5g}<extra></extra>")
-            # plotly's surface takes z[row = y index][column = x index]: our grid transposed.
-            groups[mode].append(len(fig.data))
-            fig.add_trace(go.Surface(x=s.axes[0], y=s.axes[1], z=z_AxB.T, customdata=v.T,
-                                     colorscale="Viridis", hovertemplate=hover, name=zname,
-                                     colorbar={"title": {"text": zname}},
-                                     visible=(mode == "log") == log))
+
+def _add_surface_traces(fig, s: Surface, v: np.ndarray, modes, log: bool, traj, imin,
+                        label: str, names: list[str], zaxis: dict[str, str],
+                        clip_quantile: float) -> dict[str, list[int]]:
+    """A 2D surface's traces, one (surface, minimum, trajectory) group per mode; their indices."""
+    go = _plotly()
+    groups: dict[str, list[int]] = {"linear": [], "log": []}
+    for mode, f in modes:
+        z_AxB = f(_view_values(v, clip_quantile))
+        zname = zaxis[mode]
+        hover = (f"{names[0]} %{{x:.4g}}<br>{names[1]} %{{y:.4g}}<br>{label} "
+                 "%{customdata:.5g}<extra></extra>")
+        # plotly's surface takes z[row = y index][column = x index]: our grid transposed.
+        groups[mode].append(len(fig.data))
+        fig.add_trace(go.Surface(x=s.axes[0], y=s.axes[1], z=z_AxB.T, customdata=v.T,
+                                 colorscale="Viridis", hovertemplate=hover, name=zname,
+                                 colorbar={"title": {"text": zname}},
+                                 visible=(mode == "log") == log))
+        groups[mode].append(len(fig.data))
+        fig.add_trace(go.Scatter3d(
+            x=[s.axes[0][imin[0]]], y=[s.axes[1][imin[1]]], z=[z_AxB[imin]],
+            mode="markers+text", text=[f"min {v[imin]:.4g}"], textposition="top center",
+            marker={"size": 6, "color": _MINIMUM_COLOR, "symbol": "diamond",
+                    "line": {"color": "black", "width": 2}},
+            name="grid minimum", visible=(mode == "log") == log))
+        if traj is not None:
+            coords_Kx2, steps_K = traj
+            z_K = _bilinear(s.axes, z_AxB, coords_Kx2)
             groups[mode].append(len(fig.data))
             fig.add_trace(go.Scatter3d(
-                x=[s.axes[0][imin[0]]], y=[s.axes[1][imin[1]]], z=[z_AxB[imin]],
-                mode="markers+text", text=[f"min {v[imin]:.4g}"], textposition="top center",
-                marker={"size": 6, "color": _MINIMUM_COLOR, "symbol": "diamond",
-                        "line": {"color": "black", "width": 2}},
-                name="grid minimum", visible=(mode == "log") == log))
-            if traj is not None:
-                coords_Kx2, steps_K = traj
-                z_K = _bilinear(s.axes, z_AxB, coords_Kx2)
-                groups[mode].append(len(fig.data))
-                fig.add_trace(go.Scatter3d(
-                    x=coords_Kx2[:, 0], y=coords_Kx2[:, 1], z=z_K, mode="lines+markers",
-                    line={"color": _TRAJECTORY_COLOR, "width": 5},
-                    marker={"size": 3, "color": _TRAJECTORY_COLOR}, customdata=steps_K,
-                    hovertemplate="step %{customdata}<br>(drawn on the plane; the checkpoint "
-                                  "lies off it)<extra></extra>",
-                    name="trajectory", visible=(mode == "log") == log))
-        zaxis = {m: label if m == "linear" else f"log\u2081\u2080 {label}" for m, _ in modes}
-        fig.update_layout(scene={"xaxis": {"title": {"text": names[0]}},
-                                 "yaxis": {"title": {"text": names[1]}},
-                                 "zaxis": {"title": {"text": zaxis["log" if log else "linear"]}}})
-        relayout_key = "scene.zaxis.title.text"
-    else:
-        # A 1D curve needs no precomputed log copy: plotly's log axis shows the true values.
-        x = s.axes[0]
-        fig.add_trace(go.Scatter(x=x, y=v, mode="lines+markers", name=label,
-                                 hovertemplate=f"{names[0]} %{{x:.4g}}<br>{label} "
-                                               "%{y:.5g}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=[x[imin[0]]], y=[v[imin]], mode="markers+text",
-                                 text=[f"min {v[imin]:.4g}"], textposition="top center",
-                                 marker={"size": 10, "symbol": "diamond", "color": "black"},
-                                 name="grid minimum"))
-        if traj is not None:
-            coords_Kx1, steps_K = traj
-            fig.add_trace(go.Scatter(x=coords_Kx1[:, 0], y=np.interp(coords_Kx1[:, 0], x, v),
-                                     mode="markers", customdata=steps_K, name="trajectory",
-                                     marker={"color": _TRAJECTORY_COLOR},
-                                     hovertemplate="step %{customdata}<extra></extra>"))
-        fig.update_layout(xaxis={"title": {"text": names[0]}},
-                          yaxis={"title": {"text": label}, "type": "log" if log else "linear"})
-        relayout_key = None
+                x=coords_Kx2[:, 0], y=coords_Kx2[:, 1], z=z_K, mode="lines+markers",
+                line={"color": _TRAJECTORY_COLOR, "width": 5},
+                marker={"size": 3, "color": _TRAJECTORY_COLOR}, customdata=steps_K,
+                hovertemplate="step %{customdata}<br>(drawn on the plane; the checkpoint "
+                              "lies off it)<extra></extra>",
+                name="trajectory", visible=(mode == "log") == log))
+    return groups
 
+
+def _add_curve_traces(fig, s: Surface, v: np.ndarray, traj, imin, label: str,
+                      names: list[str]) -> None:
+    """A 1D surface's traces: the curve, its minimum and the trajectory on it."""
+    go = _plotly()
+    x = s.axes[0]
+    fig.add_trace(go.Scatter(x=x, y=v, mode="lines+markers", name=label,
+                             hovertemplate=f"{names[0]} %{{x:.4g}}<br>{label} "
+                                           "%{y:.5g}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[x[imin[0]]], y=[v[imin]], mode="markers+text",
+                             text=[f"min {v[imin]:.4g}"], textposition="top center",
+                             marker={"size": 10, "symbol": "diamond", "color": "black"},
+                             name="grid minimum"))
+    if traj is not None:
+        coords_Kx1, steps_K = traj
+        fig.add_trace(go.Scatter(x=coords_Kx1[:, 0], y=np.interp(coords_Kx1[:, 0], x, v),
+                                 mode="markers", customdata=steps_K, name="trajectory",
+                                 marker={"color": _TRAJECTORY_COLOR},
+                                 hovertemplate="step %{customdata}<extra></extra>"))
+
+
+def _toggle_buttons(fig, modes, groups: dict[str, list[int]] | None,
+                    zaxis: dict[str, str]) -> list[dict]:
+    """The linear / log10 buttons.
+
+    A 1D curve (`groups` None) switches its y axis type; a 2D surface switches which trace group
+    is visible, and the z axis title.
+    """
     buttons = []
     for mode, _ in modes:
         text = "linear" if mode == "linear" else "log\u2081\u2080"
-        if relayout_key is None:
+        if groups is None:
             buttons.append({"label": text, "method": "relayout",
                             "args": [{"yaxis.type": "linear" if mode == "linear" else "log"}]})
         else:
             visible = [i in groups[mode] for i in range(len(fig.data))]
             buttons.append({"label": text, "method": "update",
-                            "args": [{"visible": visible}, {relayout_key: zaxis[mode]}]})
+                            "args": [{"visible": visible},
+                                     {"scene.zaxis.title.text": zaxis[mode]}]})
+    return buttons
+
+
+def build_figure(surface: Surface | str, metric: str = "loss", log: bool | None = None,
+                 trajectory: Any = None, trajectory_steps: Any = None, title: str | None = None,
+                 clip_quantile: float = 0.98):
+    """The plotly figure behind `export_html` (see there for the arguments).
+
+    Returns:
+        A `plotly.graph_objects.Figure`; traces come in (linear, log10) groups whose visibility
+        the two buttons switch.
+    """
+    go = _plotly()
+    s = _surface(surface)
+    v, has_log, log = _check_values(s, metric, log, clip_quantile)
+    traj = _trajectory(s, trajectory, trajectory_steps)
+    label = _metric_label(metric)
+    names = [_axis_label(s, i) for i in range(s.ndim)]
+    imin = np.unravel_index(np.nanargmin(np.where(np.isfinite(v), v, np.nan)), v.shape)
+    fig = go.Figure()
+    modes = [("linear", lambda x: x)] + ([("log", _log10)] if has_log else [])
+    zaxis = {m: label if m == "linear" else f"log\u2081\u2080 {label}" for m, _ in modes}
+    if s.ndim == 2:
+        groups = _add_surface_traces(fig, s, v, modes, log, traj, imin, label, names, zaxis,
+                                     clip_quantile)
+        fig.update_layout(scene={"xaxis": {"title": {"text": names[0]}},
+                                 "yaxis": {"title": {"text": names[1]}},
+                                 "zaxis": {"title": {"text": zaxis["log" if log else "linear"]}}})
+    else:
+        # A 1D curve needs no precomputed log copy: plotly's log axis shows the true values.
+        groups = None
+        _add_curve_traces(fig, s, v, traj, imin, label, names)
+        fig.update_layout(xaxis={"title": {"text": names[0]}},
+                          yaxis={"title": {"text": label}, "type": "log" if log else "linear"})
+    buttons = _toggle_buttons(fig, modes, groups, zaxis)
     if len(buttons) > 1:
         fig.update_layout(updatemenus=[{"type": "buttons", "direction": "right", "x": 0.0,
                                         "y": 1.08, "xanchor": "left", "yanchor": "bottom",
