@@ -351,6 +351,31 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
     cmap = plt.get_cmap("viridis")
     fmt = _level_format(lv)
     fine = _smooth(x, y, v, log) if smooth and kind != "heatmap" else None
+    _draw_field(ax, kind, s, v, fine, lv, norm, cmap, fmt)
+    # Both axes are distances in parameter space along directions of the same norm: one unit
+    # is drawn as long on both, or the basin's shape is distorted. A grid far longer than wide
+    # (an old PCA grid) would become a sliver: it keeps the box and says so in the title.
+    if to_scale:
+        ax.set_aspect("equal", adjustable="box")
+    _colorbar(fig, ax, v, lv, norm, cmap, fmt,
+              _metric_label(metric) + (" (log scale)" if log else ""))
+    if trajectory and "trajectory" in s.extras:
+        _draw_trajectory(ax, s)
+    _mark_points(ax, s, v)
+    _label_plane(ax, s)
+    if title is None:
+        title = (f"{_title(s, metric)}{'' if kind == 'contour' else f' ({kind})'}\n"
+                 f"{_grid_note(s, fine is not None)}{'' if to_scale else '; axes not to scale'}")
+    ax.set_title(title, fontsize=10)
+    if own:
+        fig.tight_layout()
+    return fig
+
+
+def _draw_field(ax, kind: str, s: Surface, v: np.ndarray, fine, lv: np.ndarray, norm, cmap,
+                fmt) -> None:
+    """The heat map of the computed grid, or filled or labelled contours (of `fine` if given)."""
+    x, y = s.axes
     xd, yd, vd = fine if fine is not None else (x, y, v)
     X, Y = np.meshgrid(xd, yd, indexing="ij")
     if kind == "heatmap":
@@ -368,10 +393,13 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
         m = ax.contour(X, Y, vd, levels=lv, cmap=cmap, norm=norm, linewidths=1.2)
         labelled = m.levels[:: max(1, len(lv) // 8)]
         ax.clabel(m, labelled, inline=True, fontsize=8, fmt=fmt)
-    # A continuous bar, ticked at round levels with plain numbers (never 4x10^0).
-    if to_scale:
-        ax.set_aspect("equal", adjustable="box")
-    # A bar as tall as the (possibly wide and flat) box of the axes.
+
+
+def _colorbar(fig, ax, v: np.ndarray, lv: np.ndarray, norm, cmap, fmt, label: str) -> None:
+    """The colour bar: continuous, round levels ticked with plain numbers (never 4x10^0).
+
+    It is as tall as the (possibly wide and flat) box of the axes.
+    """
     from mpl_toolkits.axes_grid1 import make_axes_locatable
 
     cax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.12)
@@ -380,29 +408,21 @@ def plot_contour(surface: Surface | str, metric: str = "loss", kind: str = "cont
     cb.set_ticks(lv[:: max(1, int(np.ceil(len(lv) / 8)))])
     cb.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda t, _: fmt(t)))
     cb.ax.minorticks_off()
-    cb.set_label(_metric_label(metric) + (" (log scale)" if log else ""))
-    if trajectory and "trajectory" in s.extras:
-        _draw_trajectory(ax, s)
-    _mark_points(ax, s, v)
+    cb.set_label(label)
+
+
+def _label_plane(ax, s: Surface) -> None:
+    """A plane's axis labels and limits (the grid's), about five ticks each, legend below."""
+    x, y = s.axes
     ax.set_xlabel(_axis_label(s, 0))
     ax.set_ylabel(_axis_label(s, 1))
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(y[0], y[-1])
-    # Both axes are distances in parameter space along directions of the same norm: one unit
-    # is drawn as long on both (set above), or the basin's shape is distorted. A grid far longer
-    # than wide (an old PCA grid) would become a sliver: it keeps the box and says so.
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(5))
     # Below the axis label, at a fixed distance in points whatever the box's height.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.8, fontsize=9,
               ncol=2, frameon=False, handletextpad=0.3, columnspacing=1.2)
-    if title is None:
-        title = (f"{_title(s, metric)}{'' if kind == 'contour' else f' ({kind})'}\n"
-                 f"{_grid_note(s, fine is not None)}{'' if to_scale else '; axes not to scale'}")
-    ax.set_title(title, fontsize=10)
-    if own:
-        fig.tight_layout()
-    return fig
 
 
 def _draw_trajectory(ax, s: Surface, upto: int | None = None) -> None:
