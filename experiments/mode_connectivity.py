@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import optax
 
-from experiments.main import PRESETS as MAIN_PRESETS
 from research import checkpoint as ckpt
 from research.config import Config as RunConfig
-from research.config import DataConfig, cli
+from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, cli
 from research.data import load_dataset
 from research.io import atomic_write_json, fingerprint
 from research.landscape import curves as C
@@ -103,23 +102,31 @@ class Config:
             raise ValueError(f"num_t: need at least 3 values of t, got {self.num_t}")
 
 
-def _main_run(preset: str) -> RunConfig:
-    """The main job's training run of this preset: its soundscapes, CNN, optimiser and loop.
-
-    A plain run (as before, so saved runs resume), without the parameter trajectory the main job
-    saves for its PCA plane.
-    """
-    run = MAIN_PRESETS[preset].run
-    return RunConfig(data=DataConfig(**dataclasses.asdict(run.data)), model=run.model,
-                     optim=run.optim, train=dataclasses.replace(run.train, trajectory_every=0))
-
+_SOUNDSCAPES = DataConfig(dataset="soundscapes", n=100, train_ratio=0.8, feature="logmel",
+                          sample_rate=16000, clip_seconds=1.0, n_fft=1024, hop_length=256,
+                          n_mels=40)
 
 PRESETS: dict[str, Config] = {
     # The main job's CNN and data (`experiments.main --preset cpu`).
-    "cpu": Config(run=_main_run("cpu"), preset="cpu"),
-    "tiny": Config(run=_main_run("tiny"), curve_epochs=2, curve_batch_size=5, num_t=5,
-                   plane_num=3, max_examples=0, batch_size=64, formats=("png",), progress=False,
-                   preset="tiny"),
+    "cpu": Config(
+        run=RunConfig(data=_SOUNDSCAPES,
+                      model=ModelConfig(kind="cnn", channels=(16, 32, 32), activation="relu",
+                                        batch_norm=True, global_pool="mean"),
+                      optim=OptimConfig(name="adam", learning_rate=3e-3, schedule="cosine"),
+                      train=TrainConfig(epochs=15, batch_size=32, loss="softmax_ce",
+                                        eval_batch_size=256, checkpoint_every=100)),
+        preset="cpu"),
+    "tiny": Config(
+        run=RunConfig(data=dataclasses.replace(_SOUNDSCAPES, n=4, train_ratio=0.5,
+                                               clip_seconds=0.5, n_fft=256, hop_length=128,
+                                               n_mels=16),
+                      model=ModelConfig(kind="cnn", channels=(4, 8), activation="relu",
+                                        batch_norm=True),
+                      optim=OptimConfig(name="adam", learning_rate=3e-3),
+                      train=TrainConfig(epochs=2, batch_size=5, loss="softmax_ce",
+                                        checkpoint_every=4, progress=False)),
+        curve_epochs=2, curve_batch_size=5, num_t=5, plane_num=3, max_examples=0,
+        batch_size=64, formats=("png",), progress=False, preset="tiny"),
 }
 
 
