@@ -190,6 +190,8 @@ def _with_validation(loaded: Loaded, cfg: DataConfig) -> Loaded:
     info = dict(loaded.info)
     info["validation"] = (f"{cfg.val_fraction:g} of each class's training clips, seeded "
                           f"(data seed {cfg.seed}), held out for model selection")
+    if "split" in info:
+        info["split"] = f"{info['split']}; validation: {info['validation']}"
     if "counts" in info:
         info["counts"] = {**info["counts"],
                           "train": class_counts(loaded.y_train[keep], loaded.class_names),
