@@ -120,8 +120,14 @@ def _flat(params) -> dict[str, np.ndarray]:
 
 
 def save_params(path: str, params) -> None:
-    """Save a parameter pytree (nested dicts) as a flat .npz, atomically."""
-    atomic_save_npz(path, **_flat(jax.device_get(params)))
+    """Save a parameter pytree (nested dicts) as a flat .npz, atomically.
+
+    Parameters may be global arrays of several processes (replicated ones are read from a local
+    copy); with several processes only process 0 should call this.
+    """
+    from research.sharding import fetch
+
+    atomic_save_npz(path, **_flat(fetch(params)))
 
 
 def load_params(path: str) -> dict:

@@ -284,6 +284,10 @@ class TrainConfig:
             never crosses an epoch end, a checkpoint, a trajectory save or `stop_after`: it is
             cut short there (each shorter length compiles once), so K need not divide anything.
             Results equal K = 1's and resume exactly.
+        devices: devices the global batch is split over (data parallelism, all processes
+            together); 0 uses all of them, or with one process and a batch size that does not
+            divide by their number, the most that divide it (a printed note says so). An
+            explicit count must divide the batch size.
     """
 
     epochs: int = 100
@@ -302,6 +306,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     steps_per_call: int = 1
+    devices: int = 0
 
     def __post_init__(self):
         c = "TrainConfig"
@@ -313,6 +318,10 @@ class TrainConfig:
         _check_positive(c, "reg_rate", self.reg_rate, allow_zero=True)
         _check_positive(c, "trajectory_every", self.trajectory_every, allow_zero=True)
         _check_positive(c, "stop_after", self.stop_after, allow_zero=True)
+        _check_positive(c, "devices", self.devices, allow_zero=True)
+        if self.devices and self.batch_size % self.devices:
+            _fail(c, "batch_size", f"{self.batch_size} does not divide by the {self.devices} "
+                  "devices (TrainConfig.devices); choose a multiple of it")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,39 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "TrainConfig.batch_
     n = int(mesh.shape[DATA_AXIS])
     if batch_size % n:
         raise ValueError(f"{what}: {batch_size} does not divide by the {n} devices of the data "
-                         f"axis; choose a multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+                         f"axis; choose a multiple of {n} (e.g. {max(n, batch_size // n * n)})"
+                         " or set TrainConfig.devices (--train.devices) to a divisor of it")
+
+
+def training_mesh(batch_size: int, devices: int = 0) -> tuple[Mesh, str | None]:
+    """The ("data",) mesh a training run uses, and a note when it is not all devices.
+
+    Args:
+        batch_size: the global batch size.
+        devices: devices to use; 0 means all (several processes: all of every process). With
+            one process and a batch size that does not divide by the device count, 0 uses the
+            most devices that divide it (the note says so); an explicit count that does not
+            divide the batch is an error naming both numbers.
+
+    Returns:
+        (mesh, note or None).
+    """
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(f"TrainConfig.devices: {devices} requested, only {len(available)} "
+                         "available")
+    note = None
+    if devices == 0:
+        devices = len(available)
+        if jax.process_count() == 1 and batch_size % devices:
+            fit = max(d for d in range(1, devices + 1) if batch_size % d == 0)
+            note = (f"batch size {batch_size} does not divide by the {devices} devices: "
+                    f"training on {fit} of them (choose a batch size that is a multiple of "
+                    f"{devices} to use all)")
+            devices = fit
+    mesh = data_mesh(available[:devices]) if devices < len(available) else data_mesh()
+    check_divisible(batch_size, mesh)
+    return mesh, note
 
 
 def put(x, sharding: NamedSharding) -> jax.Array:
