@@ -389,7 +389,8 @@ class AudioRunConfig(JobRunConfig):
 
 # Fields that control how a run is executed, not what it computes: a resumed run may change them.
 RUN_CONTROL_FIELDS = ("train.stop_after", "train.progress", "train.tensorboard",
-                      "train.steps_per_call", "workdir", "name", "preset", "distributed")
+                      "train.steps_per_call", "train.devices", "workdir", "name", "preset",
+                      "distributed")
 
 
 def to_dict(cfg: Any) -> dict:

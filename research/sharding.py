@@ -86,9 +86,14 @@ def initialize_distributed() -> None:
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1D ("data",) mesh over all devices of all processes (default) or the given ones."""
+    """A 1D ("data",) mesh over all devices of all processes (default) or the given ones.
+
+    Its axis is of the `Auto` type (shardings propagated by the compiler, as in `jax.jit` with
+    `in_shardings`), not `jax.make_mesh`'s default `Explicit` one.
+    """
     if devices is None:
-        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                             axis_types=(jax.sharding.AxisType.Auto,))
     return Mesh(np.array(list(devices)), (DATA_AXIS,))
 
 

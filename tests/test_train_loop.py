@@ -412,3 +412,40 @@ def test_tensorboard_mirrors_metrics_and_a_resume_writes_no_step_twice(tmp_path)
         assert list(got.step) == [s for s, _ in want], split
         np.testing.assert_allclose(got.value, [v for _, v in want], rtol=1e-6)
     assert (df.tag == "optim/learning_rate").any()
+
+
+def test_steps_per_call_gives_the_same_run_and_resumes_exactly(tmp_path):
+    # 4 steps per epoch, checkpoints every 3, trajectory every 4: calls of 3 steps are cut at
+    # every boundary, so calls of 1, 2 and 3 steps all occur.
+    cfg = _cfg(epochs=4, checkpoint_every=3, trajectory_every=4)
+    k3 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps_per_call=3))
+    train_and_evaluate(cfg, str(tmp_path / "k1"))
+    train_and_evaluate(k3, str(tmp_path / "k3"))
+    _assert_same_run(tmp_path / "k1", tmp_path / "k3")
+    _, part = train_and_evaluate(dataclasses.replace(
+        k3, train=dataclasses.replace(k3.train, stop_after=7)), str(tmp_path / "split"))
+    assert part["steps"] == 7
+    train_and_evaluate(k3, str(tmp_path / "split"))
+    _assert_same_run(tmp_path / "k3", tmp_path / "split")
+    assert _load_json(str(tmp_path / "k3" / "topology.json")) == {"processes": 1, "devices": 2}
+
+
+def test_resume_on_another_device_count_is_refused(tmp_path):
+    cfg = _cfg(epochs=1, batch_size=8, stop_after=2)
+    train_and_evaluate(cfg, str(tmp_path))
+    assert _load_json(str(tmp_path / "topology.json"))["devices"] == 4
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="trained on 1 process.*4 device.*2 device"):
+        train_and_evaluate(_cfg(epochs=1, batch_size=8, devices=2), str(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_bfloat16_run_trains(tmp_path):
+    cfg = _cfg(epochs=6)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"),
+                              optim=dataclasses.replace(cfg.optim, learning_rate=0.3))
+    state, summary = train_and_evaluate(cfg, str(tmp_path))
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(state.params))
+    assert state.apply(np.zeros((2, 2), np.float32)).dtype == jax.numpy.bfloat16
+    steps = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "train_steps"]
+    assert steps[-1]["loss"] < 0.9 * steps[0]["loss"]
