@@ -138,3 +138,67 @@ def test_killed_two_process_run_resumes_exactly(runs, tmp_path):
     # another number of processes is refused, naming both
     with pytest.raises(ValueError, match="trained on 2 process.*this run has 1 process"):
         train_and_evaluate(CFG, str(run_dir))
+
+
+# A small surface: squared error of a linear model over 50 examples, a 7 x 5 grid, on a
+# 2 (grid) x 2 (data) mesh, batch 8 (2 per data device, last batch ragged and masked).
+_SURFACE = """
+import numpy as np
+from research.landscape.evaluate import evaluate_grid
+from research.sharding import make_mesh
+
+def loss_fn(p, b):
+    return (b["x"] @ p["w"] + p["b"] - b["y"]) ** 2
+
+rng = np.random.default_rng(0)
+data = {"x": rng.normal(size=(50, 3)).astype(np.float32),
+        "y": rng.normal(size=(50,)).astype(np.float32)}
+params = {"w": np.array([0.5, -1.0, 2.0], np.float32), "b": np.float32(0.1)}
+dirs = [{"w": rng.normal(size=3).astype(np.float32), "b": np.float32(1.0)},
+        {"w": rng.normal(size=3).astype(np.float32), "b": np.float32(-0.5)}]
+computed = []
+surface = evaluate_grid(loss_fn, params, dirs, [np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)],
+                        data, batch_size=8, points_per_call=8, mesh=make_mesh(2, 2), path=PATH,
+                        on_chunk=lambda s, n: computed.append(n))
+"""
+
+_SURFACE_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+from research.sharding import initialize_distributed
+initialize_distributed()
+import jax
+PATH = sys.argv[1]
+exec(sys.argv[2])
+print(f"process {jax.process_index()} computed {sum(computed)} points", flush=True)
+"""
+
+
+def test_two_process_surface_equals_one_process_and_resumes(tmp_path):
+    from research.landscape.surface import load_surface, save_surface
+
+    ref = {"PATH": str(tmp_path / "one.npz")}
+    exec(_SURFACE, ref)  # this process: 4 devices, the same 2 x 2 mesh
+    path = str(tmp_path / "two.npz")
+
+    def mpirun():
+        proc = subprocess.Popen(
+            ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable,
+             "-c", _SURFACE_SCRIPT, path, _SURFACE], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        return _finish(proc)
+
+    out = mpirun()
+    assert "process 0 computed 35 points" in out and "process 1 computed 35 points" in out
+    two, one = load_surface(path), ref["surface"]
+    assert two.done.all()
+    assert two.info["mesh"] == {"grid": 2, "data": 2}
+    np.testing.assert_allclose(two.values["loss"], one.values["loss"], rtol=1e-5)
+    # Resume: five points lost, the rest kept; both processes skip the same finished points.
+    two.done.reshape(-1)[[0, 3, 11, 20, 34]] = False
+    two.values["loss"].reshape(-1)[[0, 3, 11, 20, 34]] = np.nan
+    save_surface(path, two)
+    out = mpirun()
+    assert "process 0 computed 5 points" in out and "process 1 computed 5 points" in out
+    np.testing.assert_allclose(load_surface(path).values["loss"], one.values["loss"], rtol=1e-5)
