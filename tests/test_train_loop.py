@@ -46,11 +46,17 @@ def _steps(folder):
     return sorted(int(f) for f in os.listdir(folder) if f.isdigit())
 
 
-def _assert_same_run(ref, other):
-    """Every file a run writes equals the reference run's, except wall-clock times."""
+def _assert_same_run(ref, other, ignore=()):
+    """Every file a run writes equals the reference run's, except wall-clock times.
+
+    `ignore`: TrainConfig fields allowed to differ in config.json (e.g. steps_per_call).
+    """
     ref, other = str(ref), str(other)
     for name in ("config.json", "data.json"):
-        assert _load_json(os.path.join(other, name)) == _load_json(os.path.join(ref, name)), name
+        a, b = (_load_json(os.path.join(d, name)) for d in (other, ref))
+        for key in ignore if name == "config.json" else ():
+            a["train"].pop(key, None), b["train"].pop(key, None)
+        assert a == b, name
     recs = [read_jsonl(os.path.join(d, "metrics.jsonl")) for d in (ref, other)]
     assert [_without(r, "time") for r in recs[1]] == [_without(r, "time") for r in recs[0]]
     # elapsed training time survives a resume: it never runs backwards
@@ -421,7 +427,7 @@ def test_steps_per_call_gives_the_same_run_and_resumes_exactly(tmp_path):
     k3 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps_per_call=3))
     train_and_evaluate(cfg, str(tmp_path / "k1"))
     train_and_evaluate(k3, str(tmp_path / "k3"))
-    _assert_same_run(tmp_path / "k1", tmp_path / "k3")
+    _assert_same_run(tmp_path / "k1", tmp_path / "k3", ignore=("steps_per_call",))
     _, part = train_and_evaluate(dataclasses.replace(
         k3, train=dataclasses.replace(k3.train, stop_after=7)), str(tmp_path / "split"))
     assert part["steps"] == 7
@@ -441,11 +447,14 @@ def test_resume_on_another_device_count_is_refused(tmp_path):
 
 
 def test_bfloat16_run_trains(tmp_path):
-    cfg = _cfg(epochs=6)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"),
-                              optim=dataclasses.replace(cfg.optim, learning_rate=0.3))
+    # float32 with these settings: train_steps loss 0.518 -> 0.261, test accuracy 0.82
+    cfg = dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, dtype="bfloat16"),
+                              optim=dataclasses.replace(BASE.optim, name="adam",
+                                                        learning_rate=0.05),
+                              train=dataclasses.replace(BASE.train, epochs=8, tensorboard=False))
     state, summary = train_and_evaluate(cfg, str(tmp_path))
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(state.params))
     assert state.apply(np.zeros((2, 2), np.float32)).dtype == jax.numpy.bfloat16
     steps = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "train_steps"]
-    assert steps[-1]["loss"] < 0.9 * steps[0]["loss"]
+    assert steps[-1]["loss"] < 0.6 * steps[0]["loss"]
+    assert summary["test"]["accuracy"] >= 0.7
