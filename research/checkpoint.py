@@ -31,6 +31,11 @@ class Checkpointer:
     step metrics, their count, the elapsed training seconds; for the best checkpoint, its
     validation metrics). Checkpoints written before the `loop` item existed (one unnamed item)
     still restore, with `loop` None.
+
+    Several processes: every process calls every method with the same global `jax.Array`s
+    (orbax writes each shard once, from the process holding its primary replica, writes the
+    JSON item from process 0 only, and waits for all processes at each save); `restore` gives
+    arrays with the shardings of `target`'s arrays.
     """
 
     def __init__(self, run_dir: str, keep: int):

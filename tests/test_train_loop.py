@@ -458,3 +458,18 @@ def test_bfloat16_run_trains(tmp_path):
     steps = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "train_steps"]
     assert steps[-1]["loss"] < 0.6 * steps[0]["loss"]
     assert summary["test"]["accuracy"] >= 0.7
+
+
+def test_split_too_big_for_the_device_streams_the_same_run(tmp_path, monkeypatch):
+    # Batches copied from the host per call, evaluation one batch per chunk: same numbers.
+    from research.train import loop
+
+    cfg = _cfg(epochs=2, batch_size=8, steps_per_call=2, eval_batch_size=8)
+    resident, _ = train_and_evaluate(cfg, str(tmp_path / "resident"))
+    monkeypatch.setattr(loop, "_DEVICE_DATA_BYTES", 0)
+    streamed, _ = train_and_evaluate(cfg, str(tmp_path / "streamed"))
+    for a, b in zip(_leaves(resident.to_tree()), _leaves(streamed.to_tree())):
+        np.testing.assert_array_equal(b, a)
+    recs = [[_without(r, "time") for r in read_jsonl(str(tmp_path / d / "metrics.jsonl"))]
+            for d in ("resident", "streamed")]
+    assert recs[1] == recs[0]

@@ -123,10 +123,11 @@ def _sharded_run(n_devices, k, steps=4):
     run = compile_train_steps(mesh, state, resident=True)
     key = sh.put(np.asarray(jax.random.PRNGKey(3)), sh.replicated(mesh))
     x_dev, y_dev = (sh.put(a, sh.replicated(mesh)) for a in (x_N, y_N))
-    idx = rng.permutation(32)[:steps * 8].reshape(steps, 8).astype(np.int32)
+    order = sh.put(rng.permutation(32)[:steps * 8].reshape(steps, 8).astype(np.int32),
+                   sh.batch_sharding(mesh, 1))
     losses = []
     for i in range(0, steps, k):
-        state, m = run(state, x_dev, y_dev, sh.put(idx[i:i + k], sh.batch_sharding(mesh, 1)), key)
+        state, m = run(state, x_dev, y_dev, order, i, key, k)
         losses += list(np.asarray(m["loss"]))
     return state, np.array(losses), mesh
 

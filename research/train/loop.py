@@ -2,10 +2,25 @@
 
 `train_and_evaluate(cfg)` is the only place with side effects (files, progress bar, printing).
 A run folder holds `config.json`, `data.json` (the data's fingerprint, split shapes and the
-files the loader skipped as bad), `metrics.jsonl`, `summary.json`, `checkpoints/`, `best/` (the
-state with the best validation score), `init_params.npz` and optionally `trajectory/`. Running
-the same config again resumes from the newest checkpoint and writes the same files as an
-uninterrupted run (except wall-clock times); other settings or other data are refused.
+files the loader skipped as bad), `topology.json` (processes and devices the run trained on),
+`metrics.jsonl`, `summary.json`, `checkpoints/`, `best/` (the state with the best validation
+score), `init_params.npz` and optionally `trajectory/`. Running the same config again resumes
+from the newest checkpoint and writes the same files as an uninterrupted run (except wall-clock
+times); other settings, other data, or another number of processes or devices are refused.
+
+Scale: training is data-parallel over a ("data",) mesh of all devices (`TrainConfig.devices`):
+the global batch is split along `data`, the state is replicated (`sharding.param_sharding` is
+the seam for sharding parameters), and the step is compiled once with these shardings
+(`jax.jit` with `in_shardings`/`out_shardings`), so XLA inserts the gradient all-reduce and
+BatchNorm statistics are over the whole global batch, as on one device. The same run on 1 and
+on 4 devices gives the same parameters up to float32 summation order. `TrainConfig.
+steps_per_call` = K runs K steps per compiled `lax.scan`, each batch gathered on the device from
+the resident training split; a call is cut short at every epoch end, checkpoint, trajectory
+save and stop, so K changes nothing in the results (bit for bit on CPU). Evaluation splits each
+batch along `data` too (the last batch padded with mask 0) and scans over the batches of a
+split kept on the device. With `Config.distributed`, `jax.distributed.initialize()` runs first,
+every process builds the same data and feeds its devices' shards, all processes take part in
+the checkpoints (orbax), and process 0 alone writes every other file and the progress bar.
 
 metrics.jsonl holds one JSON record per line, each with `step`, `epoch` and `split`:
 `train_steps` (means of the epoch's step metrics: loss, objective, grad_norm, learning_rate,
@@ -426,7 +441,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     sums: dict[str, float] = defaultdict(float, loop_record.get("sums", {}))
     count = int(loop_record.get("count", 0))
     pending: list[tuple[int, int, dict]] = []
-    perm, perm_epoch = None, -1
+    perm, order_dev, perm_epoch = None, None, -1
     bar = tqdm(total=total, initial=step, disable=not (tc.progress and writer_proc),
                desc=cfg.name, unit="step", dynamic_ncols=True,
                mininterval=0.5 if os.isatty(2) else 10.0)
@@ -471,12 +486,16 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
             if epoch != perm_epoch:
                 perm = _permutation(tc.seed, epoch, len(x_train)).astype(np.int32)
                 perm_epoch = epoch
+                if on_device:  # the epoch's batches, once: no host transfer per call
+                    order_dev = sh.put(perm[:spe * tc.batch_size].reshape(spe, tc.batch_size),
+                                       split_steps)
             n = _call_length(step, tc.steps_per_call, spe, stop_at, tc.checkpoint_every,
                              tc.trajectory_every)
-            idx_KxB = perm[i * tc.batch_size:(i + n) * tc.batch_size].reshape(n, tc.batch_size)
             if on_device:
-                state, metrics = run_steps(state, x_dev, y_dev, sh.put(idx_KxB, split_steps), key)
+                state, metrics = run_steps(state, x_dev, y_dev, order_dev, i, key, n)
             else:
+                idx_KxB = perm[i * tc.batch_size:(i + n) * tc.batch_size].reshape(
+                    n, tc.batch_size)
                 batches = {"x": sh.put(x_train[idx_KxB], split_steps),
                            "y": sh.put(y_train[idx_KxB], split_steps)}
                 state, metrics = run_steps(state, batches, key)

@@ -22,6 +22,7 @@ accuracy comes from the outputs (sign of one logit, argmax of several).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -142,22 +143,27 @@ def train_steps(state: TrainState, batches: Batch, key: jax.Array) -> tuple[Trai
     return jax.lax.scan(lambda s, b: train_step(s, b, key), state, batches)
 
 
-def train_steps_gather(state: TrainState, x_N: jax.Array, y_N: jax.Array, idx_KxB: jax.Array,
-                       key: jax.Array, batch_sharding=None) -> tuple[TrainState, dict]:
-    """K steps on batches gathered from a split already on the device.
+def train_steps_gather(state: TrainState, x_N: jax.Array, y_N: jax.Array, order_SxB: jax.Array,
+                       start: jax.Array, key: jax.Array, *, k: int,
+                       batch_sharding=None) -> tuple[TrainState, dict]:
+    """`k` steps on batches gathered from a split already on the device.
 
     Args:
         state: the training state.
         x_N: inputs of the whole split (replicated on each device).
         y_N: its labels.
-        idx_KxB: the examples of each of the K batches.
+        order_SxB: the examples of each batch of the epoch (S batches of B).
+        start: the epoch's batch of the first step.
         key: the run's base key (see `train_step`).
+        k: steps (static).
         batch_sharding: where each gathered batch lives (e.g. split along `data`); None leaves
             it to the compiler.
 
     Returns:
         As `train_steps`.
     """
+    idx_KxB = jax.lax.dynamic_slice_in_dim(order_SxB, start, k)
+
     def body(s, idx_B):
         batch = {"x": jnp.take(x_N, idx_B, axis=0), "y": jnp.take(y_N, idx_B, axis=0)}
         if batch_sharding is not None:
@@ -183,28 +189,36 @@ def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
 def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: bool = True):
     """`train_steps_gather` (resident) or `train_steps`, jitted with explicit shardings.
 
-    Compiled once per number of steps K (the leading axis of the indices or batches).
-
     Args:
         mesh: a mesh with a `data` axis (`research.sharding.data_mesh`).
         state: a state of the run (for the structure of its shardings).
-        resident: the split is on the device; the call takes `(state, x_N, y_N, idx_KxB, key)`
-            with x_N, y_N replicated and idx_KxB split along `data` on its second axis;
-            otherwise `(state, batches_K, key)` with batches split the same way.
+        resident: the split is on the device; the call is `run(state, x_N, y_N, order_SxB,
+            start, key, k)` with x_N, y_N replicated and order_SxB (the epoch's batches, put
+            once per epoch) split along `data` on its second axis; otherwise
+            `run(state, batches_K, key)` with batches split the same way.
         donate: reuse the state's buffers (the caller must not use the old state again).
 
     Returns:
-        The jitted function, returning (state, metrics_K) with replicated metrics.
+        The function, returning (state, metrics_K) with replicated metrics; compiled once per
+        number of steps k.
     """
     repl, st = sh.replicated(mesh), state_sharding(mesh, state)
     split = sh.batch_sharding(mesh, leading=1)
-    if resident:
-        fn = functools.partial(train_steps_gather, batch_sharding=sh.batch_sharding(mesh))
-        in_shardings = (st, repl, repl, split, repl)
-    else:
-        fn, in_shardings = train_steps, (st, split, repl)
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=(st, repl),
-                   donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if not resident:
+        return jax.jit(train_steps, in_shardings=(st, split, repl), out_shardings=(st, repl),
+                       donate_argnums=donate_argnums)
+    compiled: dict[int, Callable] = {}
+
+    def run(state, x_N, y_N, order_SxB, start, key, k: int):
+        if k not in compiled:
+            fn = functools.partial(train_steps_gather, k=k,
+                                   batch_sharding=sh.batch_sharding(mesh))
+            compiled[k] = jax.jit(fn, in_shardings=(st, repl, repl, split, repl, repl),
+                                  out_shardings=(st, repl), donate_argnums=donate_argnums)
+        return compiled[k](state, x_N, y_N, order_SxB, start, key)
+
+    return run
 
 
 def eval_batches(state: TrainState, batches: Batch) -> tuple[dict, jax.Array]:
