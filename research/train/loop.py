@@ -291,6 +291,18 @@ def _best_from_records(records: list[dict], score_key: str, sign: float) -> tupl
     return best, best_step
 
 
+def _to_default_device(state: TrainState) -> TrainState:
+    """With one process, the state on the default device, as `build_state` and `load_run` give.
+
+    States of runs split over different numbers of devices can then be mixed freely (an
+    interpolation between a batch-10 run on 2 devices and a batch-8 run on 4, say). With several
+    processes the state stays a global array on the run's mesh.
+    """
+    if jax.process_count() > 1:
+        return state
+    return state.replace_tree(jax.device_put(state.to_tree(), jax.devices()[0]))
+
+
 def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainState, dict]:
     """Train a model as configured, evaluating every epoch, with checkpoints and resume.
 
@@ -310,9 +322,10 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         workdir: the run folder (default `cfg.workdir/cfg.name`).
 
     Returns:
-        The final state and a summary: for a finished run the final state's metrics on every
-        split (`train`, `val`, `test`), the best state's (`best`: step, epoch, `val`, `test`),
-        steps, training seconds, parameters, class names.
+        The final state (with one process, on the default device) and a summary: for a
+        finished run the final state's metrics on every split (`train`, `val`, `test`), the
+        best state's (`best`: step, epoch, `val`, `test`), steps, training seconds,
+        parameters, class names.
 
     Raises:
         FloatingPointError: a step produced a non-finite loss or gradient; the message names the
@@ -399,7 +412,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
             stored = json.load(f)
         if stored.get("version") == _SUMMARY_VERSION and stored.get("steps") == total:
             checkpointer.close()
-            return state, stored
+            return _to_default_device(state), stored
         loop_record.setdefault("seconds", stored.get("seconds", 0.0))
 
     writer = JsonlWriter(metrics_path) if writer_proc else None
@@ -566,7 +579,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     finally:
         checkpointer.close()
     sh.barrier("train_and_evaluate:end")
-    return state, summary
+    return _to_default_device(state), summary
 
 
 def load_run(run_dir: str, best: bool = False) -> tuple[Config, TrainState, Dataset]:
