@@ -31,6 +31,11 @@ class Checkpointer:
     step metrics, their count, the elapsed training seconds; for the best checkpoint, its
     validation metrics). Checkpoints written before the `loop` item existed (one unnamed item)
     still restore, with `loop` None.
+
+    Several processes: every process calls every method with the same global `jax.Array`s
+    (orbax writes each shard once, from the process holding its primary replica, writes the
+    JSON item from process 0 only, and waits for all processes at each save); `restore` gives
+    arrays with the shardings of `target`'s arrays.
     """
 
     def __init__(self, run_dir: str, keep: int):
@@ -120,8 +125,14 @@ def _flat(params) -> dict[str, np.ndarray]:
 
 
 def save_params(path: str, params) -> None:
-    """Save a parameter pytree (nested dicts) as a flat .npz, atomically."""
-    atomic_save_npz(path, **_flat(jax.device_get(params)))
+    """Save a parameter pytree (nested dicts) as a flat .npz, atomically.
+
+    Parameters may be global arrays of several processes (replicated ones are read from a local
+    copy); with several processes only process 0 should call this.
+    """
+    from research.sharding import fetch
+
+    atomic_save_npz(path, **_flat(fetch(params)))
 
 
 def load_params(path: str) -> dict:

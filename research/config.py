@@ -34,6 +34,7 @@ PlaygroundFeature = Literal["x1", "x2", "x1^2", "x2^2", "x1*x2", "sin_x1", "sin_
 AudioFeature = Literal["logmel", "mfcc_stats", "mfcc"]
 Frontend = Literal["librosa", "jax"]
 GlobalPool = Literal["mean", "max", "none"]
+DType = Literal["float32", "bfloat16"]
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
@@ -45,6 +46,7 @@ PLAYGROUND_FEATURES: tuple[str, ...] = get_args(PlaygroundFeature)
 AUDIO_FEATURES: tuple[str, ...] = get_args(AudioFeature)
 FRONTENDS: tuple[str, ...] = get_args(Frontend)
 GLOBAL_POOLS: tuple[str, ...] = get_args(GlobalPool)
+DTYPES: tuple[str, ...] = get_args(DType)
 
 
 def _fail(cls: str, name: str, message: str) -> None:
@@ -170,6 +172,8 @@ class ModelConfig:
         depth: extra two-convolution blocks per stage (0 gives conv-BN-ReLU-pool stages).
         global_pool: mean, max, or none (flatten) before the dense head.
         head: hidden widths of the dense head after the convolutions.
+        dtype: computation dtype, float32 or bfloat16 (mixed precision: parameters, optimiser
+            state and the loss stay float32; layers compute in bfloat16).
     """
 
     kind: ModelKind = "mlp"
@@ -185,9 +189,11 @@ class ModelConfig:
     depth: int = 0
     global_pool: GlobalPool = "mean"
     head: tuple[int, ...] = ()
+    dtype: DType = "float32"
 
     def __post_init__(self):
         c = "ModelConfig"
+        _check_choice(c, "dtype", self.dtype, DTYPES)
         _check_choice(c, "kind", self.kind, MODEL_KINDS)
         _check_choice(c, "activation", self.activation, ACTIVATIONS)
         if self.kind == "mlp" and not self.widths:
@@ -274,6 +280,14 @@ class TrainConfig:
         progress: show a progress bar.
         tensorboard: also write TensorBoard event files to `<run_dir>/tensorboard` (needs the
             optional `tensorboardX`; metrics.jsonl is written either way).
+        steps_per_call: training steps per compiled call (a `lax.scan` on the device). A call
+            never crosses an epoch end, a checkpoint, a trajectory save or `stop_after`: it is
+            cut short there (each shorter length compiles once), so K need not divide anything.
+            Results equal K = 1's and resume exactly.
+        devices: devices the global batch is split over (data parallelism, all processes
+            together); 0 uses all of them, or with one process and a batch size that does not
+            divide by their number, the most that divide it (a printed note says so). An
+            explicit count must divide the batch size.
     """
 
     epochs: int = 100
@@ -291,17 +305,23 @@ class TrainConfig:
     stop_after: int = 0
     progress: bool = True
     tensorboard: bool = True
+    steps_per_call: int = 1
+    devices: int = 0
 
     def __post_init__(self):
         c = "TrainConfig"
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "steps_per_call"):
             _check_positive(c, name, getattr(self, name))
         _check_choice(c, "loss", self.loss, LOSSES)
         _check_choice(c, "regularization", self.regularization, REGULARIZATIONS)
         _check_positive(c, "reg_rate", self.reg_rate, allow_zero=True)
         _check_positive(c, "trajectory_every", self.trajectory_every, allow_zero=True)
         _check_positive(c, "stop_after", self.stop_after, allow_zero=True)
+        _check_positive(c, "devices", self.devices, allow_zero=True)
+        if self.devices and self.batch_size % self.devices:
+            _fail(c, "batch_size", f"{self.batch_size} does not divide by the {self.devices} "
+                  "devices (TrainConfig.devices); choose a multiple of it")
 
 
 @dataclass(frozen=True)
@@ -313,6 +333,10 @@ class Config:
         workdir: parent folder of the run's folder (checkpoints, metrics, config, figures).
         preset: named defaults to start from (the presets are listed above); the other options
             given override them.
+        distributed: several processes (hosts) train together: `jax.distributed.initialize()`
+            runs first (it finds Open MPI, SLURM or a Cloud TPU pod from the environment);
+            every process loads the same data and feeds its devices' share; process 0 alone
+            writes files. Start one process per host (e.g. `mpirun -np N python -m ...`).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -322,6 +346,7 @@ class Config:
     name: str = "run"
     workdir: str = "runs"
     preset: str = "cpu"
+    distributed: bool = False
 
     def run_dir(self) -> str:
         """The folder this run writes to."""
@@ -363,8 +388,9 @@ class AudioRunConfig(JobRunConfig):
 
 
 # Fields that control how a run is executed, not what it computes: a resumed run may change them.
-RUN_CONTROL_FIELDS = ("train.stop_after", "train.progress", "train.tensorboard", "workdir",
-                      "name", "preset")
+RUN_CONTROL_FIELDS = ("train.stop_after", "train.progress", "train.tensorboard",
+                      "train.steps_per_call", "train.devices", "workdir", "name", "preset",
+                      "distributed")
 
 
 def to_dict(cfg: Any) -> dict:

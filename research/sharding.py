@@ -1,4 +1,11 @@
-"""Device meshes for the landscape engine: a `grid` axis (grid points) and a `data` axis (examples).
+"""Device meshes: ("data",) for training, ("grid", "data") for the landscape engine; processes.
+
+Training is data-parallel: the global batch is split along `data`, the parameters, optimiser
+and model state are replicated (`param_sharding` is the seam for sharding them), and the step is
+compiled once with these shardings; XLA adds the gradient all-reduce. BatchNorm statistics in a
+training step are therefore over the whole global batch, as on one device.
+
+Landscape engine: a `grid` axis (grid points) and a `data` axis (examples).
 
 Grid points are independent, so the `grid` axis needs no communication; the `data` axis splits each
 batch across devices and adds the partial sums once per grid point. On CPU, several host devices
@@ -11,7 +18,8 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 GRID_AXIS = "grid"
 DATA_AXIS = "data"
@@ -54,3 +62,135 @@ def mesh_axis_sizes(mesh: Mesh) -> tuple[int, int]:
         raise ValueError(f"mesh: axes must be ({GRID_AXIS!r}, {DATA_AXIS!r}), got {names}; "
                          "build one with research.sharding.make_mesh")
     return int(mesh.shape[GRID_AXIS]), int(mesh.shape[DATA_AXIS])
+
+
+# --- Data-parallel training and several processes --------------------------------------------
+
+_DISTRIBUTED = {"initialized": False}
+
+
+def initialize_distributed() -> None:
+    """Start JAX's multi-process runtime once (no-op when it is already running).
+
+    `jax.distributed.initialize()` with no arguments finds the cluster from the environment:
+    Open MPI (`mpirun`), SLURM (`srun`) and Cloud TPU pods. On CPU the collectives between
+    processes need gloo, set here first (the setting only affects the CPU backend). Call it
+    before anything else touches a JAX device.
+    """
+    if _DISTRIBUTED["initialized"] or jax.distributed.is_initialized():
+        _DISTRIBUTED["initialized"] = True
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize()
+    _DISTRIBUTED["initialized"] = True
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1D ("data",) mesh over all devices of all processes (default) or the given ones.
+
+    Its axis is of the `Auto` type (shardings propagated by the compiler, as in `jax.jit` with
+    `in_shardings`), not `jax.make_mesh`'s default `Explicit` one.
+    """
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    return Mesh(np.array(list(devices)), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """Examples split along the mesh's `data` axis (after `leading` unsplit axes, e.g. steps)."""
+    return NamedSharding(mesh, P(*([None] * leading), DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def param_sharding(mesh: Mesh, params):
+    """The sharding of each parameter: the seam for parameter (FSDP or tensor) sharding.
+
+    Today every parameter is replicated (pure data parallelism). To shard large kernels, return
+    e.g. `NamedSharding(mesh, P(None, "data"))` for chosen leaves; the training step is compiled
+    with these shardings (optimiser state follows the parameters), so nothing else changes.
+    """
+    return jax.tree_util.tree_map(lambda _: replicated(mesh), params)
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "TrainConfig.batch_size") -> None:
+    """A global batch must split evenly over the data axis; say so with both numbers."""
+    n = int(mesh.shape[DATA_AXIS])
+    if batch_size % n:
+        raise ValueError(f"{what}: {batch_size} does not divide by the {n} devices of the data "
+                         f"axis; choose a multiple of {n} (e.g. {max(n, batch_size // n * n)})"
+                         " or set TrainConfig.devices (--train.devices) to a divisor of it")
+
+
+def training_mesh(batch_size: int, devices: int = 0) -> tuple[Mesh, str | None]:
+    """The ("data",) mesh a training run uses, and a note when it is not all devices.
+
+    Args:
+        batch_size: the global batch size.
+        devices: devices to use; 0 means all (several processes: all of every process). With
+            one process and a batch size that does not divide by the device count, 0 uses the
+            most devices that divide it (the note says so); an explicit count that does not
+            divide the batch is an error naming both numbers.
+
+    Returns:
+        (mesh, note or None).
+    """
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(f"TrainConfig.devices: {devices} requested, only {len(available)} "
+                         "available")
+    note = None
+    if devices == 0:
+        devices = len(available)
+        if jax.process_count() == 1 and batch_size % devices:
+            fit = max(d for d in range(1, devices + 1) if batch_size % d == 0)
+            note = (f"batch size {batch_size} does not divide by the {devices} devices: "
+                    f"training on {fit} of them (choose a batch size that is a multiple of "
+                    f"{devices} to use all)")
+            devices = fit
+    mesh = data_mesh(available[:devices]) if devices < len(available) else data_mesh()
+    check_divisible(batch_size, mesh)
+    return mesh, note
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (each feeds its shards)."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def fetch(tree):
+    """Host numpy copies of (possibly global, multi-process) arrays.
+
+    Replicated arrays are read from a local copy; arrays split over other processes' devices
+    are gathered (a collective: every process must call it).
+    """
+    from jax.experimental import multihost_utils
+
+    def leaf(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def is_writer() -> bool:
+    """Whether this process writes files, figures and progress (process 0 only)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

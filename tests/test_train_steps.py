@@ -105,3 +105,64 @@ def test_eval_step_sums_respect_mask():
     assert float(full["count"]) == 10 and float(part["count"]) == 6
     np.testing.assert_allclose(part["loss_sum"], sub["loss_sum"], rtol=1e-6)
     np.testing.assert_allclose(part["correct_sum"], sub["correct_sum"])
+
+
+def _sharded_run(n_devices, k, steps=4):
+    """`steps` steps of a BatchNorm CNN, batch 8, on the first n devices, k steps per call."""
+    from research import sharding as sh
+    from research.train.steps import compile_train_steps, state_sharding
+
+    rng = np.random.default_rng(0)
+    x_N = rng.normal(size=(32, 6, 5, 1)).astype(np.float32)
+    y_N = rng.integers(0, 3, size=32).astype(np.int32)
+    mesh = sh.data_mesh(jax.devices()[:n_devices])
+    model = CNN(channels=(4,), num_outputs=3, batch_norm=True, dropout=0.2)
+    state = _state(model, x_N[:1], Loss("softmax_ce", 3))
+    where = state_sharding(mesh, state).to_tree()
+    state = state.replace_tree(jax.tree_util.tree_map(sh.put, state.to_tree(), where))
+    run = compile_train_steps(mesh, state, resident=True)
+    key = sh.put(np.asarray(jax.random.PRNGKey(3)), sh.replicated(mesh))
+    x_dev, y_dev = (sh.put(a, sh.replicated(mesh)) for a in (x_N, y_N))
+    order = sh.put(rng.permutation(32)[:steps * 8].reshape(steps, 8).astype(np.int32),
+                   sh.batch_sharding(mesh, 1))
+    losses = []
+    for i in range(0, steps, k):
+        state, m = run(state, x_dev, y_dev, order, i, key, k)
+        losses += list(np.asarray(m["loss"]))
+    return state, np.array(losses), mesh
+
+
+def test_data_parallel_step_matches_one_device_with_global_batch_norm():
+    assert jax.device_count() >= 4, "tests/conftest.py gives 4 host devices"
+    one, loss1, _ = _sharded_run(1, 1)
+    four, loss4, mesh = _sharded_run(4, 2)
+    # the batch was really split, and the state replicated
+    assert mesh.devices.size == 4 and len(four.params["Conv_0"]["kernel"].sharding.device_set) == 4
+    # BatchNorm statistics over the global batch: same running averages as on one device
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(one.to_tree()),
+                    jax.tree_util.tree_leaves(four.to_tree())):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_k_steps_per_call_equal_single_steps():
+    s1, l1, _ = _sharded_run(2, 1)
+    s4, l4, _ = _sharded_run(2, 4)
+    np.testing.assert_array_equal(l4, l1)
+    for a, b in zip(*(jax.tree_util.tree_leaves(s.to_tree()) for s in (s1, s4))):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_batch_not_dividing_the_devices_is_named():
+    import pytest
+
+    from research import sharding as sh
+    from research.config import TrainConfig
+
+    with pytest.raises(ValueError, match="10 does not divide by the 4 devices"):
+        sh.check_divisible(10, sh.data_mesh(jax.devices()[:4]))
+    with pytest.raises(ValueError, match="10 does not divide by the 4 devices"):
+        TrainConfig(batch_size=10, devices=4)
+    mesh, note = sh.training_mesh(10)  # all devices by default: the most that divide it
+    assert mesh.devices.size == 2 and "10 does not divide by the 4 devices" in note
+    assert sh.training_mesh(8)[0].devices.size == 4 and sh.training_mesh(8)[1] is None

@@ -26,6 +26,11 @@ Design (measured in `benchmarks/landscape.py`):
   the single-device ones up to float32 summation order.
 - Chunks are dispatched one ahead, so the host writes the surface file of chunk i while the device
   computes chunk i + 1.
+- Several processes (`jax.distributed.initialize()`, e.g. under `mpirun`): the mesh spans the
+  devices of every process (`make_mesh` uses `jax.devices()`, all of them; so does the default
+  mesh then), every process runs the same calls on its share of the grid and of each batch, the
+  values are gathered to every process, and process 0 alone writes the surface file. On resume
+  every process reads the file process 0 opened, so all skip the same finished points.
 
 BatchNorm at perturbed points (`BatchNormPolicy.kind`), for models with state:
 
@@ -59,10 +64,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research import sharding as sh
 from research.io import fingerprint
 from research.landscape.directions import check_finite, check_same_structure, cosine, path_str
-from research.landscape.surface import Surface, open_surface, save_surface
-from research.sharding import DATA_AXIS, GRID_AXIS, mesh_axis_sizes, single_device_mesh
+from research.landscape.surface import Surface, load_surface, open_surface, save_surface
+from research.sharding import DATA_AXIS, GRID_AXIS, make_mesh, mesh_axis_sizes, single_device_mesh
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -466,11 +472,17 @@ def _scratch_bytes(compiled) -> int | None:
 
 
 def _placer(mesh):
+    multi = jax.process_count() > 1
+
+    def leaf(x, sharding):
+        if isinstance(x, jax.Array) and not (multi and x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        # Host values (or one process's local arrays), the same in every process.
+        return sh.put(np.asarray(x), sharding)
+
     def put(tree, spec):
         sharding = NamedSharding(mesh, spec)
-        return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), sharding)
-                                      if not isinstance(x, jax.Array) else
-                                      jax.device_put(x, sharding), tree)
+        return jax.tree_util.tree_map(lambda x: leaf(x, sharding), tree)
     return put
 
 
@@ -502,7 +514,8 @@ def _run_chunks(compiled, args: tuple, put, surface: Surface, todo: np.ndarray, 
     coords_GxK = surface.coords()
     names = surface.metrics
     bar = None
-    if progress:
+    writer = sh.is_writer()
+    if progress and writer:
         from tqdm import tqdm
 
         bar = tqdm(total=int(todo.size), unit="pt", desc="landscape",
@@ -521,11 +534,11 @@ def _run_chunks(compiled, args: tuple, put, surface: Surface, todo: np.ndarray, 
             idx, out = pending
             if i + 1 < len(chunks):
                 pending = dispatch(chunks[i + 1])
-            host = {k: np.asarray(v) for k, v in out.items()}
+            host = sh.fetch(out)  # gathered from every process (a collective)
             for k in names:
                 surface.values[k].reshape(-1)[idx] = host[k][: idx.size]
             surface.done.reshape(-1)[idx] = True
-            if path is not None:
+            if path is not None and writer:
                 save_surface(path, surface)
             if bar is not None:
                 bar.update(int(idx.size))
@@ -571,7 +584,8 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
             call); the points are split into equal calls of at most this many.
         points_per_step: points evaluated together by `vmap` inside a call (1: one at a time).
         dtype: float32 or bfloat16 (compute; sums stay float32).
-        mesh: a ("grid", "data") mesh from `research.sharding.make_mesh`; default one device.
+        mesh: a ("grid", "data") mesh from `research.sharding.make_mesh`; default one device
+            (with several processes: all devices of all of them, along `grid`).
         path: surface file (.npz); if it exists, only missing points are computed.
         overwrite: replace the file at `path` instead of resuming it (needed when the model,
             data or settings changed).
@@ -593,7 +607,8 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         params, directions, axes, bn, {"batch_size": batch_size,
                                        "points_per_call": points_per_call,
                                        "points_per_step": points_per_step}, dtype)
-    mesh = single_device_mesh() if mesh is None else mesh
+    if mesh is None:
+        mesh = make_mesh() if jax.process_count() > 1 else single_device_mesh()
     n_grid, n_data = mesh_axis_sizes(mesh)
     num_examples = _num_examples(data)
     batches, mask, b = _split_batches(data, batch_size, n_data)
@@ -606,10 +621,18 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         bn_examples = _num_examples(bn_src)
         bn_full, bn_tail, bn_batch = _bn_batches(bn_src, batch_size)
 
-    surface = open_surface(
-        path, axes, names, _surface_settings(params, directions, data, bn, sdirs, dtype,
-                                             bn_batch, settings),
-        _surface_info(info, directions, b, mesh), extras, overwrite=overwrite)
+    surface_args = (path, axes, names, _surface_settings(params, directions, data, bn, sdirs,
+                                                         dtype, bn_batch, settings),
+                    _surface_info(info, directions, b, mesh), extras)
+    if jax.process_count() == 1 or path is None:
+        surface = open_surface(*surface_args, overwrite=overwrite)
+    else:
+        # Process 0 opens (checks, creates or resets) the file; the others then read it, so
+        # every process skips the same finished points.
+        surface = open_surface(*surface_args, overwrite=overwrite) if sh.is_writer() else None
+        sh.barrier(f"evaluate_grid:open:{path}")
+        if surface is None:
+            surface = load_surface(path)
     todo = np.flatnonzero(~surface.done.ravel())
     if todo.size == 0:
         return surface

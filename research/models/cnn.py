@@ -9,6 +9,7 @@ filters spanning most of the frequency axis, max-pooling over time, two dense la
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,6 +42,7 @@ class CNN(nn.Module):
         activation: activation name.
         padding: convolution padding, "SAME" (zeros) or "CIRCULAR" (wraps around, which makes
             the convolutions exactly equivariant to circular shifts).
+        dtype: computation dtype (parameters stay float32).
 
     Each stage's feature map before and after pooling, and the pooled embedding before the head,
     are sown into the `intermediates` collection (`stage<i>_features`, `stage<i>_pooled`,
@@ -60,10 +62,12 @@ class CNN(nn.Module):
     dropout: float = 0.0
     activation: str = "relu"
     padding: str = "SAME"
+    dtype: Any = jnp.float32
 
     def _conv_bn(self, h, features: int, kernel: tuple[int, int], train: bool):
         h = nn.Conv(features, _clip(kernel, h), padding=self.padding,
-                    use_bias=not self.batch_norm, conv_general_dilated=conv_general_dilated)(h)
+                    use_bias=not self.batch_norm, conv_general_dilated=conv_general_dilated,
+                    dtype=self.dtype, param_dtype=jnp.float32)(h)
         if self.batch_norm:
             h = BatchNorm(use_running_average=not train, momentum=0.9)(h)
         return h
@@ -106,10 +110,10 @@ class CNN(nn.Module):
         for width in self.head:
             if self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-            h = act(nn.Dense(width)(h))
+            h = act(nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(h))
         if self.dropout > 0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        return nn.Dense(self.num_outputs)(h)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=jnp.float32)(h)
 
 
 class PiczakCNN(nn.Module):
@@ -125,6 +129,7 @@ class PiczakCNN(nn.Module):
         first_kernel: the tall first filter (57, 6 in the paper).
         hidden: dense widths (5000, 5000 in the paper).
         dropout: dropout rate (0.5 in the paper).
+        dtype: computation dtype (parameters stay float32).
     """
 
     filters: tuple[int, int] = (80, 80)
@@ -132,6 +137,7 @@ class PiczakCNN(nn.Module):
     first_kernel: tuple[int, int] = (57, 6)
     hidden: Sequence[int] = (5000, 5000)
     dropout: float = 0.5
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -139,15 +145,17 @@ class PiczakCNN(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"PiczakCNN input must be x_BxFxTxC, got shape {x.shape}")
         h = nn.relu(nn.Conv(self.filters[0], _clip(self.first_kernel, x), padding="VALID",
-                            conv_general_dilated=conv_general_dilated)(x))
+                            conv_general_dilated=conv_general_dilated, dtype=self.dtype,
+                            param_dtype=jnp.float32)(x))
         window = _clip((4, 3), h)
         h = max_pool(h, window, strides=(1, window[1]))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.relu(nn.Conv(self.filters[1], _clip((1, 3), h), padding="VALID")(h))
+        h = nn.relu(nn.Conv(self.filters[1], _clip((1, 3), h), padding="VALID",
+                            dtype=self.dtype, param_dtype=jnp.float32)(h))
         window = _clip((1, 3), h)
         h = max_pool(h, window)
         h = h.reshape((h.shape[0], -1))
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
+            h = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(h))
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        return nn.Dense(self.num_outputs)(h)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=jnp.float32)(h)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,12 +37,14 @@ class MLP(nn.Module):
         num_outputs: size of the output layer (1 for binary losses, C for softmax).
         activation: relu, tanh, sigmoid, gelu or linear.
         dropout: dropout rate after each hidden layer.
+        dtype: computation dtype (parameters stay float32).
     """
 
     widths: Sequence[int]
     num_outputs: int = 1
     activation: str = "relu"
     dropout: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,8 +62,8 @@ class MLP(nn.Module):
         act = activation_fn(self.activation)
         h_BxH = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.widths):
-            h_BxH = act(nn.Dense(width)(h_BxH))
+            h_BxH = act(nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(h_BxH))
             self.sow("intermediates", f"hidden_{i}", h_BxH)
             if self.dropout > 0:
                 h_BxH = nn.Dropout(self.dropout, deterministic=not train)(h_BxH)
-        return nn.Dense(self.num_outputs)(h_BxH)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=jnp.float32)(h_BxH)

@@ -2,10 +2,25 @@
 
 `train_and_evaluate(cfg)` is the only place with side effects (files, progress bar, printing).
 A run folder holds `config.json`, `data.json` (the data's fingerprint, split shapes and the
-files the loader skipped as bad), `metrics.jsonl`, `summary.json`, `checkpoints/`, `best/` (the
-state with the best validation score), `init_params.npz` and optionally `trajectory/`. Running
-the same config again resumes from the newest checkpoint and writes the same files as an
-uninterrupted run (except wall-clock times); other settings or other data are refused.
+files the loader skipped as bad), `topology.json` (processes and devices the run trained on),
+`metrics.jsonl`, `summary.json`, `checkpoints/`, `best/` (the state with the best validation
+score), `init_params.npz` and optionally `trajectory/`. Running the same config again resumes
+from the newest checkpoint and writes the same files as an uninterrupted run (except wall-clock
+times); other settings, other data, or another number of processes or devices are refused.
+
+Scale: training is data-parallel over a ("data",) mesh of all devices (`TrainConfig.devices`):
+the global batch is split along `data`, the state is replicated (`sharding.param_sharding` is
+the seam for sharding parameters), and the step is compiled once with these shardings
+(`jax.jit` with `in_shardings`/`out_shardings`), so XLA inserts the gradient all-reduce and
+BatchNorm statistics are over the whole global batch, as on one device. The same run on 1 and
+on 4 devices gives the same parameters up to float32 summation order. `TrainConfig.
+steps_per_call` = K runs K steps per compiled `lax.scan`, each batch gathered on the device from
+the resident training split; a call is cut short at every epoch end, checkpoint, trajectory
+save and stop, so K changes nothing in the results (bit for bit on CPU). Evaluation splits each
+batch along `data` too (the last batch padded with mask 0) and scans over the batches of a
+split kept on the device. With `Config.distributed`, `jax.distributed.initialize()` runs first,
+every process builds the same data and feeds its devices' shards, all processes take part in
+the checkpoints (orbax), and process 0 alone writes every other file and the progress bar.
 
 metrics.jsonl holds one JSON record per line, each with `step`, `epoch` and `split`:
 `train_steps` (means of the epoch's step metrics: loss, objective, grad_norm, learning_rate,
@@ -32,6 +47,7 @@ from tqdm import tqdm
 import research.io
 from research import checkpoint as ckpt
 from research import metrics as M
+from research import sharding as sh
 from research.config import RUN_CONTROL_FIELDS, Config, config_diff, from_dict, to_dict
 from research.data import Dataset, load_dataset
 from research.io import atomic_write_json, fingerprint
@@ -39,7 +55,7 @@ from research.losses import Loss
 from research.models import make_model, param_count
 from research.optim import make_optimizer
 from research.train.state import TrainState
-from research.train.steps import eval_step_jit, train_step_donated
+from research.train.steps import compile_train_steps, eval_batches, state_sharding
 from research.writers import JsonlWriter, TensorBoardWriter, log_record, read_jsonl, truncate_after
 
 
@@ -74,46 +90,91 @@ def build_state(cfg: Config, dataset: Dataset) -> tuple[TrainState, int]:
     return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, loss=loss), spe
 
 
-def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
-             with_confusion: bool = False) -> dict:
-    """Metrics over a whole split; the last batch is padded and masked, so the mean is exact.
+class _EvalSplit:
+    """A split cut into evaluation batches split along the mesh's `data` axis.
 
-    Args:
-        state: the training state.
-        x: inputs of the split.
-        y: labels of the split.
-        batch_size: examples per evaluation call.
-        with_confusion: also return the confusion matrix.
-
-    Returns:
-        loss, and for classification accuracy, balanced_accuracy, macro_f1 (and confusion).
+    The batch size is rounded up to a multiple of the data axis; the last batch is padded with
+    `mask = 0` rows. Batches are stacked and evaluated by one scan per chunk; a split that fits
+    in `_DEVICE_DATA_BYTES` is one chunk, put on the device once and kept there.
     """
-    n = len(x)
-    bs = min(batch_size, n)
-    loss_sum, correct_sum, preds = 0.0, 0.0, []
-    for start in range(0, n, bs):
-        xb, yb = x[start:start + bs], y[start:start + bs]
-        real = len(xb)
-        mask = np.ones(bs, np.float32)
-        if real < bs:
-            pad = bs - real
-            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-            mask[real:] = 0.0
-        out = eval_step_jit(state, {"x": xb, "y": yb, "mask": mask})
-        loss_sum = loss_sum + out["loss_sum"]
-        correct_sum = correct_sum + out.get("correct_sum", 0.0)
-        preds.append(out["pred"][:real])
-    result = {"loss": float(loss_sum) / n}
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mesh):
+        self.x, self.y, self.mesh, self.n = x, y, mesh, len(x)
+        n_dev = int(mesh.shape[sh.DATA_AXIS])
+        self.bs = -(-min(batch_size, self.n) // n_dev) * n_dev
+        self.nb = -(-self.n // self.bs)
+        row_bytes = max(1, (x[:1].nbytes + y[:1].nbytes) * self.bs)
+        self.per_chunk = max(1, min(self.nb, _DEVICE_DATA_BYTES // row_bytes))
+        self._cached = self._chunk(0) if self.per_chunk == self.nb else None
+
+    def _chunk(self, first: int) -> dict:
+        nbat = min(self.per_chunk, self.nb - first)
+        lo = first * self.bs
+        hi, m = min(self.n, lo + nbat * self.bs), nbat * self.bs
+        xb = np.zeros((m, *self.x.shape[1:]), self.x.dtype)
+        yb = np.zeros((m, *self.y.shape[1:]), self.y.dtype)
+        mask = np.zeros((m,), np.float32)
+        xb[:hi - lo], yb[:hi - lo], mask[:hi - lo] = self.x[lo:hi], self.y[lo:hi], 1.0
+        where = sh.batch_sharding(self.mesh, leading=1)
+        return {k: sh.put(v.reshape(nbat, self.bs, *v.shape[1:]), where)
+                for k, v in (("x", xb), ("y", yb), ("mask", mask))}
+
+    def chunks(self):
+        if self._cached is not None:
+            yield self._cached
+            return
+        for first in range(0, self.nb, self.per_chunk):
+            yield self._chunk(first)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_fn(mesh):
+    # Replicated outputs: every process reads the predictions from a local copy.
+    return jax.jit(eval_batches, out_shardings=sh.replicated(mesh))
+
+
+def _evaluate_split(state: TrainState, split: _EvalSplit, with_confusion: bool = False) -> dict:
+    where = state_sharding(split.mesh, state).to_tree()
+    state = state.replace_tree(jax.device_put(state.to_tree(), where))
+    sums, preds = defaultdict(float), []
+    for chunk in split.chunks():
+        out, pred = sh.fetch(_eval_fn(split.mesh)(state, chunk))
+        for k, v in out.items():
+            sums[k] += float(np.sum(v, dtype=np.float64))
+        preds.append(pred.reshape(-1))
+    n = split.n
+    result = {"loss": sums["loss_sum"] / n}
     if state.loss.classification:
-        pred = np.concatenate(jax.device_get(preds))
-        conf = np.asarray(M.confusion_matrix(pred, y, state.loss.num_classes))
-        result.update(accuracy=float(correct_sum) / n,
+        pred = np.concatenate(preds)[:n]
+        conf = np.asarray(M.confusion_matrix(pred, split.y, state.loss.num_classes))
+        result.update(accuracy=sums["correct_sum"] / n,
                       balanced_accuracy=float(M.balanced_accuracy(conf)),
                       macro_f1=float(M.macro_f1(conf)))
         if with_confusion:
             result["confusion"] = conf.tolist()
     return result
+
+
+def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
+             with_confusion: bool = False, mesh=None) -> dict:
+    """Metrics over a whole split; the last batch is padded and masked, so the mean is exact.
+
+    Batches are split across the devices of the mesh's `data` axis (the batch size rounded up
+    to a multiple of it) and evaluated by a scan on the device, in chunks of at most 1 GiB.
+
+    Args:
+        state: the training state.
+        x: inputs of the split.
+        y: labels of the split.
+        batch_size: examples per evaluation batch.
+        with_confusion: also return the confusion matrix.
+        mesh: a ("data",) mesh (default: all devices, `research.sharding.data_mesh`).
+
+    Returns:
+        loss, and for classification accuracy, balanced_accuracy, macro_f1 (and confusion).
+    """
+    mesh = sh.data_mesh() if mesh is None else mesh
+    return _evaluate_split(state, _EvalSplit(x, y, batch_size, mesh), with_confusion)
 
 
 # Settings that do not change what a run computes, beyond those a resumed run may change anyway:
@@ -135,6 +196,10 @@ def _check_config(run_dir: str, cfg: Config) -> dict:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             theirs = json.load(f)
+        try:  # fields added since that run was written take their defaults
+            theirs = to_dict(from_dict(type(cfg), theirs))
+        except (TypeError, ValueError):
+            pass
         diff = [d for d in config_diff(ours, theirs) if d not in _IDENTITY_IGNORED]
         if diff:
             raise ValueError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
@@ -183,11 +248,38 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def _gather(x_NxF, y_N, perm_N, start, size: int) -> dict:
-    """The batch `perm_N[start:start + size]` of a split already on the device."""
-    idx_B = jax.lax.dynamic_slice_in_dim(perm_N, start, size)
-    return {"x": jnp.take(x_NxF, idx_B, axis=0), "y": jnp.take(y_N, idx_B, axis=0)}
+def _call_length(step: int, k: int, spe: int, stop_at: int, checkpoint_every: int,
+                 trajectory_every: int) -> int:
+    """Steps of the next compiled call: at most k, up to the next boundary.
+
+    A call never crosses an epoch end, a checkpoint, a trajectory save or the stop, so
+    evaluation and saving see the same states for any k.
+    """
+    end = min(stop_at, (step // spe + 1) * spe, (step // checkpoint_every + 1) * checkpoint_every)
+    if trajectory_every:
+        end = min(end, (step // trajectory_every + 1) * trajectory_every)
+    return min(k, end - step)
+
+
+def _check_topology(run_dir: str, mesh) -> dict:
+    """Refuse to resume on another number of processes or devices; return the record to write.
+
+    The global batch is split over the devices, so their number changes the order of the
+    floating-point sums: a resumed run would not equal the uninterrupted one.
+    """
+    path = os.path.join(run_dir, "topology.json")
+    ours = {"processes": jax.process_count(), "devices": int(mesh.devices.size)}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            theirs = json.load(f)
+        if theirs != ours:
+            raise ValueError(
+                f"{run_dir} was trained on {theirs.get('processes')} process(es) with "
+                f"{theirs.get('devices')} device(s) in all; this run has {ours['processes']} "
+                f"process(es) with {ours['devices']} device(s). Resume with the same number of "
+                "processes and devices (the batch is split across devices, so results depend "
+                "on their number), or choose another --name or --workdir")
+    return ours
 
 
 def _best_from_records(records: list[dict], score_key: str, sign: float) -> tuple[float, int]:
@@ -197,6 +289,18 @@ def _best_from_records(records: list[dict], score_key: str, sign: float) -> tupl
         if r["split"] == "val" and sign * r[score_key] > best:
             best, best_step = sign * r[score_key], r["step"]
     return best, best_step
+
+
+def _to_default_device(state: TrainState) -> TrainState:
+    """With one process, the state on the default device, as `build_state` and `load_run` give.
+
+    States of runs split over different numbers of devices can then be mixed freely (an
+    interpolation between a batch-10 run on 2 devices and a batch-8 run on 4, say). With several
+    processes the state stays a global array on the run's mesh.
+    """
+    if jax.process_count() > 1:
+        return state
+    return state.replace_tree(jax.device_put(state.to_tree(), jax.devices()[0]))
 
 
 def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainState, dict]:
@@ -218,9 +322,10 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         workdir: the run folder (default `cfg.workdir/cfg.name`).
 
     Returns:
-        The final state and a summary: for a finished run the final state's metrics on every
-        split (`train`, `val`, `test`), the best state's (`best`: step, epoch, `val`, `test`),
-        steps, training seconds, parameters, class names.
+        The final state (with one process, on the default device) and a summary: for a
+        finished run the final state's metrics on every split (`train`, `val`, `test`), the
+        best state's (`best`: step, epoch, `val`, `test`), steps, training seconds,
+        parameters, class names.
 
     Raises:
         FloatingPointError: a step produced a non-finite loss or gradient; the message names the
@@ -228,34 +333,53 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         ValueError: a bad setting, or a run folder holding a run with other settings or data;
             a refused start writes nothing into the run folder.
     """
+    if getattr(cfg, "distributed", False):
+        sh.initialize_distributed()
+    writer_proc = sh.is_writer()
+
+    def say(text: str) -> None:
+        if writer_proc:
+            print(f"[{cfg.name}] {text}", flush=True)
+
     run_dir = workdir if workdir is not None else cfg.run_dir()
+    tc = cfg.train
     # Check everything that can refuse the start before writing anything: a refused start must
     # leave the folder as it was, so that the corrected command is not refused in turn.
+    mesh, mesh_note = sh.training_mesh(tc.batch_size, tc.devices)
     config_record = _check_config(run_dir, cfg)
+    topology_record = _check_topology(run_dir, mesh)
     data = load_dataset(cfg.data)
     data_record = _check_data(run_dir, data)
     state, spe = build_state(cfg, data)
-    os.makedirs(run_dir, exist_ok=True)
-    remove_stale = getattr(research.io, "remove_stale_temporaries", None)
-    if remove_stale is not None:
-        # Temporaries of atomic writes a kill interrupted (orbax cleans its own folders).
-        for folder in (run_dir, os.path.join(run_dir, "trajectory")):
-            remove_stale(folder)
-    atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
-    atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
+    if writer_proc:
+        os.makedirs(run_dir, exist_ok=True)
+        remove_stale = getattr(research.io, "remove_stale_temporaries", None)
+        if remove_stale is not None:
+            # Temporaries of atomic writes a kill interrupted (orbax cleans its own folders).
+            for folder in (run_dir, os.path.join(run_dir, "trajectory")):
+                remove_stale(folder)
+        atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
+        atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
+        atomic_write_json(os.path.join(run_dir, "topology.json"), topology_record)
 
     total = spe * cfg.train.epochs
     stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
-    tc = cfg.train
     n_params = param_count(state.params)
     has_val = len(data.x_val) > 0
-    print(f"[{cfg.name}] {cfg.model.kind} with {n_params:,} parameters; "
-          f"{len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test "
-          f"examples; {total} steps ({spe} per epoch)", flush=True)
+    say(f"{cfg.model.kind} with {n_params:,} parameters; {len(data.x_train)} train / "
+        f"{len(data.x_val)} val / {len(data.x_test)} test examples; {total} steps ({spe} per "
+        f"epoch); batches split over {mesh.devices.size} device(s) in {jax.process_count()} "
+        "process(es)")
+    if mesh_note:
+        say(f"note: {mesh_note}")
     if not has_val:
-        print(f"[{cfg.name}] warning: no validation split, so no best checkpoint is chosen",
-              flush=True)
+        say("warning: no validation split, so no best checkpoint is chosen")
 
+    # Data parallelism: the state goes to every device (as `state_sharding` says), batches are
+    # split along the mesh's data axis.
+    where = state_sharding(mesh, state).to_tree()
+    state = state.replace_tree(jax.tree_util.tree_map(
+        lambda x, w: sh.put(np.asarray(x), w), state.to_tree(), where))
     checkpointer = ckpt.Checkpointer(run_dir, tc.keep_checkpoints)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     summary_path = os.path.join(run_dir, "summary.json")
@@ -264,16 +388,18 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
     if step:
         tree, loop_record = checkpointer.restore(state.to_tree())
         state = state.replace_tree(tree)
-        print(f"[{cfg.name}] resumed from step {step}", flush=True)
+        say(f"resumed from step {step}")
         if loop_record is None:
-            print(f"[{cfg.name}] warning: a checkpoint from an older version: the step metrics "
-                  "of the current epoch restart from this step", flush=True)
-    else:
+            say("warning: a checkpoint from an older version: the step metrics of the current "
+                "epoch restart from this step")
+    elif writer_proc:
         ckpt.save_params(os.path.join(run_dir, "init_params.npz"), state.params)
         if tc.trajectory_every:
             ckpt.save_params(ckpt.trajectory_path(run_dir, 0), state.params)
     loop_record = loop_record or {}
-    truncate_after(metrics_path, step)
+    if writer_proc:
+        truncate_after(metrics_path, step)
+    sh.barrier("train_and_evaluate:start")  # the others read metrics.jsonl after truncation
     score_key = "accuracy" if state.loss.classification else "loss"
     sign = 1.0 if state.loss.classification else -1.0
     best, best_step = _best_from_records(read_jsonl(metrics_path), score_key, sign)
@@ -286,12 +412,12 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
             stored = json.load(f)
         if stored.get("version") == _SUMMARY_VERSION and stored.get("steps") == total:
             checkpointer.close()
-            return state, stored
+            return _to_default_device(state), stored
         loop_record.setdefault("seconds", stored.get("seconds", 0.0))
 
-    writer = JsonlWriter(metrics_path)
+    writer = JsonlWriter(metrics_path) if writer_proc else None
     tb = None
-    if tc.tensorboard and jax.process_index() == 0:
+    if tc.tensorboard and writer_proc:
         # The event files mirror metrics.jsonl: rebuilt from its (truncated) records at every
         # start, so a killed piece's events past the checkpoint never show twice.
         tb_dir = os.path.join(run_dir, "tensorboard", "metrics")
@@ -301,20 +427,37 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
             log_record(tb, record)
 
     def write(record: dict) -> None:
-        writer.write(record)
-        log_record(tb, record)
+        if writer is not None:
+            writer.write(record)
+            log_record(tb, record)
 
-    key = jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)
+    key = sh.put(np.asarray(jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)),
+                 sh.replicated(mesh))
     x_train, y_train = data.x_train, data.y_train
+    # The training split goes to every device once when it fits; each device then gathers its
+    # rows of every batch there (no host copy per step, no communication).
     on_device = x_train.nbytes + y_train.nbytes <= _DEVICE_DATA_BYTES
     if on_device:
-        x_dev, y_dev = jax.device_put(x_train), jax.device_put(y_train)
+        x_dev = sh.put(x_train, sh.replicated(mesh))
+        y_dev = sh.put(y_train, sh.replicated(mesh))
+    run_steps = compile_train_steps(mesh, state, resident=on_device)
+    split_steps = sh.batch_sharding(mesh, leading=1)
+    eval_splits: dict[str, _EvalSplit] = {}
+
+    def ev(name: str, with_confusion: bool = False, of: TrainState | None = None) -> dict:
+        if name not in eval_splits:
+            x, y = {"train": (x_train, y_train), "val": (data.x_val, data.y_val),
+                    "test": (data.x_test, data.y_test)}[name]
+            eval_splits[name] = _EvalSplit(x, y, tc.eval_batch_size, mesh)
+        return _evaluate_split(state if of is None else of, eval_splits[name], with_confusion)
+
     sums: dict[str, float] = defaultdict(float, loop_record.get("sums", {}))
     count = int(loop_record.get("count", 0))
-    pending: list[tuple[int, dict]] = []
-    perm, perm_dev, perm_epoch = None, None, -1
-    bar = tqdm(total=total, initial=step, disable=not tc.progress, desc=cfg.name, unit="step",
-               dynamic_ncols=True, mininterval=0.5 if os.isatty(2) else 10.0)
+    pending: list[tuple[int, int, dict]] = []
+    perm, order_dev, perm_epoch = None, None, -1
+    bar = tqdm(total=total, initial=step, disable=not (tc.progress and writer_proc),
+               desc=cfg.name, unit="step", dynamic_ncols=True,
+               mininterval=0.5 if os.isatty(2) else 10.0)
     seconds_before = float(loop_record.get("seconds", 0.0))
     t_start = time.time()
 
@@ -328,48 +471,56 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         nonlocal count
         if not pending:
             return
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
+        fetched = sh.fetch([m for _, _, m in pending])
+        calls = [(first, n) for first, n, _ in pending]
         pending.clear()
-        for at, metrics in zip(steps, fetched):
-            values = {k: float(v) for k, v in metrics.items()}
-            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-                last = checkpointer.latest_step()
-                epoch, i = divmod(at - 1, spe)
-                idx = _permutation(tc.seed, epoch, len(x_train))[
-                    i * tc.batch_size:(i + 1) * tc.batch_size]
-                raise FloatingPointError(
-                    f"non-finite loss ({values['loss']}) or gradient norm "
-                    f"({values['grad_norm']}) at step {at} (epoch {epoch + 1}); training "
-                    f"stopped, the last good checkpoint is step {last} in {run_dir}/checkpoints"
-                    f"{_batch_problem(x_train[idx])}")
-            for k, v in values.items():
-                sums[k] += v
-            count += 1
+        for (first, n), metrics_k in zip(calls, fetched):
+            for j in range(n):
+                at = first + j
+                values = {k: float(v[j]) for k, v in metrics_k.items()}
+                if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                    last = checkpointer.latest_step()
+                    epoch, i = divmod(at - 1, spe)
+                    idx = _permutation(tc.seed, epoch, len(x_train))[
+                        i * tc.batch_size:(i + 1) * tc.batch_size]
+                    raise FloatingPointError(
+                        f"non-finite loss ({values['loss']}) or gradient norm "
+                        f"({values['grad_norm']}) at step {at} (epoch {epoch + 1}); training "
+                        f"stopped, the last good checkpoint is step {last} in "
+                        f"{run_dir}/checkpoints{_batch_problem(x_train[idx])}")
+                for k, v in values.items():
+                    sums[k] += v
+                count += 1
         bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "accuracy") if k in values})
 
     try:
         while step < stop_at:
             epoch, i = divmod(step, spe)
             if epoch != perm_epoch:
-                perm = _permutation(tc.seed, epoch, len(x_train))
-                perm_dev = jax.device_put(perm.astype(np.int32)) if on_device else None
+                perm = _permutation(tc.seed, epoch, len(x_train)).astype(np.int32)
                 perm_epoch = epoch
+                if on_device:  # the epoch's batches, once: no host transfer per call
+                    order_dev = sh.put(perm[:spe * tc.batch_size].reshape(spe, tc.batch_size),
+                                       split_steps)
+            n = _call_length(step, tc.steps_per_call, spe, stop_at, tc.checkpoint_every,
+                             tc.trajectory_every)
             if on_device:
-                batch = _gather(x_dev, y_dev, perm_dev, i * tc.batch_size, tc.batch_size)
+                state, metrics = run_steps(state, x_dev, y_dev, order_dev, i, key, n)
             else:
-                idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
-                batch = {"x": x_train[idx], "y": y_train[idx]}
-            state, metrics = train_step_donated(state, batch, key)
-            step += 1
-            bar.update(1)
-            pending.append((step, metrics))
+                idx_KxB = perm[i * tc.batch_size:(i + n) * tc.batch_size].reshape(
+                    n, tc.batch_size)
+                batches = {"x": sh.put(x_train[idx_KxB], split_steps),
+                           "y": sh.put(y_train[idx_KxB], split_steps)}
+                state, metrics = run_steps(state, batches, key)
+            pending.append((step + 1, n, metrics))
+            step += n
+            bar.update(n)
             epoch_end = step % spe == 0
             save_now = step % tc.checkpoint_every == 0 or step == stop_at
             traj_now = tc.trajectory_every and step % tc.trajectory_every == 0
-            if epoch_end or save_now or traj_now or len(pending) >= _MAX_PENDING:
+            if epoch_end or save_now or traj_now or sum(p[1] for p in pending) >= _MAX_PENDING:
                 flush()
-            if traj_now:
+            if traj_now and writer_proc:
                 ckpt.save_params(ckpt.trajectory_path(run_dir, step), state.params)
             if epoch_end:
                 record = {"step": step, "epoch": epoch + 1, "split": "train_steps",
@@ -381,27 +532,26 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                 if (epoch + 1) % tc.eval_every == 0 or step == total:
                     head = {"step": step, "epoch": epoch + 1}
                     if tc.eval_train:
-                        ev = evaluate(state, x_train, y_train, tc.eval_batch_size)
-                        write({**head, "split": "train", **ev})
+                        write({**head, "split": "train", **ev("train")})
                     if has_val:
-                        ev = evaluate(state, data.x_val, data.y_val, tc.eval_batch_size)
-                        write({**head, "split": "val", **ev})
-                        val_score = sign * ev[score_key]
+                        val = ev("val")
+                        write({**head, "split": "val", **val})
+                        val_score = sign * val[score_key]
                     # Test curves are for plots only: nothing is chosen on them.
-                    write({**head, "split": "test", **evaluate(
-                        state, data.x_test, data.y_test, tc.eval_batch_size)})
+                    write({**head, "split": "test", **ev("test")})
                     if has_val and val_score > best:
                         # Before the newest checkpoint of this step: see the docstring.
                         best, best_step = val_score, step
                         checkpointer.save_best(step, state.to_tree(), best,
-                                               {"step": step, "val": ev})
+                                               {"step": step, "val": val})
             if save_now:
                 checkpointer.save(step, state.to_tree(),
                                   {"sums": dict(sums), "count": count, "seconds": elapsed()})
         flush()
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         if tb is not None:
             tb.close()
 
@@ -413,24 +563,23 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                                   "higher_is_better": state.loss.classification}
                                  if has_val else None)}
         if step == total:
-            summary["train"] = evaluate(state, x_train, y_train, tc.eval_batch_size)
+            summary["train"] = ev("train")
             if has_val:
-                summary["val"] = evaluate(state, data.x_val, data.y_val, tc.eval_batch_size)
-            summary["test"] = evaluate(state, data.x_test, data.y_test, tc.eval_batch_size,
-                                       with_confusion=True)
+                summary["val"] = ev("val")
+            summary["test"] = ev("test", with_confusion=True)
             if has_val and checkpointer.best_step() is not None:
                 tree, _ = checkpointer.restore(state.to_tree(), best=True)
                 best_state = state.replace_tree(tree)
                 at = checkpointer.best_step()
                 summary["best"] = {
-                    "step": at, "epoch": at // spe,
-                    "val": evaluate(best_state, data.x_val, data.y_val, tc.eval_batch_size),
-                    "test": evaluate(best_state, data.x_test, data.y_test, tc.eval_batch_size,
-                                     with_confusion=True)}
-            atomic_write_json(summary_path, summary)
+                    "step": at, "epoch": at // spe, "val": ev("val", of=best_state),
+                    "test": ev("test", with_confusion=True, of=best_state)}
+            if writer_proc:
+                atomic_write_json(summary_path, summary)
     finally:
         checkpointer.close()
-    return state, summary
+    sh.barrier("train_and_evaluate:end")
+    return _to_default_device(state), summary
 
 
 def load_run(run_dir: str, best: bool = False) -> tuple[Config, TrainState, Dataset]:

@@ -4,7 +4,14 @@
 pure functions of their arguments: import them into your own code and `jax.jit` them.
 `train_step_jit` is jitted without donation, so arrays you still hold (say the initial
 parameters, for an interpolation plot) stay valid; `train_step_donated` reuses the state's
-buffers in place and is for loops that own the state (our training loop).
+buffers in place and is for loops that own the state.
+
+Several steps per compiled call: `train_steps(state, batches_K, key)` scans `train_step` over
+batches stacked on a leading axis, and `train_steps_gather` gathers each batch from a split
+already on the device by indices. `compile_train_steps(mesh, state, ...)` jits either with
+explicit shardings for data parallelism (the batch split along the mesh's `data` axis, the
+state as `research.sharding.param_sharding` says, replicated today); our loop uses it.
+`eval_batches(state, batches_N)` scans `eval_step` over stacked evaluation batches.
 
 The loss is `state.loss(outputs, y) -> per-example values`. When it also has `penalty(params)`
 (as `research.losses.Loss` does) the penalty is added to the objective; when it has `predict`
@@ -14,10 +21,15 @@ accuracy comes from the outputs (sign of one logit, argmax of several).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from research import sharding as sh
 from research.optim import current_learning_rate
 from research.train.state import TrainState
 
@@ -120,3 +132,108 @@ def eval_step(state: TrainState, batch: Batch) -> dict:
 train_step_jit = jax.jit(train_step)
 train_step_donated = jax.jit(train_step, donate_argnums=0)
 eval_step_jit = jax.jit(eval_step)
+
+
+def train_steps(state: TrainState, batches: Batch, key: jax.Array) -> tuple[TrainState, dict]:
+    """`train_step` over K batches stacked on a leading axis, in one `lax.scan`.
+
+    Returns:
+        The state after K steps and each step's metrics stacked, `metric_K`.
+    """
+    return jax.lax.scan(lambda s, b: train_step(s, b, key), state, batches)
+
+
+def train_steps_gather(state: TrainState, x_N: jax.Array, y_N: jax.Array, order_SxB: jax.Array,
+                       start: jax.Array, key: jax.Array, *, k: int,
+                       batch_sharding=None) -> tuple[TrainState, dict]:
+    """`k` steps on batches gathered from a split already on the device.
+
+    Args:
+        state: the training state.
+        x_N: inputs of the whole split (replicated on each device).
+        y_N: its labels.
+        order_SxB: the examples of each batch of the epoch (S batches of B).
+        start: the epoch's batch of the first step.
+        key: the run's base key (see `train_step`).
+        k: steps (static).
+        batch_sharding: where each gathered batch lives (e.g. split along `data`); None leaves
+            it to the compiler.
+
+    Returns:
+        As `train_steps`.
+    """
+    idx_KxB = jax.lax.dynamic_slice_in_dim(order_SxB, start, k)
+
+    def body(s, idx_B):
+        batch = {"x": jnp.take(x_N, idx_B, axis=0), "y": jnp.take(y_N, idx_B, axis=0)}
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return train_step(s, batch, key)
+
+    return jax.lax.scan(body, state, idx_KxB)
+
+
+def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
+    """The sharding of every array of a state: parameters as `sharding.param_sharding` says.
+
+    The step counter, the model state (BatchNorm statistics) and the optimiser state are
+    replicated; when parameters get sharded, give the optimiser's parameter-shaped moments the
+    same shardings here (e.g. with `optax.tree_utils.tree_map_params`).
+    """
+    repl = sh.replicated(mesh)
+    return state.replace(step=repl, params=sh.param_sharding(mesh, state.params),
+                         model_state=jax.tree_util.tree_map(lambda _: repl, state.model_state),
+                         opt_state=jax.tree_util.tree_map(lambda _: repl, state.opt_state))
+
+
+def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: bool = True):
+    """`train_steps_gather` (resident) or `train_steps`, jitted with explicit shardings.
+
+    Args:
+        mesh: a mesh with a `data` axis (`research.sharding.data_mesh`).
+        state: a state of the run (for the structure of its shardings).
+        resident: the split is on the device; the call is `run(state, x_N, y_N, order_SxB,
+            start, key, k)` with x_N, y_N replicated and order_SxB (the epoch's batches, put
+            once per epoch) split along `data` on its second axis; otherwise
+            `run(state, batches_K, key)` with batches split the same way.
+        donate: reuse the state's buffers (the caller must not use the old state again).
+
+    Returns:
+        The function, returning (state, metrics_K) with replicated metrics; compiled once per
+        number of steps k.
+    """
+    repl, st = sh.replicated(mesh), state_sharding(mesh, state)
+    split = sh.batch_sharding(mesh, leading=1)
+    donate_argnums = (0,) if donate else ()
+    if not resident:
+        return jax.jit(train_steps, in_shardings=(st, split, repl), out_shardings=(st, repl),
+                       donate_argnums=donate_argnums)
+    compiled: dict[int, Callable] = {}
+
+    def run(state, x_N, y_N, order_SxB, start, key, k: int):
+        if k not in compiled:
+            fn = functools.partial(train_steps_gather, k=k,
+                                   batch_sharding=sh.batch_sharding(mesh))
+            compiled[k] = jax.jit(fn, in_shardings=(st, repl, repl, split, repl, repl),
+                                  out_shardings=(st, repl), donate_argnums=donate_argnums)
+        return compiled[k](state, x_N, y_N, order_SxB, start, key)
+
+    return run
+
+
+def eval_batches(state: TrainState, batches: Batch) -> tuple[dict, jax.Array]:
+    """`eval_step` over N batches stacked on a leading axis, in one `lax.scan`.
+
+    Returns:
+        Each batch's sums (`loss_sum_N`, `count_N`, `correct_sum_N`) and `pred_NxB`.
+    """
+    def body(_, b):
+        m = eval_step(state, b)
+        return None, m
+
+    _, m = jax.lax.scan(body, None, batches)
+    pred = m.pop("pred")
+    return m, pred
+
+
+eval_batches_jit = jax.jit(eval_batches)
