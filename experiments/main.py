@@ -36,6 +36,7 @@ from research.io import atomic_write_json, atomic_write_text
 from research.landscape.analysis import analyse_run
 from research.landscape.config import JobLandscapeConfig, job_landscape
 from research.landscape.interactive import export_html
+from research.sharding import initialize_distributed
 from research.tables import markdown_table
 from research.train import train_and_evaluate
 from research.viz import (
@@ -61,6 +62,8 @@ class Config:
         workdir: parent folder.
         preset: named defaults to start from (cpu, gpu, tiny); the other options given override
             them. The landscape part uses the landscape preset of the same name.
+        distributed: one process per host of a cluster (Open MPI, SLURM, a TPU pod):
+            `jax.distributed.initialize()` first; process 0 alone writes files.
     """
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
@@ -68,6 +71,7 @@ class Config:
     name: str = "main"
     workdir: str = "runs"
     preset: str = "cpu"
+    distributed: bool = False
 
 
 def _job(run: RunConfig, preset: str) -> Config:
@@ -240,8 +244,12 @@ def main(cfg: Config) -> dict:
     Returns:
         The results written to results.json.
     """
+    if cfg.distributed or cfg.run.distributed:
+        # Before anything touches a device (the JAX feature front end does, in load_dataset).
+        initialize_distributed()
     out_dir = os.path.join(cfg.workdir, cfg.name)
-    run = dataclasses.replace(cfg.run, workdir=out_dir)
+    run = dataclasses.replace(cfg.run, workdir=out_dir,
+                              distributed=cfg.distributed or cfg.run.distributed)
     seconds = {}
     t0 = time.time()
     data = load_dataset(run.data)

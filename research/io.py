@@ -62,16 +62,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_writer() -> bool:
+    """Whether this process writes files: always, except in a multi-process run (process 0 only).
+
+    Every process of a `jax.distributed` run computes the same numbers, so one writes them. The
+    check does not start a JAX backend before `jax.distributed.initialize()` has run.
+    """
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write bytes to `path` atomically (creating its folder).
 
     The bytes go to a temporary file in the same folder, which is then renamed over `path`, so
-    readers and a killed writer see either the old file or the new one.
+    readers and a killed writer see either the old file or the new one. In a multi-process run
+    only process 0 writes (`is_writer`); the others return at once.
 
     Args:
         path: the file to write.
         data: its new content.
     """
+    if not is_writer():
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     while True:

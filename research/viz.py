@@ -18,7 +18,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
-from research.io import atomic_write_bytes, remove_stale_temporaries
+from research.io import atomic_write_bytes, is_writer, remove_stale_temporaries
 
 # The Playground's diverging palette: orange for -1, near-white for 0, blue for +1.
 PLAYGROUND_CMAP = LinearSegmentedColormap.from_list(
@@ -55,6 +55,8 @@ def save_figure(fig, path: str, formats: Sequence[str] = ("png", "pdf"),
         stem, ext = os.path.splitext(path)
         if ext[1:].lower() not in supported:
             stem = path
+        if not is_writer():  # a multi-process run: process 0 draws and writes
+            return [f"{stem}.{fmt}" for fmt in formats]
         rendered = []
         for fmt in formats:
             buf = io.BytesIO()

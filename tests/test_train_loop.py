@@ -235,10 +235,13 @@ def test_best_is_chosen_on_validation_and_reported_with_test(reference):
     recs = read_jsonl(str(run_dir / "metrics.jsonl"))
     val = [r for r in recs if r["split"] == "val"]
     assert [r["epoch"] for r in val] == list(range(1, 31))
-    # classification (xor, squared error on a tanh output): the first best val accuracy wins
-    best = max(val, key=lambda r: r["accuracy"])
+    # classification (xor, squared error on a tanh output): the best val accuracy wins, ties
+    # going to the lower val loss, then to the earlier step (brute force over the records)
+    top = max(r["accuracy"] for r in val)
+    tied = [r for r in val if r["accuracy"] == top]
+    best = min(tied, key=lambda r: (r["loss"], r["step"]))
     assert summary["selection"] == {"split": "val", "metric": "accuracy",
-                                    "higher_is_better": True}
+                                    "higher_is_better": True, "ties": "lower validation loss"}
     assert summary["best"]["step"] == best["step"] and summary["best"]["epoch"] == best["epoch"]
     assert summary["best"]["val"] == {k: best[k] for k in summary["best"]["val"]}
     _, best_state, data = load_run(str(run_dir), best=True)

@@ -282,12 +282,26 @@ def _check_topology(run_dir: str, mesh) -> dict:
     return ours
 
 
-def _best_from_records(records: list[dict], score_key: str, sign: float) -> tuple[float, int]:
-    """The best validation score (higher is better after `sign`) and its step; first one wins."""
+def selection_score(record: dict, classification: bool) -> float:
+    """How good a validation record is for model selection (higher is better).
+
+    Classification: the accuracy, ties broken by the lower loss (a small validation split ties
+    often, and the first of equals is usually the less trained). The loss term is below 1e-6,
+    so it never outweighs one example of a validation split under a million examples.
+    Regression: minus the loss.
+    """
+    if not classification:
+        return -float(record["loss"])
+    loss = float(record["loss"])
+    return float(record["accuracy"]) - 1e-6 * loss / (1.0 + loss)
+
+
+def _best_from_records(records: list[dict], classification: bool) -> tuple[float, int]:
+    """The best validation score and its step; the first of equal scores wins."""
     best, best_step = -math.inf, 0
     for r in records:
-        if r["split"] == "val" and sign * r[score_key] > best:
-            best, best_step = sign * r[score_key], r["step"]
+        if r["split"] == "val" and selection_score(r, classification) > best:
+            best, best_step = selection_score(r, classification), r["step"]
     return best, best_step
 
 
@@ -401,8 +415,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         truncate_after(metrics_path, step)
     sh.barrier("train_and_evaluate:start")  # the others read metrics.jsonl after truncation
     score_key = "accuracy" if state.loss.classification else "loss"
-    sign = 1.0 if state.loss.classification else -1.0
-    best, best_step = _best_from_records(read_jsonl(metrics_path), score_key, sign)
+    best, best_step = _best_from_records(read_jsonl(metrics_path), state.loss.classification)
     if step and best_step == step and best_step not in checkpointer.best_steps():
         # A kill between the newest checkpoint and the best one (the order of older versions)
         # lost the best state: it is the state just restored.
@@ -536,7 +549,7 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                     if has_val:
                         val = ev("val")
                         write({**head, "split": "val", **val})
-                        val_score = sign * val[score_key]
+                        val_score = selection_score(val, state.loss.classification)
                     # Test curves are for plots only: nothing is chosen on them.
                     write({**head, "split": "test", **ev("test")})
                     if has_val and val_score > best:
@@ -560,7 +573,9 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
                    "total_steps": total, "params": n_params, "seconds": elapsed(),
                    "finished": step == total, "class_names": list(data.class_names),
                    "selection": ({"split": "val", "metric": score_key,
-                                  "higher_is_better": state.loss.classification}
+                                  "higher_is_better": state.loss.classification,
+                                  "ties": "lower validation loss" if
+                                  state.loss.classification else None}
                                  if has_val else None)}
         if step == total:
             summary["train"] = ev("train")
