@@ -32,7 +32,7 @@ from research import metrics as M
 from research.config import AudioDataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.config import AudioRunConfig as RunConfig
 from research.data import load_dataset
-from research.io import atomic_write_json, atomic_write_text
+from research.io import atomic_write_json, atomic_write_text, is_writer
 from research.landscape.analysis import analyse_run
 from research.landscape.config import JobLandscapeConfig, job_landscape
 from research.landscape.interactive import export_html
@@ -115,7 +115,7 @@ PRESETS: dict[str, Config] = {
                   model=ModelConfig(kind="cnn", channels=(4, 8), activation="relu",
                                     batch_norm=True),
                   optim=OptimConfig(name="adam", learning_rate=3e-3),
-                  train=TrainConfig(epochs=2, batch_size=5, loss="softmax_ce",
+                  train=TrainConfig(epochs=2, batch_size=4, loss="softmax_ce",
                                     checkpoint_every=4, trajectory_every=2, progress=False),
                   name="train"),
         "tiny"),
@@ -302,6 +302,8 @@ def main(cfg: Config) -> dict:
                "landscape": land, "figures": figures, "seconds": seconds, "report": report}
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     t = summary["test"]
+    if not is_writer():  # every process of a multi-process run has the same numbers
+        return results
     print(f"final state, test split: accuracy {t['accuracy']:.3f}, balanced "
           f"{t['balanced_accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}; report: {report}")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
