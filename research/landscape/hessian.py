@@ -251,6 +251,29 @@ def _np_rademacher(seed: int, streams: Any, p: int) -> np.ndarray:
     return 1.0 - 2.0 * (bits_SxP >> np.uint32(31)).astype(np.float32)
 
 
+def _np_ravel(tree: PyTree) -> np.ndarray:
+    """`ravel_pytree` in numpy (float32): no eager device op, so nothing to compile."""
+    return np.concatenate([np.ravel(np.asarray(leaf, np.float32))
+                           for leaf in jax.tree_util.tree_leaves(tree)])
+
+
+def _num_params(tree: PyTree) -> int:
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def _np_unravel(flat_P: np.ndarray, like: PyTree) -> PyTree:
+    """A flat vector back into the shapes and dtypes of `like` (on the device, uncompiled)."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    flat_P = np.asarray(flat_P)
+    out, start = [], 0
+    for leaf in leaves:
+        size = int(np.size(leaf))
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        out.append(flat_P[start:start + size].reshape(np.shape(leaf)).astype(dtype))
+        start += size
+    return jax.device_put(jax.tree_util.tree_unflatten(treedef, out))
+
+
 def _np_normalize(v_SxP: np.ndarray) -> np.ndarray:
     return v_SxP / np.maximum(np.linalg.norm(v_SxP, axis=-1, keepdims=True), 1e-30)
 
@@ -299,6 +322,8 @@ def _build_step(fn: Callable, has_state: bool, padded: bool) -> Callable:
         def one(coef_K, v_SxP):
             at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP if coef_K.shape[0] else flat_P
             grad = jax.grad(lambda f: total(unravel(f), state, batch, mask_B))
+            if v_SxP.shape[0] == 1:  # no vmap: less to trace and compile
+                return jax.jvp(grad, (at_P,), (v_SxP[0],))[1][None]
             # vmap over jvp: the primal (forward and backward pass) is shared by all vectors.
             return jax.vmap(lambda v: jax.jvp(grad, (at_P,), (v,))[1])(v_SxP)
 
@@ -310,45 +335,115 @@ def _build_step(fn: Callable, has_state: bool, padded: bool) -> Callable:
     return jax.jit(step, donate_argnums=7)
 
 
+def _build_prep(fn: Callable, has_state: bool, padded: bool) -> Callable:
+    """The gradient over one batch linearised at theta + c_g . D: its tangent map, a pytree.
+
+    `jax.linearize` keeps the primal's residuals (the forward and backward pass), so each
+    later product runs only the tangent half: about 1.4x faster for a CNN on XLA:CPU.
+    """
+    total = _batch_total(fn, has_state, padded)
+
+    def prep(params, dirs_KxP, state, batch, mask_B, coefs_GxK):
+        flat_P, unravel = _flat(params)
+
+        def one(coef_K):
+            at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP if coef_K.shape[0] else flat_P
+            grad = jax.grad(lambda f: total(unravel(f), state, batch, mask_B))
+            return jax.linearize(grad, at_P)[1]
+        if coefs_GxK.shape[0] == 1:
+            return one(coefs_GxK[0])
+        return jax.vmap(one)(coefs_GxK)
+    return jax.jit(prep)
+
+
+def _apply(lin: Callable, v_GxSxP: jax.Array, acc_GxSxP: jax.Array) -> jax.Array:
+    """Add lin(v) to acc, for `_build_prep`'s tangent map(s) (batched over points when G > 1)."""
+    g, s = v_GxSxP.shape[:2]
+    if g == 1:
+        hv_SxP = lin(v_GxSxP[0, 0])[None] if s == 1 else jax.vmap(lin)(v_GxSxP[0])
+        return acc_GxSxP + hv_SxP[None].astype(jnp.float32)
+    hv_GxSxP = jax.vmap(lambda f, v_SxP: jax.vmap(f)(v_SxP))(lin, v_GxSxP)
+    return acc_GxSxP + hv_GxSxP.astype(jnp.float32)
+
+
+# One program per tangent map's structure (the map's jaxpr is part of its pytree structure,
+# which stays the same as long as `_build_prep`'s program is not retraced).
+_APPLY = jax.jit(_apply, donate_argnums=2)
+
+# Largest total size of the saved residuals over a split (all batches, all points of a map
+# chunk); above it the products recompute the primal each time (`_build_step`).
+RESIDUAL_BYTES = 1 << 30
+
+
 class _HostOperator:
     """The Hessian of the mean loss over a split as a host-callable operator (`loop="host"`).
 
     Built once per tool call: the parameters, directions, model state and every batch are put
-    on the device once; each product is one call of the cached step per batch.
+    on the device once. `at(coefs)` linearises the gradient at the grid points `coefs` once
+    per batch (when the residuals fit in `RESIDUAL_BYTES`); each product is then one call of
+    the cached tangent program per batch, accumulated in a donated buffer.
     """
 
     def __init__(self, fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
                  model_state: PyTree | None, directions: Sequence[PyTree] = ()):
         args, static = _prepare(fn, params, data, batch_size, model_state)
         params, state, batches, mask_NBxB, n = args
-        self.prog = _cached("step", fn, static, lambda: _build_step(fn, *static))
-        flat_P = jax.flatten_util.ravel_pytree(params)[0]
-        self.p = int(flat_P.shape[0])
+        self.fn, self.static = fn, static
+        self.prep = _cached("prep", fn, static, lambda: _build_prep(fn, *static))
+        self.linearize = True
+        self.p = _num_params(params)
         self.n = float(n)
         put = jax.device_put
         self.params, self.state = put(params), put(state)
-        dirs = [np.asarray(_flat(d)[0]) for d in directions]
+        dirs = [_np_ravel(d) for d in directions]
         self.dirs_KxP = put(np.stack(dirs) if dirs else np.zeros((0, self.p), np.float32))
         self.k = len(dirs)
         nb = mask_NBxB.shape[0]
         self.batches = [put(jax.tree_util.tree_map(lambda a, i=i: a[i], batches))
                         for i in range(nb)]
         self.masks = [put(mask_NBxB[i]) for i in range(nb)]
+        self._centre = None
 
-    def __call__(self, v_GxSxP: np.ndarray, coefs_GxK: np.ndarray | None = None) -> np.ndarray:
-        v_GxSxP = np.asarray(v_GxSxP, np.float32)
+    def at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """v_GxSxP -> H_g v_gs at the G points theta + coefs_g . D (None: theta, G = 1)."""
         if coefs_GxK is None:
-            coefs_GxK = np.zeros((v_GxSxP.shape[0], self.k), np.float32)
+            coefs_GxK = np.zeros((1, self.k), np.float32)
         coefs = jax.device_put(np.asarray(coefs_GxK, np.float32))
-        v = jax.device_put(v_GxSxP)
-        acc = jnp.zeros(v_GxSxP.shape, jnp.float32)
-        for batch, mask_B in zip(self.batches, self.masks):
-            acc = self.prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs, v, acc)
-        return np.asarray(acc) / np.float32(self.n)
+        scale = np.float32(1.0 / self.n)
+        lins = []
+        if self.linearize:
+            for batch, mask_B in zip(self.batches, self.masks):
+                lins.append(self.prep(self.params, self.dirs_KxP, self.state, batch, mask_B,
+                                      coefs))
+                size = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(lins[0]))
+                if size * len(self.batches) > RESIDUAL_BYTES:
+                    self.linearize, lins = False, []
+                    break
+        if lins:
+            def matvec(v_GxSxP):
+                v = jax.device_put(np.asarray(v_GxSxP, np.float32))
+                acc = np.zeros(v.shape, np.float32)  # numpy: no fill program to compile
+                for lin in lins:
+                    acc = _APPLY(lin, v, acc)
+                return np.asarray(acc) * scale
+            return matvec
+
+        fn, static = self.fn, self.static
+        prog = _cached("step", fn, static, lambda: _build_step(fn, *static))
+
+        def matvec(v_GxSxP):
+            v = jax.device_put(np.asarray(v_GxSxP, np.float32))
+            acc = np.zeros(v.shape, np.float32)
+            for batch, mask_B in zip(self.batches, self.masks):
+                acc = prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs, v, acc)
+            return np.asarray(acc) * scale
+        return matvec
 
     def one_point(self, v_SxP: np.ndarray) -> np.ndarray:
         """H V at the parameters, for S vectors at once."""
-        return self(np.asarray(v_SxP)[None])[0]
+        if self._centre is None:
+            self._centre = self.at()
+        return self._centre(np.asarray(v_SxP)[None])[0]
 
 
 # ----------------------------------------------------------------------------- power iteration
@@ -461,7 +556,7 @@ def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
         raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
     loop = _resolve_loop(loop)
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    p = jax.flatten_util.ravel_pytree(params)[0].shape[0]
+    p = _num_params(params)
     if k > p:
         raise ValueError(f"k: asked for {k} eigenpairs of a {p}-parameter Hessian")
     if loop == "host":
@@ -471,8 +566,8 @@ def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
         prog = _cached("power", fn, (*static, int(k), int(max_iter), float(tol)),
                        lambda: _build_power(fn, *static, int(k), int(max_iter), float(tol)))
         q_KxP, vals_K, iters_K = prog(*args, np.uint32(seed))
-    unravel = jax.flatten_util.ravel_pytree(params)[1]
-    vectors = [unravel(q_KxP[i]) for i in range(k)]
+    q_KxP = np.asarray(q_KxP)
+    vectors = [_np_unravel(q_KxP[i], params) for i in range(k)]
     return Eigenpairs(np.asarray(vals_K, np.float64), vectors, np.asarray(iters_K))
 
 
@@ -664,7 +759,7 @@ def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed, l
         raise ValueError(f"runs: must be an integer >= 1, got {runs!r}")
     loop = _resolve_loop(loop)
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    m = min(int(steps), int(jax.flatten_util.ravel_pytree(params)[0].shape[0]))
+    m = min(int(steps), _num_params(params))
     if loop == "host":
         op = _HostOperator(fn, params, data, batch_size, model_state)
         v_RxP = _np_normalize(_np_rademacher(seed, np.arange(runs), op.p))
@@ -933,8 +1028,7 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    p = int(jax.flatten_util.ravel_pytree(params)[0].shape[0])
-    m = min(int(steps), p)
+    m = min(int(steps), _num_params(params))
     n = int(args[-1])
 
     all_settings = {"kind": "hessian_eigenvalue_map", "lanczos_steps": m, "seed": int(seed),
@@ -966,7 +1060,8 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
 
         def run(coords_CxK):
             c = len(coords_CxK)
-            a_CxM, b_CxM = _lanczos_host(lambda v_CxP: op(v_CxP[:, None], coords_CxK)[:, 0],
+            matvec = op.at(coords_CxK)
+            a_CxM, b_CxM = _lanczos_host(lambda v_CxP: matvec(v_CxP[:, None])[:, 0],
                                          np.tile(v_P, (c, 1)), m, int(seed), 1)
             hi, lo = [], []
             for a_M, b_M in zip(a_CxM, b_CxM):
