@@ -56,9 +56,11 @@ from research.config import Config as RunConfig
 from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
+from research.landscape import hessian
+from research.landscape.eigen_plot import plot_eigenvalue_map
 from research.landscape.measures import convexity, edge_rise
 from research.models import param_count
-from research.reproductions import fixed_subset, markdown_table, state_surface
+from research.reproductions import fixed_subset, markdown_table, state_loss_fn, state_surface
 from research.train import train_and_evaluate
 from research.viz import save_figure
 
@@ -82,6 +84,10 @@ class Config:
         examples: training examples in the fixed landscape subset (0: all).
         eval_batch_size: examples per landscape step.
         threshold: |lambda_min / lambda_max| above which a point counts as non-convex.
+        eig_grid: both axes of the full-Hessian eigenvalue map (Li et al. Figure 6),
+            "min:max:num" (coarser than `grid`: each point costs `eig_steps` products).
+        eig_steps: Lanczos steps (Hessian-vector products over `eig_examples`) per point.
+        eig_examples: training examples (a fixed subset of the plane's) for the map.
         center: the measures are also reported on the central part |a|, |b| <= center of the
             plane (far out the loss saturates near chance level, which bends the surface down
             whatever the architecture).
@@ -93,7 +99,7 @@ class Config:
         preset: the preset these defaults came from.
     """
 
-    depths: tuple[int, ...] = (0, 2, 4)
+    depths: tuple[int, ...] = (0, 2, 4, 6)
     channels: tuple[int, ...] = (8, 16, 16)
     clips_per_class: int = 52
     clip_seconds: float = 1.0
@@ -107,6 +113,9 @@ class Config:
     examples: int = 128
     eval_batch_size: int = 128
     threshold: float = 0.1
+    eig_grid: str = "-1:1:5"
+    eig_steps: int = 10
+    eig_examples: int = 64
     center: float = 0.5
     seed: int = 0
     cache_dir: str = ".cache/features"
@@ -126,6 +135,8 @@ class Config:
         if np.sum(np.abs(centre) <= self.center + 1e-9) < 3:
             raise ValueError(f"Config.center: the grid has fewer than 3 points per axis within "
                              f"+-{self.center}")
+        if len(L.parse_grid(self.eig_grid, "Config.eig_grid")) < 2 or self.eig_steps < 2:
+            raise ValueError("Config.eig_grid/eig_steps: need >= 2 points and >= 2 steps")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"Config.threshold: must be in (0, 1), got {self.threshold}")
 
@@ -138,7 +149,8 @@ PRESETS = {
                   preset="gpu"),
     "tiny": Config(depths=(0, 1), channels=(2, 4), clips_per_class=4, clip_seconds=0.5,
                    n_mels=16, n_fft=256, hop_length=128, epochs=2, batch_size=8, grid="-1:1:5",
-                   examples=16, eval_batch_size=16, preset="tiny"),
+                   examples=16, eval_batch_size=16, eig_grid="-1:1:3", eig_steps=4,
+                   eig_examples=8, preset="tiny"),
 }
 
 
@@ -181,13 +193,14 @@ def main(cfg: Config) -> dict[str, Any]:
     """
     out_dir = os.path.join(cfg.workdir, cfg.name)
     axis = L.parse_grid(cfg.grid)
-    rows, surfaces = [], {}
+    rows, surfaces, eigen = [], {}, {}
     for residual in (True, False):
         for depth in cfg.depths:
             rc = run_config(cfg, depth, residual)
             if (rc.name, "done") in surfaces:  # depth 0: one network serves both rows
                 s, row = surfaces[(rc.name, "done")]
                 surfaces[(residual, depth)] = s
+                eigen[(residual, depth)] = eigen[(not residual, depth)]
                 rows.append({**row, "residual": residual,
                              "model": f"{'resnet' if residual else 'plain'}_depth{depth}"})
                 continue
@@ -204,6 +217,8 @@ def main(cfg: Config) -> dict[str, Any]:
                                         "examples": cfg.examples},
                               info={"title": rc.name})
             surfaces[(residual, depth)] = s
+            eig = _eigen_map(cfg, state, [d1, d2], data, rc)
+            eigen[(residual, depth)] = eig
             conv = convexity(s.values["loss"], axis, axis, cfg.threshold)
             rise = edge_rise(s.values["loss"], axis, axis)
             inner = np.abs(axis) <= cfg.center + 1e-9
@@ -229,14 +244,19 @@ def main(cfg: Config) -> dict[str, Any]:
                 "basin_level": basin_level, "basin_points": conv_b["points"],
                 "basin_nonconvex_fraction": conv_b["nonconvex_fraction"],
                 "basin_mean_ratio": conv_b["mean_ratio"],
+                **_eigen_row(cfg, eig),
                 "cosine": float(s.info.get("cosine", L.cosine(d1, d2)))})
             surfaces[(rc.name, "done")] = (s, rows[-1])
             print(f"[{cfg.name}] {rc.name}: test acc {rows[-1]['test_accuracy']:.3f}, "
                   f"non-convex {conv['nonconvex_fraction']:.2f}, mean ratio "
-                  f"{conv['mean_ratio']:.3f}, edge rise {rise['rise']:.3g}", flush=True)
+                  f"{conv['mean_ratio']:.3f}, edge rise {rise['rise']:.3g}; full Hessian: "
+                  f"mean |lmin/lmax| {rows[-1]['eig_mean_ratio']:.3f} (centre "
+                  f"{rows[-1]['eig_center_ratio']:.3f}, outside "
+                  f"{rows[-1]['eig_outer_mean_ratio']:.3f})", flush=True)
 
     surfaces = {k: v for k, v in surfaces.items() if v is not None and k[1] != "done"}
     figures = _draw(cfg, axis, surfaces, out_dir)
+    figures += _draw_eigen(cfg, eigen, out_dir)
     results = {"rows": rows, "figures": figures, "grid": cfg.grid, "examples": cfg.examples,
                "threshold": cfg.threshold}
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
@@ -254,7 +274,13 @@ COLUMNS = (("model", "model", "s"), ("conv_layers", "conv layers", "d"),
            ("center_mean_ratio", "mean ratio, centre", ".3f"),
            ("basin_points", "basin points", "d"),
            ("basin_nonconvex_fraction", "non-convex share, basin", ".3f"),
-           ("basin_mean_ratio", "mean ratio, basin", ".3f"))
+           ("basin_mean_ratio", "mean ratio, basin", ".3f"),
+           ("eig_lambda_max_center", "Hessian lmax at theta*", ".3g"),
+           ("eig_lambda_min_center", "Hessian lmin at theta*", ".3g"),
+           ("eig_mean_ratio", "Hessian mean abs(lmin/lmax)", ".3f"),
+           ("eig_inner_mean_ratio", "Hessian ratio, centre", ".3f"),
+           ("eig_outer_mean_ratio", "Hessian ratio, outside centre", ".3f"),
+           ("eig_nonconvex_fraction", "Hessian non-convex share", ".3f"))
 
 
 def _markdown(cfg: Config, rows: list[dict]) -> str:
@@ -264,9 +290,71 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"{cfg.examples or 'all'} training examples. Non-convex share: interior grid points "
             f"where the surface's 2x2 Hessian has max(0, -lmin) / max(abs(lmin), abs(lmax)) > "
             f"{cfg.threshold}; 'centre': the same over |a|, |b| <= {cfg.center}; 'basin': over "
-            f"the points whose loss is below halfway from theta*'s loss to the border's mean."
+            f"the points whose loss is below halfway from theta*'s loss to the border's mean. "
+            f"'Hessian' columns: the paper's measure (Figure 6), abs(lambda_min / lambda_max) "
+            f"of the full Hessian ({cfg.eig_steps} Lanczos steps over {cfg.eig_examples} "
+            f"training examples) on a {cfg.eig_grid} x {cfg.eig_grid} grid of the same plane; "
+            f"'centre': |a|, |b| <= {cfg.center}; non-convex share: ratio > {cfg.threshold}."
             f"\n\n"
             + markdown_table(rows, COLUMNS))
+
+
+def _eigen_map(cfg: Config, state: Any, directions: list, data: Any, rc: RunConfig):
+    """The full Hessian's lambda_max, lambda_min and their ratio over the plane (resumable)."""
+    fn, kwargs = state_loss_fn(state)
+    sub = fixed_subset(data.x_train, data.y_train, cfg.eig_examples, cfg.seed)
+    eaxis = L.parse_grid(cfg.eig_grid)
+    # One point per call: a vmap over points turns the convolutions into grouped ones, which
+    # XLA:CPU runs slower than the points one after another.
+    return hessian.eigenvalue_map(fn, state.params, directions, [eaxis, eaxis], sub,
+                                  steps=cfg.eig_steps, batch_size=cfg.eval_batch_size,
+                                  points_per_call=1, path=os.path.join(rc.run_dir(),
+                                                                       "eigen.npz"),
+                                  settings={"normalization": "filter", "ignore": "biasbn",
+                                            "seeds": [cfg.seed, cfg.seed + 1]},
+                                  info={"title": rc.name}, seed=cfg.seed, **kwargs)
+
+
+def _eigen_row(cfg: Config, eig: L.Surface) -> dict[str, float]:
+    eaxis = eig.axes[0]
+    ratio = eig.values["ratio"]
+    c = int(np.argmin(np.abs(eaxis)))
+    inner = np.abs(eaxis) <= cfg.center + 1e-9
+    inner_IxJ = inner[:, None] & inner[None, :]
+    return {"eig_lambda_max_center": float(eig.values["lambda_max"][c, c]),
+            "eig_lambda_min_center": float(eig.values["lambda_min"][c, c]),
+            "eig_center_ratio": float(ratio[c, c]),
+            "eig_mean_ratio": float(np.mean(ratio)),
+            "eig_inner_mean_ratio": float(np.mean(ratio[inner_IxJ])),
+            "eig_outer_mean_ratio": (float(np.mean(ratio[~inner_IxJ])) if (~inner_IxJ).any()
+                                     else float("nan")),
+            "eig_max_ratio": float(np.max(ratio)),
+            "eig_nonconvex_fraction": float(np.mean(ratio > cfg.threshold))}
+
+
+def _draw_eigen(cfg: Config, eigen: dict, out_dir: str) -> list[str]:
+    """Li et al.'s Figure 6 for every model: |lambda_min / lambda_max| and lambda_min maps."""
+    depths = list(cfg.depths)
+    size = 3.1
+    figures = []
+    for metric, name in (("ratio", "eigen_ratio_maps"), ("lambda_min", "eigen_lambda_min_maps")):
+        fig, axes = plt.subplots(2, len(depths), figsize=(size * len(depths) + 1.0, size * 2),
+                                 squeeze=False)
+        for r, residual in enumerate((True, False)):
+            for c, depth in enumerate(depths):
+                e = eigen[(residual, depth)]
+                extra = (f"\nmean {np.mean(e.values['ratio']):.2f}" if metric == "ratio"
+                         else "")
+                plot_eigenvalue_map(e, metric, ax=axes[r, c], ratio_max=0.5,
+                                    title=_label(residual, depth,
+                                                 len(cfg.channels) * (1 + 2 * depth)) + extra)
+                axes[r, c].title.set_fontsize(9)
+        what = (r"$|\lambda_{min} / \lambda_{max}|$ (0: convex; colour scale capped at 0.5)"
+                if metric == "ratio" else r"$\lambda_{min}$ (blue: negative curvature)")
+        fig.suptitle(f"Full-Hessian {what}: ResNet (top) vs plain (bottom)")
+        fig.tight_layout()
+        figures += save_figure(fig, os.path.join(out_dir, name), ("png", "pdf"))
+    return figures
 
 
 def _label(residual: bool, depth: int, ncv: int) -> str:
