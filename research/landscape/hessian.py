@@ -23,19 +23,28 @@ Tools:
   2018, Figure 6), written to a surface file.
 
 Speed: PyHessian is a Python loop of autograd calls; a naive JAX port re-jits per call and
-closes over the parameters, so it spends its time compiling. Here each tool is one jitted
-program whose arguments are the parameters, the batches, the mask and a seed: the data loop
-is a `lax.scan` inside it, power iteration a `lax.while_loop` (tolerance and iteration cap),
-Lanczos a `lax.fori_loop` over a preallocated basis `[m, P]` with full re-orthogonalisation,
-and Hutchinson probes and SLQ runs are batched with `vmap` (the forward and backward pass of
-each batch are then shared by all probes). The jitted programs live in a module-level cache
+closes over the parameters, so it spends its time compiling. Here the compiled programs take
+the parameters, the batches, the mask and the seed as arguments and live in a module-level cache
 keyed by the user's `fn` and the static settings, so a second call with new parameters or new
 data of the same shapes runs without tracing or compiling (`clear_cache` empties it). Keep `fn`
-the same object between calls (not a new lambda each time) to benefit.
+the same object between calls (not a new lambda each time) to benefit. Where the iterations
+run is the `loop` argument of every tool (`_resolve_loop` has the measurements):
 
-Known limit (measured, `benchmarks/curvature.py`): on XLA:CPU, convolutions inside the device
-loops run about 7x slower than the same Hessian-vector product as its own call, so CNN
-curvature on CPU is currently slower than PyHessian; MLPs are 2-4x faster.
+- `loop="host"` (the default on the CPU): a Python loop drives the algorithm; each product is
+  one call per batch of a cached tangent program. The gradient is linearised once per point
+  and batch (`jax.linearize`: the forward and backward pass are kept, each product runs only
+  the tangent half, about 1.4x faster for CNNs), unless the kept residuals would exceed
+  `RESIDUAL_BYTES`, in which case every product recomputes them. The vector updates (deflation,
+  re-orthogonalisation, probes) run in numpy. A first call compiles two small programs, shared
+  by all tools (Hutchinson evaluates one probe per product for that reason).
+- `loop="device"` (the default elsewhere): each tool is one program: the data loop a
+  `lax.scan`, power iteration a `lax.while_loop`, Lanczos a `lax.fori_loop` over a preallocated
+  basis `[m, P]` with full re-orthogonalisation, Hutchinson probes and SLQ runs batched with
+  `vmap`. On XLA:CPU this is slow for convolutions (jax-ml/jax#12868: convolutions inside
+  control flow miss the fast path, measured 7x), hence the host loop there.
+
+Both loops draw the same probes and start vectors (a counter-based hash, bit-identical in
+numpy and JAX) and agree to float32 rounding.
 """
 
 from __future__ import annotations
