@@ -27,28 +27,42 @@ CPU client is told `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thre
 
 Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points
 of the MLP over the whole split: `hessian.eigenvalue_map` (20 Lanczos steps per point, all points
-in one compiled call) against the reference's loop (tomgoldstein/loss-landscape
+in one chunk) against the reference's loop (tomgoldstein/loss-landscape
 `plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1, tol=1e-2)` on a
 `LinearOperator` of Hessian-vector products (here a jitted JAX HVP over the split, compiled once
 outside the timing, so the comparison is of the method, not of JAX against torch), then again on
-`H - 0.51 lambda_max` for lambda_min.
+`H - 0.51 lambda_max` for lambda_min. Median of three alternating rounds.
+
+`--loop host|device` picks where our iterations run (default auto: host on the CPU; see
+`research.landscape.hessian._resolve_loop`). Later calls alternate with PyHessian's, round by
+round, and the medians are compared, so load changes hit both sides; the load average is
+printed at the start and the end.
 
 Command:
     python -m benchmarks.curvature --threads 1 --repeats 5 --map 5
 
-Measured (2-core CPU shared with other jobs, load average 8-14, so first calls are inflated
-about 3-4x in wall time for both sides; jax 0.10.2, torch 2.13 CPU, PyHessian 0.1, 1 thread):
-    MLP 32-64-64-10 (6,922 params), 256 examples, later calls (median of 5):
-        top-3 0.086 s vs PyHessian 0.278 s (3.2x faster; 58 vs 88 products),
-        trace 0.154 s vs 0.331 s (2.2x), density 0.347 s vs 1.504 s (4.3x);
-    first calls: 11.7 / 4.9 / 7.7 s vs 2.1 / 0.41 / 1.97 s (3.9-12x slower: XLA compile,
-        about 1.2-1.5 s of CPU time per program, the rest is the machine's load);
-    CNN (1,418 params), 256 examples: top-3 later calls 87.9 s vs PyHessian 8.3 s (10x SLOWER).
-        Cause, measured: on XLA:CPU a convolution HVP inside `lax.while_loop`/`fori_loop` runs
-        about 7x slower than the same HVP as its own jitted call (5 products: 4.1 s in
-        `fori_loop`, 0.24 s unrolled, 0.1 s each alone); not yet fixed (see the report).
-    Eigenvalue map 5 x 5, MLP, 20 Lanczos steps per point: 0.45 s vs the eigsh loop 2.83 s
-        (1,210 products): 6.3x (target 10x); lambda_max agrees to 1.4e-6.
+Measured (2-core CPU shared with other jobs, load average 5-8 during the runs, so every figure
+moves by 1.5-2x between runs; jax 0.10.2, torch 2.13 CPU, PyHessian 0.1, 1 thread each):
+    MLP 32-64-64-10 (6,922 params), 256 examples, later calls (median of 5, alternating):
+        top-3 0.100 s vs PyHessian 0.200 s (2.0x faster; 58 vs 69 products),
+        trace 0.125 s vs 0.238 s (1.9x), density 0.163 s vs 1.001 s (6.2x);
+    MLP first calls: top-3 2.65 s vs 0.94 s (2.8x; a fresh process, so both sides pay their
+        framework's start-up; two programs compiled, about 0.4 s each), trace 0.13 s vs 0.25 s
+        and density 0.19 s vs 0.90 s (the same two programs, nothing more to compile);
+        a second run under load 8: top-3 first 7.7 s vs 2.6 s (2.9x), later 0.20 vs 0.56 s.
+    CNN (1,418 params), 256 examples, later calls: top-3 11.4 s vs PyHessian 8.1 s (0.70x,
+        25 vs 35 products), trace 49.5 s vs 26.2 s (0.53x); first calls top-3 17.9 s vs 10.7 s
+        (1.7x), trace 35.5 s vs 37.9 s (0.94x). Before the host loop (on-device loops):
+        top-3 later 87.9 s vs 8.3 s. What is left is the product itself: one CNN
+        Hessian-vector product (tangent half, linearised) costs about 2x PyHessian's
+        double-backward through its retained graph on this machine, the XLA:CPU convolution
+        gradients that DESIGN.md measures at 0.35-0.45x PyTorch eager for a train step.
+    Eigenvalue map 5 x 5, MLP, 20 Lanczos steps per point, load 8: 0.68 s vs the eigsh loop
+        1.60 s (1,190 products): 2.4x (the target was 10x); lambda_max agrees to 1.3e-5. The
+        MLP product is compute-bound (about 0.5-1 ms), so the speed-up is about the ratio of
+        products (500 vs 1,190); vmapping the points (chunk 25), one point at a time, and the
+        device loop all measured 0.7-1.1 s. Fewer Lanczos steps trade accuracy: 12 steps
+        (2x faster) leave lambda_min 4% of lambda_max off.
 """
 
 from __future__ import annotations
