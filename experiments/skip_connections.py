@@ -12,30 +12,46 @@ surface at every interior grid point (central differences; see `research.landsca
 not of the full Hessian: the share of points with significant negative curvature (ratio > 0.1)
 and the mean ratio, over the whole plane, over its centre |a|, |b| <= 0.5, and over the basin
 (points with loss below halfway from theta*'s to the border's mean); plus the loss rise from the
-centre to the plane's border. Writes `contours`, `surfaces_3d` and
-`convexity_maps` (PNG and PDF) and `results.json|md` under `runs/<name>/`.
+centre to the plane's border. Beside it, the paper's own measure (Figure 6): the full Hessian's
+lambda_max and lambda_min at every point of a coarser grid of the same plane
+(`research.landscape.hessian.eigenvalue_map`, `eig_steps` Lanczos steps over `eig_examples`
+training examples, BN statistics kept; resumable `eigen.npz` per model) and the ratio
+|lambda_min / lambda_max|: at theta*, its mean over the plane, over the centre and outside it,
+and the share above `threshold`. Writes `contours`, `surfaces_3d`, `convexity_maps`,
+`eigen_ratio_maps` and `eigen_lambda_min_maps` (PNG and PDF) and `results.json|md` under
+`runs/<name>/`.
 
 Command:
     python -m experiments.skip_connections --preset cpu
-Run time: 3.3 minutes on a 2-core CPU (5 trained models, 25 epochs each; 6 planes of 11 x 11
-points over 128 training examples, 32 x 32 log-mel inputs, channels 8/16/16); re-running reuses
-the trained runs and surfaces.
-Expected result (measured, cpu preset; depth 0 / 2 / 4 = 3 / 15 / 27 conv layers):
-    test accuracy     ResNet 0.631 / 0.646 / 0.527   plain 0.631 / 0.638 / 0.458
-    train accuracy    ResNet 0.769 / 0.835 / 0.754   plain 0.769 / 0.854 / 0.627
-    non-convex share  ResNet 0.77 / 0.73 / 0.70      plain 0.77 / 0.73 / 0.61   (whole plane)
-    mean ratio        ResNet 0.61 / 0.63 / 0.62      plain 0.61 / 0.56 / 0.48
-    centre share      ResNet 0.67 / 0.44 / 0.44      plain 0.67 / 0.11 / 0.22   (3 x 3 points)
-    basin share       ResNet 0.43 / 0.18 / 0.42      plain 0.43 / 0.48 / 0.21   (12-24 points)
-    edge rise         ResNet 1.71 / 2.61 / 1.66      plain 1.71 / 2.02 / 1.55
-The paper's finding does NOT reproduce at this size. Skip connections help training at depth
-(the plain depth-4 net fits and generalises worse: train 0.627 vs 0.754, test 0.458 vs 0.527),
-but the curvature measure does not separate the architectures: every surface is a narrow basin
-(|a|, |b| < ~0.4) inside a plateau near chance-level loss (ln 10 = 2.3, up to ~3.5), and the
-plateau's saturation and evaluation noise make 60-77% of the plane "non-convex" for every
-model, including the 3-layer one; the plain depth-4 net, if anything, has the smallest share.
+    python -m experiments.skip_connections --preset cpu --depths 0 2 4 6   # the table below
+Run time (measured): 26.6 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
+7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 10 Lanczos
+steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on a 2-core CPU shared with
+other jobs (load average 3.5-8); each model took about 4 minutes there, about half of it the
+eigenvalue map, so the default depths 0 / 2 / 4 (5 models) take about 15-20 minutes under that
+load and about 10 on a quiet machine. Re-running reuses the trained runs and both surfaces.
+Measured (depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the depth-0 net is shared):
+    test accuracy         ResNet 0.558 / 0.638 / 0.542 / 0.488   plain 0.558 / 0.523 / 0.523 / 0.404
+    train accuracy        ResNet 0.778 / 0.891 / 0.800 / 0.796   plain 0.778 / 0.687 / 0.565 / 0.552
+    plane curvature (2x2 Hessian of the plotted surface):
+      non-convex share    ResNet 0.75 / 0.69 / 0.78 / 0.67       plain 0.75 / 0.78 / 0.63 / 0.70
+      mean ratio          ResNet 0.65 / 0.63 / 0.68 / 0.60       plain 0.65 / 0.65 / 0.60 / 0.58
+    full Hessian (the paper's measure), |lambda_min / lambda_max|:
+      at theta*           ResNet 0.003 / 0.000 / 0.086 / 0.19    plain 0.003 / 0.014 / 0.015 / 0.009
+      mean over plane     ResNet 1.07 / 1.28 / 2.31 / 3.67       plain 1.07 / 3.28 / 3.34 / 3.46
+      mean outside centre ResNet 1.02 / 1.20 / 2.71 / 1.85       plain 1.02 / 4.86 / 1.54 / 5.13
+      share > 0.1         ResNet 0.96 / 0.92 / 0.80 / 0.96       plain 0.96 / 0.96 / 0.80 / 0.80
+      lambda_max at theta* ResNet 309 / 423 / 558 / 329          plain 309 / 356 / 1250 / 945
+The paper's finding does NOT clearly reproduce at this size. Skip connections help training at
+depth (plain nets fit worse from depth 2 on: train 0.69 / 0.57 / 0.55 vs 0.89 / 0.80 / 0.80).
+With the paper's measure every minimum is nearly convex at theta* (ratio <= 0.02 for all plain
+nets), and away from it every model, the ResNets included, has |lambda_min| of the order of
+lambda_max or larger (ratios above 1 on most of the plane, out where the loss plateaus near
+chance level): the ResNets do not stay near-convex. The plain nets' outer ratios are the larger
+ones at depth 2 and 6 (4.9 and 5.1 vs 1.2 and 1.9) but not at depth 4 (1.5 vs 2.7); with a
+5 x 5 grid and 10 Lanczos steps (extreme Ritz values err inwards) these are rough estimates.
 The paper's chaotic surfaces appear with 56-110 layers and full-size ResNets; this preset has at
-most 27 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
+most 39 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
 like the paper's ResNet-20/56/110, channels 16/32/64, 51 x 51 planes over 2000 examples; not
 run here) for a closer test.
 """
@@ -99,7 +115,7 @@ class Config:
         preset: the preset these defaults came from.
     """
 
-    depths: tuple[int, ...] = (0, 2, 4, 6)
+    depths: tuple[int, ...] = (0, 2, 4)
     channels: tuple[int, ...] = (8, 16, 16)
     clips_per_class: int = 52
     clip_seconds: float = 1.0
@@ -146,6 +162,7 @@ PRESETS = {
     # 3 / 21 / 57 / 111 conv layers: the depths of the paper's ResNet-20, -56 and -110.
     "gpu": Config(depths=(0, 3, 9, 18), channels=(16, 32, 64), clips_per_class=200, n_mels=40,
                   hop_length=256, epochs=40, grid="-1:1:51", examples=2000, eval_batch_size=500,
+                  eig_grid="-1:1:21", eig_steps=20, eig_examples=500,
                   preset="gpu"),
     "tiny": Config(depths=(0, 1), channels=(2, 4), clips_per_class=4, clip_seconds=0.5,
                    n_mels=16, n_fft=256, hop_length=128, epochs=2, batch_size=8, grid="-1:1:5",
