@@ -12,30 +12,46 @@ surface at every interior grid point (central differences; see `research.landsca
 not of the full Hessian: the share of points with significant negative curvature (ratio > 0.1)
 and the mean ratio, over the whole plane, over its centre |a|, |b| <= 0.5, and over the basin
 (points with loss below halfway from theta*'s to the border's mean); plus the loss rise from the
-centre to the plane's border. Writes `contours`, `surfaces_3d` and
-`convexity_maps` (PNG and PDF) and `results.json|md` under `runs/<name>/`.
+centre to the plane's border. Beside it, the paper's own measure (Figure 6): the full Hessian's
+lambda_max and lambda_min at every point of a coarser grid of the same plane
+(`research.landscape.hessian.eigenvalue_map`, `eig_steps` Lanczos steps over `eig_examples`
+training examples, BN statistics kept; resumable `eigen.npz` per model) and the ratio
+|lambda_min / lambda_max|: at theta*, its mean over the plane, over the centre and outside it,
+and the share above `threshold`. Writes `contours`, `surfaces_3d`, `convexity_maps`,
+`eigen_ratio_maps` and `eigen_lambda_min_maps` (PNG and PDF) and `results.json|md` under
+`runs/<name>/`.
 
 Command:
     python -m experiments.skip_connections --preset cpu
-Run time: 3.3 minutes on a 2-core CPU (5 trained models, 25 epochs each; 6 planes of 11 x 11
-points over 128 training examples, 32 x 32 log-mel inputs, channels 8/16/16); re-running reuses
-the trained runs and surfaces.
-Expected result (measured, cpu preset; depth 0 / 2 / 4 = 3 / 15 / 27 conv layers):
-    test accuracy     ResNet 0.631 / 0.646 / 0.527   plain 0.631 / 0.638 / 0.458
-    train accuracy    ResNet 0.769 / 0.835 / 0.754   plain 0.769 / 0.854 / 0.627
-    non-convex share  ResNet 0.77 / 0.73 / 0.70      plain 0.77 / 0.73 / 0.61   (whole plane)
-    mean ratio        ResNet 0.61 / 0.63 / 0.62      plain 0.61 / 0.56 / 0.48
-    centre share      ResNet 0.67 / 0.44 / 0.44      plain 0.67 / 0.11 / 0.22   (3 x 3 points)
-    basin share       ResNet 0.43 / 0.18 / 0.42      plain 0.43 / 0.48 / 0.21   (12-24 points)
-    edge rise         ResNet 1.71 / 2.61 / 1.66      plain 1.71 / 2.02 / 1.55
-The paper's finding does NOT reproduce at this size. Skip connections help training at depth
-(the plain depth-4 net fits and generalises worse: train 0.627 vs 0.754, test 0.458 vs 0.527),
-but the curvature measure does not separate the architectures: every surface is a narrow basin
-(|a|, |b| < ~0.4) inside a plateau near chance-level loss (ln 10 = 2.3, up to ~3.5), and the
-plateau's saturation and evaluation noise make 60-77% of the plane "non-convex" for every
-model, including the 3-layer one; the plain depth-4 net, if anything, has the smallest share.
+    python -m experiments.skip_connections --preset cpu --depths 0 2 4 6   # the table below
+Run time (measured): 26.6 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
+7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 10 Lanczos
+steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on a 2-core CPU shared with
+other jobs (load average 3.5-8); each model took about 4 minutes there, about half of it the
+eigenvalue map, so the default depths 0 / 2 / 4 (5 models) take about 15-20 minutes under that
+load and about 10 on a quiet machine. Re-running reuses the trained runs and both surfaces.
+Measured (depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the depth-0 net is shared):
+    test accuracy         ResNet 0.558 / 0.638 / 0.542 / 0.488   plain 0.558 / 0.523 / 0.523 / 0.404
+    train accuracy        ResNet 0.778 / 0.891 / 0.800 / 0.796   plain 0.778 / 0.687 / 0.565 / 0.552
+    plane curvature (2x2 Hessian of the plotted surface):
+      non-convex share    ResNet 0.75 / 0.69 / 0.78 / 0.67       plain 0.75 / 0.78 / 0.63 / 0.70
+      mean ratio          ResNet 0.65 / 0.63 / 0.68 / 0.60       plain 0.65 / 0.65 / 0.60 / 0.58
+    full Hessian (the paper's measure), |lambda_min / lambda_max|:
+      at theta*           ResNet 0.003 / 0.000 / 0.086 / 0.19    plain 0.003 / 0.014 / 0.015 / 0.009
+      mean over plane     ResNet 1.07 / 1.28 / 2.31 / 3.67       plain 1.07 / 3.28 / 3.34 / 3.46
+      mean outside centre ResNet 1.02 / 1.20 / 2.71 / 1.85       plain 1.02 / 4.86 / 1.54 / 5.13
+      share > 0.1         ResNet 0.96 / 0.92 / 0.80 / 0.96       plain 0.96 / 0.96 / 0.80 / 0.80
+      lambda_max at theta* ResNet 309 / 423 / 558 / 329          plain 309 / 356 / 1250 / 945
+The paper's finding does NOT clearly reproduce at this size. Skip connections help training at
+depth (plain nets fit worse from depth 2 on: train 0.69 / 0.57 / 0.55 vs 0.89 / 0.80 / 0.80).
+With the paper's measure every minimum is nearly convex at theta* (ratio <= 0.02 for all plain
+nets), and away from it every model, the ResNets included, has |lambda_min| of the order of
+lambda_max or larger (ratios above 1 on most of the plane, out where the loss plateaus near
+chance level): the ResNets do not stay near-convex. The plain nets' outer ratios are the larger
+ones at depth 2 and 6 (4.9 and 5.1 vs 1.2 and 1.9) but not at depth 4 (1.5 vs 2.7); with a
+5 x 5 grid and 10 Lanczos steps (extreme Ritz values err inwards) these are rough estimates.
 The paper's chaotic surfaces appear with 56-110 layers and full-size ResNets; this preset has at
-most 27 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
+most 39 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
 like the paper's ResNet-20/56/110, channels 16/32/64, 51 x 51 planes over 2000 examples; not
 run here) for a closer test.
 """
@@ -56,9 +72,11 @@ from research.config import Config as RunConfig
 from research.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, run_cli
 from research.data import load_dataset
 from research.io import atomic_write_json, atomic_write_text
+from research.landscape import hessian
+from research.landscape.eigen_plot import plot_eigenvalue_map
 from research.landscape.measures import convexity, edge_rise
 from research.models import param_count
-from research.reproductions import fixed_subset, state_surface
+from research.reproductions import fixed_subset, state_loss_fn, state_surface
 from research.tables import records_table
 from research.train import train_and_evaluate
 from research.viz import save_figure
@@ -83,6 +101,10 @@ class Config:
         examples: training examples in the fixed landscape subset (0: all).
         eval_batch_size: examples per landscape step.
         threshold: |lambda_min / lambda_max| above which a point counts as non-convex.
+        eig_grid: both axes of the full-Hessian eigenvalue map (Li et al. Figure 6),
+            "min:max:num" (coarser than `grid`: each point costs `eig_steps` products).
+        eig_steps: Lanczos steps (Hessian-vector products over `eig_examples`) per point.
+        eig_examples: training examples (a fixed subset of the plane's) for the map.
         center: the measures are also reported on the central part |a|, |b| <= center of the
             plane (far out the loss saturates near chance level, which bends the surface down
             whatever the architecture).
@@ -108,6 +130,9 @@ class Config:
     examples: int = 128
     eval_batch_size: int = 128
     threshold: float = 0.1
+    eig_grid: str = "-1:1:5"
+    eig_steps: int = 10
+    eig_examples: int = 64
     center: float = 0.5
     seed: int = 0
     cache_dir: str = ".cache/features"
@@ -127,6 +152,8 @@ class Config:
         if np.sum(np.abs(centre) <= self.center + 1e-9) < 3:
             raise ValueError(f"Config.center: the grid has fewer than 3 points per axis within "
                              f"+-{self.center}")
+        if len(L.parse_grid(self.eig_grid, "Config.eig_grid")) < 2 or self.eig_steps < 2:
+            raise ValueError("Config.eig_grid/eig_steps: need >= 2 points and >= 2 steps")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"Config.threshold: must be in (0, 1), got {self.threshold}")
 
@@ -136,10 +163,12 @@ PRESETS = {
     # 3 / 21 / 57 / 111 conv layers: the depths of the paper's ResNet-20, -56 and -110.
     "gpu": Config(depths=(0, 3, 9, 18), channels=(16, 32, 64), clips_per_class=200, n_mels=40,
                   hop_length=256, epochs=40, grid="-1:1:51", examples=2000, eval_batch_size=500,
+                  eig_grid="-1:1:21", eig_steps=20, eig_examples=500,
                   preset="gpu"),
     "tiny": Config(depths=(0, 1), channels=(2, 4), clips_per_class=4, clip_seconds=0.5,
                    n_mels=16, n_fft=256, hop_length=128, epochs=2, batch_size=8, grid="-1:1:5",
-                   examples=16, eval_batch_size=16, preset="tiny"),
+                   examples=16, eval_batch_size=16, eig_grid="-1:1:3", eig_steps=4,
+                   eig_examples=8, preset="tiny"),
 }
 
 
@@ -182,13 +211,14 @@ def main(cfg: Config) -> dict[str, Any]:
     """
     out_dir = os.path.join(cfg.workdir, cfg.name)
     axis = L.parse_grid(cfg.grid)
-    rows, surfaces = [], {}
+    rows, surfaces, eigen = [], {}, {}
     for residual in (True, False):
         for depth in cfg.depths:
             rc = run_config(cfg, depth, residual)
             if (rc.name, "done") in surfaces:  # depth 0: one network serves both rows
                 s, row = surfaces[(rc.name, "done")]
                 surfaces[(residual, depth)] = s
+                eigen[(residual, depth)] = eigen[(not residual, depth)]
                 rows.append({**row, "residual": residual,
                              "model": f"{'resnet' if residual else 'plain'}_depth{depth}"})
                 continue
@@ -205,6 +235,8 @@ def main(cfg: Config) -> dict[str, Any]:
                                         "examples": cfg.examples},
                               info={"title": rc.name})
             surfaces[(residual, depth)] = s
+            eig = _eigen_map(cfg, state, [d1, d2], data, rc)
+            eigen[(residual, depth)] = eig
             conv = convexity(s.values["loss"], axis, axis, cfg.threshold)
             rise = edge_rise(s.values["loss"], axis, axis)
             inner = np.abs(axis) <= cfg.center + 1e-9
@@ -230,14 +262,19 @@ def main(cfg: Config) -> dict[str, Any]:
                 "basin_level": basin_level, "basin_points": conv_b["points"],
                 "basin_nonconvex_fraction": conv_b["nonconvex_fraction"],
                 "basin_mean_ratio": conv_b["mean_ratio"],
+                **_eigen_row(cfg, eig),
                 "cosine": float(s.info.get("cosine", L.cosine(d1, d2)))})
             surfaces[(rc.name, "done")] = (s, rows[-1])
             print(f"[{cfg.name}] {rc.name}: test acc {rows[-1]['test_accuracy']:.3f}, "
                   f"non-convex {conv['nonconvex_fraction']:.2f}, mean ratio "
-                  f"{conv['mean_ratio']:.3f}, edge rise {rise['rise']:.3g}", flush=True)
+                  f"{conv['mean_ratio']:.3f}, edge rise {rise['rise']:.3g}; full Hessian: "
+                  f"mean |lmin/lmax| {rows[-1]['eig_mean_ratio']:.3f} (centre "
+                  f"{rows[-1]['eig_center_ratio']:.3f}, outside "
+                  f"{rows[-1]['eig_outer_mean_ratio']:.3f})", flush=True)
 
     surfaces = {k: v for k, v in surfaces.items() if v is not None and k[1] != "done"}
     figures = _draw(cfg, axis, surfaces, out_dir)
+    figures += _draw_eigen(cfg, eigen, out_dir)
     results = {"rows": rows, "figures": figures, "grid": cfg.grid, "examples": cfg.examples,
                "threshold": cfg.threshold}
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
@@ -255,7 +292,13 @@ COLUMNS = (("model", "model", "s"), ("conv_layers", "conv layers", "d"),
            ("center_mean_ratio", "mean ratio, centre", ".3f"),
            ("basin_points", "basin points", "d"),
            ("basin_nonconvex_fraction", "non-convex share, basin", ".3f"),
-           ("basin_mean_ratio", "mean ratio, basin", ".3f"))
+           ("basin_mean_ratio", "mean ratio, basin", ".3f"),
+           ("eig_lambda_max_center", "Hessian lmax at theta*", ".3g"),
+           ("eig_lambda_min_center", "Hessian lmin at theta*", ".3g"),
+           ("eig_mean_ratio", "Hessian mean abs(lmin/lmax)", ".3f"),
+           ("eig_inner_mean_ratio", "Hessian ratio, centre", ".3f"),
+           ("eig_outer_mean_ratio", "Hessian ratio, outside centre", ".3f"),
+           ("eig_nonconvex_fraction", "Hessian non-convex share", ".3f"))
 
 
 def _markdown(cfg: Config, rows: list[dict]) -> str:
@@ -265,9 +308,71 @@ def _markdown(cfg: Config, rows: list[dict]) -> str:
             f"{cfg.examples or 'all'} training examples. Non-convex share: interior grid points "
             f"where the surface's 2x2 Hessian has max(0, -lmin) / max(abs(lmin), abs(lmax)) > "
             f"{cfg.threshold}; 'centre': the same over |a|, |b| <= {cfg.center}; 'basin': over "
-            f"the points whose loss is below halfway from theta*'s loss to the border's mean."
+            f"the points whose loss is below halfway from theta*'s loss to the border's mean. "
+            f"'Hessian' columns: the paper's measure (Figure 6), abs(lambda_min / lambda_max) "
+            f"of the full Hessian ({cfg.eig_steps} Lanczos steps over {cfg.eig_examples} "
+            f"training examples) on a {cfg.eig_grid} x {cfg.eig_grid} grid of the same plane; "
+            f"'centre': |a|, |b| <= {cfg.center}; non-convex share: ratio > {cfg.threshold}."
             f"\n\n"
             + records_table(rows, COLUMNS))
+
+
+def _eigen_map(cfg: Config, state: Any, directions: list, data: Any, rc: RunConfig):
+    """The full Hessian's lambda_max, lambda_min and their ratio over the plane (resumable)."""
+    fn, kwargs = state_loss_fn(state)
+    sub = fixed_subset(data.x_train, data.y_train, cfg.eig_examples, cfg.seed)
+    eaxis = L.parse_grid(cfg.eig_grid)
+    # One point per call: a vmap over points turns the convolutions into grouped ones, which
+    # XLA:CPU runs slower than the points one after another.
+    return hessian.eigenvalue_map(fn, state.params, directions, [eaxis, eaxis], sub,
+                                  steps=cfg.eig_steps, batch_size=cfg.eval_batch_size,
+                                  points_per_call=1, path=os.path.join(rc.run_dir(),
+                                                                       "eigen.npz"),
+                                  settings={"normalization": "filter", "ignore": "biasbn",
+                                            "seeds": [cfg.seed, cfg.seed + 1]},
+                                  info={"title": rc.name}, seed=cfg.seed, **kwargs)
+
+
+def _eigen_row(cfg: Config, eig: L.Surface) -> dict[str, float]:
+    eaxis = eig.axes[0]
+    ratio = eig.values["ratio"]
+    c = int(np.argmin(np.abs(eaxis)))
+    inner = np.abs(eaxis) <= cfg.center + 1e-9
+    inner_IxJ = inner[:, None] & inner[None, :]
+    return {"eig_lambda_max_center": float(eig.values["lambda_max"][c, c]),
+            "eig_lambda_min_center": float(eig.values["lambda_min"][c, c]),
+            "eig_center_ratio": float(ratio[c, c]),
+            "eig_mean_ratio": float(np.mean(ratio)),
+            "eig_inner_mean_ratio": float(np.mean(ratio[inner_IxJ])),
+            "eig_outer_mean_ratio": (float(np.mean(ratio[~inner_IxJ])) if (~inner_IxJ).any()
+                                     else float("nan")),
+            "eig_max_ratio": float(np.max(ratio)),
+            "eig_nonconvex_fraction": float(np.mean(ratio > cfg.threshold))}
+
+
+def _draw_eigen(cfg: Config, eigen: dict, out_dir: str) -> list[str]:
+    """Li et al.'s Figure 6 for every model: |lambda_min / lambda_max| and lambda_min maps."""
+    depths = list(cfg.depths)
+    size = 3.1
+    figures = []
+    for metric, name in (("ratio", "eigen_ratio_maps"), ("lambda_min", "eigen_lambda_min_maps")):
+        fig, axes = plt.subplots(2, len(depths), figsize=(size * len(depths) + 1.0, size * 2),
+                                 squeeze=False)
+        for r, residual in enumerate((True, False)):
+            for c, depth in enumerate(depths):
+                e = eigen[(residual, depth)]
+                extra = (f"\nmean {np.mean(e.values['ratio']):.2f}" if metric == "ratio"
+                         else "")
+                plot_eigenvalue_map(e, metric, ax=axes[r, c], ratio_max=0.5,
+                                    title=_label(residual, depth,
+                                                 len(cfg.channels) * (1 + 2 * depth)) + extra)
+                axes[r, c].title.set_fontsize(9)
+        what = (r"$|\lambda_{min} / \lambda_{max}|$ (0: convex; colour scale capped at 0.5)"
+                if metric == "ratio" else r"$\lambda_{min}$ (blue: negative curvature)")
+        fig.suptitle(f"Full-Hessian {what}: ResNet (top) vs plain (bottom)")
+        fig.tight_layout()
+        figures += save_figure(fig, os.path.join(out_dir, name), ("png", "pdf"))
+    return figures
 
 
 def _label(residual: bool, depth: int, ncv: int) -> str:

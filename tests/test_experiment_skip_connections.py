@@ -96,7 +96,8 @@ def test_skip_connections_end_to_end(tmp_path):
                               cache_dir=str(tmp_path / "cache"))
     results = skip_connections.main(cfg)
     out = tmp_path / "skip_connections"
-    for name in ("contours", "surfaces_3d", "convexity_maps"):
+    for name in ("contours", "surfaces_3d", "convexity_maps", "eigen_ratio_maps",
+                 "eigen_lambda_min_maps"):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 0, name
     saved = json.loads((out / "results.json").read_text())
@@ -119,8 +120,17 @@ def test_skip_connections_end_to_end(tmp_path):
         assert row["edge_rise"] == pytest.approx(row["edge_mean_loss"] - row["center_loss"])
         assert row["center_loss"] == pytest.approx(s.values["loss"][2, 2])
         assert 0.0 <= row["test_accuracy"] <= 1.0
+        # the paper's measure: the full Hessian's eigenvalue map, saved and resumable
+        eig = load_surface(str(out / row["run"] / "eigen.npz"))
+        assert eig.complete and eig.shape == (3, 3)
+        np.testing.assert_allclose(eig.values["ratio"],
+                                   np.abs(eig.values["lambda_min"] / eig.values["lambda_max"]))
+        assert row["eig_mean_ratio"] == pytest.approx(np.mean(eig.values["ratio"]))
+        assert row["eig_lambda_max_center"] == pytest.approx(eig.values["lambda_max"][1, 1])
+        assert row["eig_lambda_max_center"] >= row["eig_lambda_min_center"]
     table = (out / "results.md").read_text()
     assert "| resnet_depth1 |" in table and "non-convex share" in table
+    assert "Hessian mean abs(lmin/lmax)" in table
     # a second run reuses the trained runs and surfaces and gives the same numbers
     again = skip_connections.main(cfg)
     assert json.loads(json.dumps(again["rows"])) == saved["rows"]

@@ -182,7 +182,8 @@ def test_line_along_top_eigenvector_curves_by_lambda_max():
     assert s.info["hessian_eigenvalues"] == pytest.approx(list(hd.eigenvalues))
 
 
-def test_eigenvalue_map_matches_dense_at_grid_points(tmp_path):
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_eigenvalue_map_matches_dense_at_grid_points(tmp_path, loop):
     from research.landscape import load_surface
 
     params, data = _problem()
@@ -193,7 +194,7 @@ def test_eigenvalue_map_matches_dense_at_grid_points(tmp_path):
     axes = [np.array([-1.0, 0.0, 1.0]), np.array([0.0, 0.5])]
     p = flat.shape[0]
     s = H.eigenvalue_map(_loss_B, params, dirs, axes, data, steps=p, batch_size=4,
-                         points_per_call=4, path=str(tmp_path / "eig.npz"))
+                         points_per_call=4, path=str(tmp_path / "eig.npz"), loop=loop)
     for i, a in enumerate(axes[0]):
         for j, b in enumerate(axes[1]):
             at = jax.tree_util.tree_map(lambda t, x, y, a=a, b=b: t + a * x + b * y, params, *dirs)
@@ -205,3 +206,109 @@ def test_eigenvalue_map_matches_dense_at_grid_points(tmp_path):
     assert back.complete and back.settings["lanczos_steps"] == p
     np.testing.assert_allclose(back.values["ratio"],
                                np.abs(s.values["lambda_min"] / s.values["lambda_max"]))
+
+
+def test_host_rademacher_matches_the_device_bits():
+    for seed, stream in [(0, 0), (7, 3), (2**32 - 1, 1 << 20)]:
+        dev = np.asarray(H._rademacher(jnp.uint32(seed), jnp.uint32(stream), 257))
+        np.testing.assert_array_equal(H._np_rademacher(seed, stream, 257)[0], dev)
+
+
+def test_host_and_device_loops_agree():
+    params, data = _problem()
+    kw = {"batch_size": 4}
+    host = H.top_eigenvalues(_loss_B, params, data, k=2, max_iter=50, tol=1e-6, loop="host", **kw)
+    dev = H.top_eigenvalues(_loss_B, params, data, k=2, max_iter=50, tol=1e-6, loop="device",
+                            **kw)
+    np.testing.assert_allclose(host.values, dev.values, rtol=1e-4)
+    np.testing.assert_array_equal(host.iterations, dev.iterations)
+    np.testing.assert_allclose(ravel_pytree(host.vectors[0])[0], ravel_pytree(dev.vectors[0])[0],
+                               atol=1e-4)
+    tr_h = H.hutchinson_trace(_loss_B, params, data, samples=12, loop="host", **kw)
+    tr_d = H.hutchinson_trace(_loss_B, params, data, samples=12, probes_per_step=5,
+                              loop="device", **kw)
+    np.testing.assert_allclose(tr_h, tr_d, rtol=1e-4)
+    (n_h,), _ = H.lanczos(_loss_B, params, data, steps=8, loop="host", **kw)
+    (n_d,), _ = H.lanczos(_loss_B, params, data, steps=8, loop="device", **kw)
+    np.testing.assert_allclose(n_h, n_d, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="loop"):
+        H.lanczos(_loss_B, params, data, steps=3, loop="gpu")
+
+
+def test_residual_budget_falls_back_to_recomputing(monkeypatch):
+    params, data = _problem()
+    _, w, _ = _dense(params, data)
+    monkeypatch.setattr(H, "RESIDUAL_BYTES", 0)  # nothing fits: the plain step, same numbers
+    lmax, lmin = H.extreme_eigenvalues(_loss_B, params, data, steps=len(w), batch_size=4,
+                                       loop="host")
+    assert lmax == pytest.approx(w[-1], rel=1e-4)
+    assert lmin == pytest.approx(w[0], abs=1e-4 * np.abs(w).max())
+
+
+def _map_problem():
+    params, data = _problem()
+    flat, unravel = ravel_pytree(params)
+    rng = np.random.default_rng(4)
+    dirs = [unravel(jnp.asarray(rng.normal(size=flat.shape), jnp.float32) * 0.3)
+            for _ in range(2)]
+    return params, data, dirs, [np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)]
+
+
+def test_killed_eigenvalue_map_resumes_without_redoing_points(tmp_path, monkeypatch):
+    from research.landscape import load_surface
+    from research.landscape.surface import SurfaceMismatchError
+
+    params, data, dirs, axes = _map_problem()
+    kw = {"steps": 10, "batch_size": 4, "points_per_call": 5}
+    whole = H.eigenvalue_map(_loss_B, params, dirs, axes, data, **kw)
+    path = str(tmp_path / "eig.npz")
+    real, calls = H._map_chunk, []
+
+    def dies_after_two(run, coords):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed while computing the third chunk
+        calls.append(len(coords))
+        return real(run, coords)
+    monkeypatch.setattr(H, "_map_chunk", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)
+    part = load_surface(path)
+    assert part.done.sum() == 10 and not part.complete
+    assert np.all(np.isnan(part.values["lambda_max"][~part.done]))
+
+    calls.clear()
+
+    def counted(run, coords):
+        calls.append(len(coords))
+        return real(run, coords)
+    monkeypatch.setattr(H, "_map_chunk", counted)
+    resumed = H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)
+    assert len(calls) == 1  # the two missing points, in one chunk
+    assert resumed.complete and load_surface(path).complete
+    for name in H.MAP_METRICS:
+        np.testing.assert_allclose(resumed.values[name], whole.values[name], rtol=1e-5,
+                                   atol=1e-7)
+    calls.clear()
+    H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)  # all done: no work
+    assert not calls
+    with pytest.raises(SurfaceMismatchError, match="lanczos_steps"):
+        H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **{**kw, "steps": 9})
+
+
+def test_eigenvalue_map_plots(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from research.landscape.eigen_plot import plot_eigenvalue_map, plot_eigenvalue_maps
+
+    params, data, dirs, axes = _map_problem()
+    s = H.eigenvalue_map(_loss_B, params, dirs, axes, data, steps=6, batch_size=4)
+    paths = plot_eigenvalue_maps(s, str(tmp_path / "fig6"), title="tiny MLP")
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "pdf"]
+    assert all((tmp_path / f"fig6.{e}").stat().st_size > 0 for e in ("png", "pdf"))
+    fig, ax = plt.subplots()
+    assert plot_eigenvalue_map(s, "lambda_min", ax=ax) is ax
+    line = H.eigenvalue_map(_loss_B, params, dirs[:1], axes[:1], data, steps=6)
+    plot_eigenvalue_map(line, "ratio", ax=ax)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="metric"):
+        plot_eigenvalue_map(s, "loss")

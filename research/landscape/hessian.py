@@ -23,19 +23,28 @@ Tools:
   2018, Figure 6), written to a surface file.
 
 Speed: PyHessian is a Python loop of autograd calls; a naive JAX port re-jits per call and
-closes over the parameters, so it spends its time compiling. Here each tool is one jitted
-program whose arguments are the parameters, the batches, the mask and a seed: the data loop
-is a `lax.scan` inside it, power iteration a `lax.while_loop` (tolerance and iteration cap),
-Lanczos a `lax.fori_loop` over a preallocated basis `[m, P]` with full re-orthogonalisation,
-and Hutchinson probes and SLQ runs are batched with `vmap` (the forward and backward pass of
-each batch are then shared by all probes). The jitted programs live in a module-level cache
+closes over the parameters, so it spends its time compiling. Here the compiled programs take
+the parameters, the batches, the mask and the seed as arguments and live in a module-level cache
 keyed by the user's `fn` and the static settings, so a second call with new parameters or new
 data of the same shapes runs without tracing or compiling (`clear_cache` empties it). Keep `fn`
-the same object between calls (not a new lambda each time) to benefit.
+the same object between calls (not a new lambda each time) to benefit. Where the iterations
+run is the `loop` argument of every tool (`_resolve_loop` has the measurements):
 
-Known limit (measured, `benchmarks/curvature.py`): on XLA:CPU, convolutions inside the device
-loops run about 7x slower than the same Hessian-vector product as its own call, so CNN
-curvature on CPU is currently slower than PyHessian; MLPs are 2-4x faster.
+- `loop="host"` (the default on the CPU): a Python loop drives the algorithm; each product is
+  one call per batch of a cached tangent program. The gradient is linearised once per point
+  and batch (`jax.linearize`: the forward and backward pass are kept, each product runs only
+  the tangent half, about 1.4x faster for CNNs), unless the kept residuals would exceed
+  `RESIDUAL_BYTES`, in which case every product recomputes them. The vector updates (deflation,
+  re-orthogonalisation, probes) run in numpy. A first call compiles two small programs, shared
+  by all tools (Hutchinson evaluates one probe per product for that reason).
+- `loop="device"` (the default elsewhere): each tool is one program: the data loop a
+  `lax.scan`, power iteration a `lax.while_loop`, Lanczos a `lax.fori_loop` over a preallocated
+  basis `[m, P]` with full re-orthogonalisation, Hutchinson probes and SLQ runs batched with
+  `vmap`. On XLA:CPU this is slow for convolutions (jax-ml/jax#12868: convolutions inside
+  control flow miss the fast path, measured 7x), hence the host loop there.
+
+Both loops draw the same probes and start vectors (a counter-based hash, bit-identical in
+numpy and JAX) and agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -233,6 +242,219 @@ def _rademacher(seed: jax.Array, stream: jax.Array, p: int) -> jax.Array:
     return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
 
 
+def _np_fmix32(x: np.ndarray) -> np.ndarray:
+    """`_fmix32` in numpy (uint32 arrays wrap the same way), for the host-driven loops."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> np.uint32(13))
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
+
+
+def _np_rademacher(seed: int, streams: Any, p: int) -> np.ndarray:
+    """`_rademacher` in numpy, bit for bit: one +-1 row [p] per stream, shape [S, p]."""
+    streams_S = np.atleast_1d(np.asarray(streams, np.uint64) % (1 << 32)).astype(np.uint32)
+    seed_1 = np.asarray([int(seed) % (1 << 32)], np.uint32)
+    salt_Sx1 = _np_fmix32(_np_fmix32(seed_1 ^ np.uint32(0x9E3779B9)) + streams_S)[:, None]
+    bits_SxP = _np_fmix32(_np_fmix32(np.arange(p, dtype=np.uint32)[None] ^ salt_Sx1) + salt_Sx1)
+    return 1.0 - 2.0 * (bits_SxP >> np.uint32(31)).astype(np.float32)
+
+
+def _np_ravel(tree: PyTree) -> np.ndarray:
+    """`ravel_pytree` in numpy (float32): no eager device op, so nothing to compile."""
+    return np.concatenate([np.ravel(np.asarray(leaf, np.float32))
+                           for leaf in jax.tree_util.tree_leaves(tree)])
+
+
+def _num_params(tree: PyTree) -> int:
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def _np_unravel(flat_P: np.ndarray, like: PyTree) -> PyTree:
+    """A flat vector back into the shapes and dtypes of `like` (on the device, uncompiled)."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    flat_P = np.asarray(flat_P)
+    out, start = [], 0
+    for leaf in leaves:
+        size = int(np.size(leaf))
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        out.append(flat_P[start:start + size].reshape(np.shape(leaf)).astype(dtype))
+        start += size
+    return jax.device_put(jax.tree_util.tree_unflatten(treedef, out))
+
+
+def _np_normalize(v_SxP: np.ndarray) -> np.ndarray:
+    return v_SxP / np.maximum(np.linalg.norm(v_SxP, axis=-1, keepdims=True), 1e-30)
+
+
+def _np_orth(v_SxP: np.ndarray, q_KxP: np.ndarray) -> np.ndarray:
+    for _ in range(2):
+        v_SxP = v_SxP - (v_SxP @ q_KxP.T) @ q_KxP
+    return v_SxP
+
+
+# ----------------------------------------------------------------------------- where loops run
+
+LOOPS = ("auto", "host", "device")
+
+
+def _resolve_loop(loop: str) -> str:
+    """"host" or "device" for `loop`; "auto" is "host" on the CPU backend, "device" elsewhere.
+
+    Why (measured, `benchmarks/curvature.py`): XLA:CPU leaves convolutions inside any control
+    flow body (`while_loop`, `fori_loop`, `scan`, `cond`) un-canonicalised (dimension labels
+    such as `b01f_01oi->b01f` instead of `b01f_01io->b01f`), so they miss the Eigen fast path
+    and run about 7x slower than the same product as its own call (jax-ml/jax#12868, open since
+    2022). On the CPU the host drives the iterations instead: one small compiled step (a
+    Hessian-vector product over one batch, accumulated into a donated buffer) called from a
+    Python loop, with the vector updates in numpy (host and device memory are the same there).
+    The step has no loop inside, compiles in a fraction of the time of a whole-algorithm
+    program, and is shared by power iteration, Lanczos, SLQ and (for one vector) Hutchinson.
+    On accelerators the whole algorithm stays one device program (`lax.while_loop`,
+    `fori_loop`, `scan`), which avoids a host round trip per product; that choice is not
+    measured in this repository's CPU-only benchmarks (pass `loop="host"` to compare).
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop: must be one of {LOOPS}, got {loop!r}")
+    if loop == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return loop
+
+
+def _build_step(fn: Callable, has_state: bool, padded: bool) -> Callable:
+    """acc_GxSxP + H(theta + c_g . D) v_gs over one batch (the masked sum, not yet / n)."""
+    total = _batch_total(fn, has_state, padded)
+
+    def step(params, dirs_KxP, state, batch, mask_B, coefs_GxK, v_GxSxP, acc_GxSxP):
+        flat_P, unravel = _flat(params)
+
+        def one(coef_K, v_SxP):
+            at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP if coef_K.shape[0] else flat_P
+            grad = jax.grad(lambda f: total(unravel(f), state, batch, mask_B))
+            if v_SxP.shape[0] == 1:  # no vmap: less to trace and compile
+                return jax.jvp(grad, (at_P,), (v_SxP[0],))[1][None]
+            # vmap over jvp: the primal (forward and backward pass) is shared by all vectors.
+            return jax.vmap(lambda v: jax.jvp(grad, (at_P,), (v,))[1])(v_SxP)
+
+        if v_GxSxP.shape[0] == 1:
+            hv_GxSxP = one(coefs_GxK[0], v_GxSxP[0])[None]
+        else:
+            hv_GxSxP = jax.vmap(one)(coefs_GxK, v_GxSxP)
+        return acc_GxSxP + hv_GxSxP.astype(jnp.float32)
+    return jax.jit(step, donate_argnums=7)
+
+
+def _build_prep(fn: Callable, has_state: bool, padded: bool) -> Callable:
+    """The gradient over one batch linearised at theta + c_g . D: its tangent map, a pytree.
+
+    `jax.linearize` keeps the primal's residuals (the forward and backward pass), so each
+    later product runs only the tangent half: about 1.4x faster for a CNN on XLA:CPU.
+    """
+    total = _batch_total(fn, has_state, padded)
+
+    def prep(params, dirs_KxP, state, batch, mask_B, coefs_GxK):
+        flat_P, unravel = _flat(params)
+
+        def one(coef_K):
+            at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP if coef_K.shape[0] else flat_P
+            grad = jax.grad(lambda f: total(unravel(f), state, batch, mask_B))
+            return jax.linearize(grad, at_P)[1]
+        if coefs_GxK.shape[0] == 1:
+            return one(coefs_GxK[0])
+        return jax.vmap(one)(coefs_GxK)
+    return jax.jit(prep)
+
+
+def _apply(lin: Callable, v_GxSxP: jax.Array, acc_GxSxP: jax.Array) -> jax.Array:
+    """Add lin(v) to acc, for `_build_prep`'s tangent map(s) (batched over points when G > 1)."""
+    g, s = v_GxSxP.shape[:2]
+    if g == 1:
+        hv_SxP = lin(v_GxSxP[0, 0])[None] if s == 1 else jax.vmap(lin)(v_GxSxP[0])
+        return acc_GxSxP + hv_SxP[None].astype(jnp.float32)
+    hv_GxSxP = jax.vmap(lambda f, v_SxP: jax.vmap(f)(v_SxP))(lin, v_GxSxP)
+    return acc_GxSxP + hv_GxSxP.astype(jnp.float32)
+
+
+# One program per tangent map's structure (the map's jaxpr is part of its pytree structure,
+# which stays the same as long as `_build_prep`'s program is not retraced).
+_APPLY = jax.jit(_apply, donate_argnums=2)
+
+# Largest total size of the saved residuals over a split (all batches, all points of a map
+# chunk); above it the products recompute the primal each time (`_build_step`).
+RESIDUAL_BYTES = 1 << 30
+
+
+class _HostOperator:
+    """The Hessian of the mean loss over a split as a host-callable operator (`loop="host"`).
+
+    Built once per tool call: the parameters, directions, model state and every batch are put
+    on the device once. `at(coefs)` linearises the gradient at the grid points `coefs` once
+    per batch (when the residuals fit in `RESIDUAL_BYTES`); each product is then one call of
+    the cached tangent program per batch, accumulated in a donated buffer.
+    """
+
+    def __init__(self, fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
+                 model_state: PyTree | None, directions: Sequence[PyTree] = ()):
+        args, static = _prepare(fn, params, data, batch_size, model_state)
+        params, state, batches, mask_NBxB, n = args
+        self.fn, self.static = fn, static
+        self.prep = _cached("prep", fn, static, lambda: _build_prep(fn, *static))
+        self.linearize = True
+        self.p = _num_params(params)
+        self.n = float(n)
+        put = jax.device_put
+        self.params, self.state = put(params), put(state)
+        dirs = [_np_ravel(d) for d in directions]
+        self.dirs_KxP = put(np.stack(dirs) if dirs else np.zeros((0, self.p), np.float32))
+        self.k = len(dirs)
+        nb = mask_NBxB.shape[0]
+        self.batches = [put(jax.tree_util.tree_map(lambda a, i=i: a[i], batches))
+                        for i in range(nb)]
+        self.masks = [put(mask_NBxB[i]) for i in range(nb)]
+        self._centre = None
+
+    def at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """v_GxSxP -> H_g v_gs at the G points theta + coefs_g . D (None: theta, G = 1)."""
+        if coefs_GxK is None:
+            coefs_GxK = np.zeros((1, self.k), np.float32)
+        coefs = jax.device_put(np.asarray(coefs_GxK, np.float32))
+        scale = np.float32(1.0 / self.n)
+        lins = []
+        if self.linearize:
+            for batch, mask_B in zip(self.batches, self.masks):
+                lins.append(self.prep(self.params, self.dirs_KxP, self.state, batch, mask_B,
+                                      coefs))
+                size = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(lins[0]))
+                if size * len(self.batches) > RESIDUAL_BYTES:
+                    self.linearize, lins = False, []
+                    break
+        if lins:
+            def matvec(v_GxSxP):
+                v = jax.device_put(np.asarray(v_GxSxP, np.float32))
+                acc = np.zeros(v.shape, np.float32)  # numpy: no fill program to compile
+                for lin in lins:
+                    acc = _APPLY(lin, v, acc)
+                return np.asarray(acc) * scale
+            return matvec
+
+        fn, static = self.fn, self.static
+        prog = _cached("step", fn, static, lambda: _build_step(fn, *static))
+
+        def matvec(v_GxSxP):
+            v = jax.device_put(np.asarray(v_GxSxP, np.float32))
+            acc = np.zeros(v.shape, np.float32)
+            for batch, mask_B in zip(self.batches, self.masks):
+                acc = prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs, v, acc)
+            return np.asarray(acc) * scale
+        return matvec
+
+    def one_point(self, v_SxP: np.ndarray) -> np.ndarray:
+        """H V at the parameters, for S vectors at once."""
+        if self._centre is None:
+            self._centre = self.at()
+        return self._centre(np.asarray(v_SxP)[None])[0]
+
+
 # ----------------------------------------------------------------------------- power iteration
 
 
@@ -288,15 +510,39 @@ def _build_power(fn: Callable, has_state: bool, padded: bool, k: int, max_iter: 
     return jax.jit(run)
 
 
+def _power_host(op: _HostOperator, k: int, max_iter: int, tol: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_build_power`'s algorithm driven from the host, step for step."""
+    q_KxP = np.zeros((k, op.p), np.float32)
+    vals_K, iters_K = np.zeros(k), np.zeros(k, np.int64)
+    for i in range(k):
+        v_1xP = _np_normalize(_np_orth(_np_rademacher(seed, i, op.p), q_KxP))
+        eig, it = 0.0, 0
+        while it < max_iter:
+            # Deflation as PyHessian: iterate in the complement of the pairs found so far.
+            v_1xP = _np_normalize(_np_orth(v_1xP, q_KxP))
+            hv_1xP = op.one_point(v_1xP)
+            new = float(np.sum(v_1xP.astype(np.float64) * hv_1xP))
+            done = it > 0 and abs(eig - new) / (abs(eig) + 1e-6) < tol
+            it, v_1xP, eig = it + 1, _np_normalize(hv_1xP), new
+            if done:
+                break
+        q_KxP[i] = _np_normalize(_np_orth(v_1xP, q_KxP))[0]
+        vals_K[i], iters_K[i] = eig, it
+    return q_KxP, vals_K, iters_K
+
+
 def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
                     batch_size: int | None = None, model_state: PyTree | None = None,
-                    max_iter: int = 100, tol: float = 1e-3, seed: int = 0) -> Eigenpairs:
+                    max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
+                    loop: str = "auto") -> Eigenpairs:
     """The k Hessian eigenvalues of largest magnitude, by power iteration with deflation.
 
     As PyHessian: each pair is found by power iteration in the orthogonal complement of the
     pairs found before, stopped when the Rayleigh quotient changes by less than `tol` relative
-    to its size (or after `max_iter` Hessian-vector products). All k pairs come from one
-    compiled call.
+    to its size (or after `max_iter` Hessian-vector products). With `loop="device"` all k
+    pairs come from one compiled call; with `loop="host"` (the CPU default) a Python loop
+    drives one compiled Hessian-vector step (see `_resolve_loop`).
 
     Args:
         fn: `fn(params, batch) -> loss_B` (see the module docstring).
@@ -308,6 +554,7 @@ def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
         max_iter: maximum Hessian-vector products per eigenpair.
         tol: relative change of the eigenvalue at which a pair is accepted.
         seed: seed of the start vectors.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         `Eigenpairs(values, vectors, iterations)`; vectors have unit norm over all parameters.
@@ -316,15 +563,20 @@ def top_eigenvalues(fn: Callable, params: PyTree, data: Batch, k: int = 1, *,
         raise ValueError(f"k: must be an integer >= 1, got {k!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
+    loop = _resolve_loop(loop)
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    p = jax.flatten_util.ravel_pytree(params)[0].shape[0]
+    p = _num_params(params)
     if k > p:
         raise ValueError(f"k: asked for {k} eigenpairs of a {p}-parameter Hessian")
-    prog = _cached("power", fn, (*static, int(k), int(max_iter), float(tol)),
-                   lambda: _build_power(fn, *static, int(k), int(max_iter), float(tol)))
-    q_KxP, vals_K, iters_K = prog(*args, np.uint32(seed))
-    unravel = jax.flatten_util.ravel_pytree(params)[1]
-    vectors = [unravel(q_KxP[i]) for i in range(k)]
+    if loop == "host":
+        op = _HostOperator(fn, params, data, batch_size, model_state)
+        q_KxP, vals_K, iters_K = _power_host(op, int(k), int(max_iter), float(tol), int(seed))
+    else:
+        prog = _cached("power", fn, (*static, int(k), int(max_iter), float(tol)),
+                       lambda: _build_power(fn, *static, int(k), int(max_iter), float(tol)))
+        q_KxP, vals_K, iters_K = prog(*args, np.uint32(seed))
+    q_KxP = np.asarray(q_KxP)
+    vectors = [_np_unravel(q_KxP[i], params) for i in range(k)]
     return Eigenpairs(np.asarray(vals_K, np.float64), vectors, np.asarray(iters_K))
 
 
@@ -336,7 +588,7 @@ def top_eigenvalue(fn: Callable, params: PyTree, data: Batch, **kwargs) -> tuple
         fn: `fn(params, batch) -> loss_B`.
         params: the point.
         data: one batch, or a split with `batch_size`.
-        **kwargs: as `top_eigenvalues` (batch_size, model_state, max_iter, tol, seed).
+        **kwargs: as `top_eigenvalues` (batch_size, model_state, max_iter, tol, seed, loop).
 
     Returns:
         (eigenvalue, unit eigenvector shaped like `params`, Hessian-vector products used).
@@ -366,7 +618,8 @@ def _build_trace(fn: Callable, has_state: bool, padded: bool, chunks: int,
 
 def hutchinson_trace(fn: Callable, params: PyTree, data: Batch, samples: int = 100, *,
                      batch_size: int | None = None, model_state: PyTree | None = None,
-                     probes_per_step: int = 10, seed: int = 0) -> tuple[float, float]:
+                     probes_per_step: int = 10, seed: int = 0,
+                     loop: str = "auto") -> tuple[float, float]:
     """Hutchinson's estimate of the Hessian's trace, `mean(v^T H v)` over Rademacher vectors v.
 
     A fixed number of probes (PyHessian also stops early when the running mean changes by
@@ -379,8 +632,10 @@ def hutchinson_trace(fn: Callable, params: PyTree, data: Batch, samples: int = 1
         samples: number of probe vectors.
         batch_size: examples per step of the data loop (None: all in one batch).
         model_state: passed to `fn(params, model_state, batch)` when given.
-        probes_per_step: probes evaluated together (vmap); memory grows with it.
+        probes_per_step: probes evaluated together (vmap) with `loop="device"`; memory grows
+            with it. The host loop evaluates one probe per product (the same probes).
         seed: seed of the probes.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         (trace estimate, its standard error).
@@ -391,10 +646,20 @@ def hutchinson_trace(fn: Callable, params: PyTree, data: Batch, samples: int = 1
         raise ValueError(f"probes_per_step: must be an integer >= 1, got {probes_per_step!r}")
     chunks = -(-samples // probes_per_step)
     per_step = -(-samples // chunks)  # balanced chunks waste fewer than `chunks` probes
-    args, static = _prepare(fn, params, data, batch_size, model_state)
-    prog = _cached("trace", fn, (*static, chunks, per_step),
-                   lambda: _build_trace(fn, *static, chunks, per_step))
-    vals = np.asarray(prog(*args, np.uint32(seed)), np.float64)[:samples]
+    if _resolve_loop(loop) == "host":
+        # One probe per product: the same compiled program as the other tools (nothing new to
+        # compile), and on XLA:CPU a vmap over probes is slower per probe for convolutions
+        # (measured 1.35x for the benchmark's CNN), as the primal is already shared.
+        op = _HostOperator(fn, params, data, batch_size, model_state)
+        vals = np.empty(samples)
+        for i in range(samples):
+            v_1xP = _np_rademacher(seed, i, op.p)
+            vals[i] = np.sum(v_1xP * op.one_point(v_1xP), dtype=np.float64)
+    else:
+        args, static = _prepare(fn, params, data, batch_size, model_state)
+        prog = _cached("trace", fn, (*static, chunks, per_step),
+                       lambda: _build_trace(fn, *static, chunks, per_step))
+        vals = np.asarray(prog(*args, np.uint32(seed)), np.float64)[:samples]
     stderr = float(vals.std(ddof=1) / np.sqrt(samples)) if samples > 1 else float("nan")
     return float(vals.mean()), stderr
 
@@ -443,6 +708,44 @@ def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
     return a_RxM, b_RxM
 
 
+def _lanczos_host(matvec: Callable, v_RxP: np.ndarray, m: int, seed: int,
+                  runs: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_lanczos_core` driven from the host: m steps for R rows at once (alpha_RxM, beta_RxM).
+
+    Rows are independent Lanczos runs; `runs` sets their fresh-vector streams as
+    `_lanczos_core` does (rows beyond `runs` repeat them, for eigenvalue maps whose points
+    all start from the same vector). Only the filled part of the basis is re-orthogonalised
+    against, so step j costs O(j P) instead of O(m P).
+    """
+    r, p = v_RxP.shape
+    q_RxMxP = np.zeros((r, m, p), np.float32)
+    q_RxMxP[:, 0] = v_RxP
+    a_RxM, b_RxM = np.zeros((r, m), np.float32), np.zeros((r, m), np.float32)
+
+    def orth(w_RxP, basis_RxJxP):
+        for _ in range(2):  # full re-orthogonalisation
+            c_RxJ = np.matmul(basis_RxJxP, w_RxP[:, :, None])[:, :, 0]
+            w_RxP = w_RxP - np.matmul(c_RxJ[:, None, :], basis_RxJxP)[:, 0]
+        return w_RxP
+
+    for j in range(m):
+        v_RxP = q_RxMxP[:, j]
+        w_RxP = np.asarray(matvec(v_RxP), np.float32)
+        a_RxM[:, j] = np.sum(w_RxP * v_RxP, axis=1)
+        scale_R = np.linalg.norm(w_RxP, axis=1)
+        w_RxP = orth(w_RxP, q_RxMxP[:, : j + 1])
+        beta_R = np.linalg.norm(w_RxP, axis=1)
+        broken_R = beta_R <= _BREAKDOWN * np.maximum(scale_R, 1e-30)
+        if j + 1 < m:
+            if broken_R.any():  # a fresh random vector, as `_lanczos_core`
+                streams_R = (j + 1) * runs + np.arange(r) % runs + (1 << 20)
+                fresh_RxP = orth(_np_rademacher(seed, streams_R, p), q_RxMxP[:, : j + 1])
+                w_RxP = np.where(broken_R[:, None], fresh_RxP, w_RxP)
+            q_RxMxP[:, j + 1] = _np_normalize(w_RxP)
+        b_RxM[:, j] = np.where(broken_R, 0.0, beta_R)
+    return a_RxM, b_RxM
+
+
 def _build_lanczos(fn: Callable, has_state: bool, padded: bool, m: int, runs: int) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
@@ -461,13 +764,18 @@ def _tridiagonal(a_M: np.ndarray, b_M: np.ndarray) -> np.ndarray:
     return np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
 
 
-def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed):
+def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed, loop):
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
     if not isinstance(runs, (int, np.integer)) or runs < 1:
         raise ValueError(f"runs: must be an integer >= 1, got {runs!r}")
+    loop = _resolve_loop(loop)
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    m = min(int(steps), int(jax.flatten_util.ravel_pytree(params)[0].shape[0]))
+    m = min(int(steps), _num_params(params))
+    if loop == "host":
+        op = _HostOperator(fn, params, data, batch_size, model_state)
+        v_RxP = _np_normalize(_np_rademacher(seed, np.arange(runs), op.p))
+        return _lanczos_host(op.one_point, v_RxP, m, int(seed), int(runs))
     prog = _cached("lanczos", fn, (*static, m, int(runs)),
                    lambda: _build_lanczos(fn, *static, m, int(runs)))
     a_RxM, b_RxM = prog(*args, np.uint32(seed))
@@ -476,7 +784,7 @@ def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed):
 
 def lanczos(fn: Callable, params: PyTree, data: Batch, steps: int = 80, *, runs: int = 1,
             batch_size: int | None = None, model_state: PyTree | None = None,
-            seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            seed: int = 0, loop: str = "auto") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Lanczos tridiagonalisation of the Hessian from `runs` random unit vectors (SLQ nodes).
 
     Args:
@@ -489,12 +797,14 @@ def lanczos(fn: Callable, params: PyTree, data: Batch, steps: int = 80, *, runs:
         batch_size: examples per step of the data loop (None: all in one batch).
         model_state: passed to `fn(params, model_state, batch)` when given.
         seed: seed of the start vectors.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         (nodes, weights): per run, the Ritz values theta_m (ascending) and weights tau_m
         (squared first components of the tridiagonal matrix's eigenvectors, summing to 1).
     """
-    a_RxM, b_RxM = _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed)
+    a_RxM, b_RxM = _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed,
+                                loop)
     nodes, weights = [], []
     for a_M, b_M in zip(a_RxM, b_RxM):
         theta_M, vecs_MxM = np.linalg.eigh(_tridiagonal(a_M, b_M))
@@ -506,8 +816,8 @@ def lanczos(fn: Callable, params: PyTree, data: Batch, steps: int = 80, *, runs:
 def spectral_density(fn: Callable, params: PyTree, data: Batch, steps: int = 80, *,
                      runs: int = 1, batch_size: int | None = None,
                      model_state: PyTree | None = None, grid: np.ndarray | None = None,
-                     sigma: float | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+                     sigma: float | None = None, seed: int = 0,
+                     loop: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     Each run gives Ritz values and weights; the density is their weighted sum of Gaussians of
@@ -524,12 +834,13 @@ def spectral_density(fn: Callable, params: PyTree, data: Batch, steps: int = 80,
         grid: where to evaluate the density (default: 1000 points spanning the Ritz values).
         sigma: Gaussian width (default: 1% of the Ritz-value range).
         seed: seed of the start vectors.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         (grid, density on the grid, {"nodes": Ritz values per run, "weights": weights per run}).
     """
     nodes, weights = lanczos(fn, params, data, steps, runs=runs, batch_size=batch_size,
-                             model_state=model_state, seed=seed)
+                             model_state=model_state, seed=seed, loop=loop)
     lo = min(float(x.min()) for x in nodes)
     hi = max(float(x.max()) for x in nodes)
     sigma = sigma or 0.01 * max(hi - lo, 1e-12)
@@ -546,7 +857,7 @@ def spectral_density(fn: Callable, params: PyTree, data: Batch, steps: int = 80,
 
 def extreme_eigenvalues(fn: Callable, params: PyTree, data: Batch, steps: int = 30, *,
                         batch_size: int | None = None, model_state: PyTree | None = None,
-                        seed: int = 0) -> tuple[float, float]:
+                        seed: int = 0, loop: str = "auto") -> tuple[float, float]:
     """lambda_max and lambda_min of the Hessian: the extreme Ritz values of m Lanczos steps.
 
     Lanczos rather than the reference's shift (power iteration, then again on
@@ -563,12 +874,13 @@ def extreme_eigenvalues(fn: Callable, params: PyTree, data: Batch, steps: int = 
         batch_size: examples per step of the data loop (None: all in one batch).
         model_state: passed to `fn(params, model_state, batch)` when given.
         seed: seed of the start vector.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         (lambda_max, lambda_min).
     """
     nodes, _ = lanczos(fn, params, data, steps, runs=1, batch_size=batch_size,
-                       model_state=model_state, seed=seed)
+                       model_state=model_state, seed=seed, loop=loop)
     return float(nodes[0][-1]), float(nodes[0][0])
 
 
@@ -595,8 +907,8 @@ class HessianDirections:
 
 def hessian_directions(fn: Callable, params: PyTree, data: Batch, k: int = 2, *,
                        batch_size: int | None = None, model_state: PyTree | None = None,
-                       max_iter: int = 100, tol: float = 1e-4,
-                       seed: int = 0) -> HessianDirections:
+                       max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+                       loop: str = "auto") -> HessianDirections:
     """The top-k Hessian eigenvectors (by magnitude), for PyHessian's perturbation plots.
 
     Along a unit eigenvector d with eigenvalue lambda, `L(theta + a d)` curves as
@@ -614,12 +926,13 @@ def hessian_directions(fn: Callable, params: PyTree, data: Batch, k: int = 2, *,
         max_iter: maximum Hessian-vector products per eigenpair.
         tol: relative change of the eigenvalue at which a pair is accepted.
         seed: seed of the start vectors.
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         `HessianDirections` (directions, eigenvalues, iterations, info).
     """
     pairs = top_eigenvalues(fn, params, data, k, batch_size=batch_size, model_state=model_state,
-                            max_iter=max_iter, tol=tol, seed=seed)
+                            max_iter=max_iter, tol=tol, seed=seed, loop=loop)
     info = {"direction_kind": "hessian_eigenvectors",
             "hessian_eigenvalues": [float(x) for x in pairs.values],
             "hessian_iterations": [int(x) for x in pairs.iterations],
@@ -650,16 +963,35 @@ def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
     return jax.jit(run)
 
 
+MAP_METRICS = ("lambda_max", "lambda_min", "ratio")
+
+
+def _map_chunk(run: Callable, coords_CxK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """lambda_max and lambda_min at a chunk of grid points (a seam for tests of resuming)."""
+    return run(coords_CxK)
+
+
 def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                    axes: Sequence[Any], data: Batch, *, steps: int = 20,
                    batch_size: int | None = None, model_state: PyTree | None = None,
                    points_per_call: int = 64, path: str | None = None,
-                   settings: Mapping[str, Any] | None = None, seed: int = 0):
+                   settings: Mapping[str, Any] | None = None,
+                   info: Mapping[str, Any] | None = None, seed: int = 0,
+                   loop: str = "auto"):
     """lambda_max and lambda_min of the full Hessian at every grid point (Li et al., Figure 6).
 
     At theta + sum_k c_k d_k for every point c of the grid, `steps` Lanczos steps over the
-    whole split give the extreme Ritz values (see `extreme_eigenvalues`); `points_per_call`
-    points run inside one compiled call (`lax.map`), compiled once per shapes and settings.
+    whole split give the extreme Ritz values (see `extreme_eigenvalues`). Points run in chunks
+    of `points_per_call`: with `loop="host"` (the CPU default) the chunk's Lanczos runs advance
+    in lockstep, each Hessian-vector step one compiled call for all points of the chunk
+    (`vmap` over points); with `loop="device"` a chunk is one compiled call (`lax.map`). Either
+    way the program is compiled once per shapes and settings, and the last chunk is padded
+    to the same shape.
+
+    Resumable like the loss grid: with `path`, the surface file (with its done mask) is
+    rewritten atomically after every chunk, and a re-run with the same settings computes only
+    the points not yet done (a re-run with other settings raises `SurfaceMismatchError`).
+    Every point's numbers are independent of the chunk it ran in.
 
     Args:
         fn: `fn(params, batch) -> loss_B`, the same function `evaluate_grid` takes.
@@ -670,18 +1002,27 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         steps: Lanczos steps per point.
         batch_size: examples per step of the data loop (None: all in one batch).
         model_state: passed to `fn(params, model_state, batch)` when given (kept at theta's).
-        points_per_call: grid points per compiled call.
-        path: if given, the surface file (.npz) to write, with metrics `lambda_max`,
-            `lambda_min` and `ratio` (|lambda_min / lambda_max|).
-        settings: extra settings to record in the file.
+        points_per_call: grid points per chunk (memory: points x steps copies of the
+            parameters for the Lanczos bases).
+        path: if given, the surface file (.npz) to write and resume, with metrics
+            `lambda_max`, `lambda_min` and `ratio` (|lambda_min / lambda_max|).
+        settings: extra settings to record in the file (compared on resume).
+        info: descriptive metadata to record (not compared).
         seed: seed of the Lanczos start vector (the same at every point).
+        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
 
     Returns:
         A `research.landscape.surface.Surface` with those three metrics.
     """
     from research.io import fingerprint
-    from research.landscape.surface import empty_surface, save_surface
+    from research.landscape.surface import (
+        check_resumable,
+        empty_surface,
+        load_surface,
+        save_surface,
+    )
 
+    loop = _resolve_loop(loop)
     directions = list(directions)
     axes = [np.asarray(a, np.float64) for a in axes]
     if not directions or len(axes) != len(directions):
@@ -699,39 +1040,74 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
     args, static = _prepare(fn, params, data, batch_size, model_state)
-    m = min(int(steps), int(jax.flatten_util.ravel_pytree(params)[0].shape[0]))
-    prog = _cached("map", fn, (*static, m), lambda: _build_map(fn, *static, m))
-    params_, state, batches, mask_NBxB, n = args
+    m = min(int(steps), _num_params(params))
+    n = int(args[-1])
 
     all_settings = {"kind": "hessian_eigenvalue_map", "lanczos_steps": m, "seed": int(seed),
                     "params_fingerprint": fingerprint(params),
                     "directions_fingerprint": [fingerprint(d) for d in directions],
                     "data_fingerprint": fingerprint(dict(data)),
-                    "num_examples": int(n), **dict(settings or {})}
-    surface = empty_surface(axes, ("lambda_max", "lambda_min", "ratio"), all_settings)
+                    "model_state_fingerprint": (fingerprint(model_state)
+                                                if model_state is not None else None),
+                    "num_examples": n, **dict(settings or {})}
+    surface = None
+    if path is not None:
+        try:
+            surface = load_surface(path)
+        except FileNotFoundError:
+            surface = None
+        if surface is not None:
+            check_resumable(surface, axes, MAP_METRICS, all_settings, path)
+            surface.info.update(dict(info or {}))
+    if surface is None:
+        surface = empty_surface(axes, MAP_METRICS, all_settings, dict(info or {}))
     coords_GxK = surface.coords().astype(np.float32)
-    chunk = min(int(points_per_call), len(coords_GxK))
-    lmax_G = np.empty(len(coords_GxK))
-    lmin_G = np.empty(len(coords_GxK))
-    for start in range(0, len(coords_GxK), chunk):
-        idx = np.arange(start, min(start + chunk, len(coords_GxK)))
+    todo = np.flatnonzero(~surface.done.ravel())
+    if todo.size == 0:
+        return surface
+
+    if loop == "host":
+        op = _HostOperator(fn, params, data, batch_size, model_state, directions)
+        v_P = _np_normalize(_np_rademacher(seed, 0, op.p))[0]
+
+        def run(coords_CxK):
+            c = len(coords_CxK)
+            matvec = op.at(coords_CxK)
+            a_CxM, b_CxM = _lanczos_host(lambda v_CxP: matvec(v_CxP[:, None])[:, 0],
+                                         np.tile(v_P, (c, 1)), m, int(seed), 1)
+            hi, lo = [], []
+            for a_M, b_M in zip(a_CxM, b_CxM):
+                theta_M = np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
+                hi.append(theta_M[-1])
+                lo.append(theta_M[0])
+            return np.array(hi), np.array(lo)
+    else:
+        prog = _cached("map", fn, (*static, m), lambda: _build_map(fn, *static, m))
+        params_, state, batches, mask_NBxB, n_ = args
+
+        def run(coords_CxK):
+            hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n_,
+                              np.uint32(seed), coords_CxK)
+            return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
+
+    chunk = min(int(points_per_call), todo.size)
+    shape = surface.shape
+    for start in range(0, todo.size, chunk):
+        idx = todo[start:start + chunk]
         # Pad the last chunk by repeating a point: one compiled shape.
         padded_idx = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n, np.uint32(seed),
-                          coords_GxK[padded_idx])
-        lmax_G[idx] = np.asarray(hi_C)[: idx.size]
-        lmin_G[idx] = np.asarray(lo_C)[: idx.size]
-    shape = surface.shape
-    surface.values["lambda_max"] = lmax_G.reshape(shape)
-    surface.values["lambda_min"] = lmin_G.reshape(shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        surface.values["ratio"] = np.abs(lmin_G / lmax_G).reshape(shape)
-    surface.done[...] = True
-    if path is not None:
-        save_surface(path, surface)
+        hi_C, lo_C = _map_chunk(run, coords_GxK[padded_idx])
+        at = np.unravel_index(idx, shape)
+        surface.values["lambda_max"][at] = hi_C[: idx.size]
+        surface.values["lambda_min"][at] = lo_C[: idx.size]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            surface.values["ratio"][at] = np.abs(lo_C[: idx.size] / hi_C[: idx.size])
+        surface.done[at] = True
+        if path is not None:
+            save_surface(path, surface)
     return surface
 
 
-__all__ = ["Eigenpairs", "HessianDirections", "clear_cache", "eigenvalue_map",
+__all__ = ["LOOPS", "Eigenpairs", "HessianDirections", "clear_cache", "eigenvalue_map",
            "extreme_eigenvalues", "hessian_directions", "hutchinson_trace", "hvp", "lanczos",
            "spectral_density", "top_eigenvalue", "top_eigenvalues"]
