@@ -13,7 +13,7 @@ Typical use::
 """
 
 from research.io import fingerprint
-from research.landscape import hessian, measures
+from research.landscape import curves, hessian, interactive, measures
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig, parse_grid
 from research.landscape.directions import (
     PCADirections,
@@ -27,6 +27,7 @@ from research.landscape.directions import (
     plane_directions,
     random_direction,
 )
+from research.landscape.eigen_plot import plot_eigenvalue_map, plot_eigenvalue_maps
 from research.landscape.evaluate import (
     BN_POLICIES,
     BatchNormPolicy,
@@ -53,11 +54,12 @@ from research.landscape.surface import (
 )
 
 __all__ = [
-    "BN_POLICIES", "BatchNormPolicy", "LANDSCAPE_PRESETS", "LandscapeConfig", "PCADirections",
-    "Surface", "SurfaceMismatchError", "animate_trajectory", "contour_levels", "cosine",
+    "animate_trajectory", "BatchNormPolicy", "BN_POLICIES", "contour_levels", "cosine", "curves",
     "evaluate_grid", "evaluate_point", "export_vtp", "fingerprint", "gaussian_direction",
-    "hessian", "interpolation_direction", "linen_functions", "load_surface", "measures",
-    "normalize_direction", "orthogonalize", "param_kind", "parse_grid", "pca_directions",
-    "plane_directions", "plot_1d", "plot_contour", "plot_interpolation", "plot_surface_3d",
-    "plot_trajectory", "random_direction", "save_figure", "save_surface",
+    "hessian", "interactive", "interpolation_direction", "LANDSCAPE_PRESETS", "LandscapeConfig",
+    "linen_functions", "load_surface", "measures", "normalize_direction", "orthogonalize",
+    "param_kind", "parse_grid", "pca_directions", "PCADirections", "plane_directions", "plot_1d",
+    "plot_contour", "plot_eigenvalue_map", "plot_eigenvalue_maps", "plot_interpolation",
+    "plot_surface_3d", "plot_trajectory", "random_direction", "save_figure", "save_surface",
+    "Surface", "SurfaceMismatchError",
 ]
