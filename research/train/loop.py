@@ -31,6 +31,7 @@ classification). Only `val` chooses the best checkpoint; `test` is there for lea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -317,6 +318,333 @@ def _to_default_device(state: TrainState) -> TrainState:
     return state.replace_tree(jax.device_put(state.to_tree(), jax.devices()[0]))
 
 
+@dataclasses.dataclass
+class _Run:
+    """The running state of one `train_and_evaluate` call, handed from phase to phase."""
+
+    cfg: Config
+    run_dir: str
+    mesh: object
+    data: Dataset
+    state: TrainState
+    spe: int
+    total: int
+    stop_at: int
+    n_params: int
+    checkpointer: ckpt.Checkpointer
+    writer_proc: bool
+    step: int = 0
+    loop_record: dict = dataclasses.field(default_factory=dict)
+    best: float = -math.inf
+    best_step: int = 0
+    writer: JsonlWriter | None = None
+    tb: TensorBoardWriter | None = None
+    key: jax.Array | None = None
+    on_device: bool = False
+    x_dev: jax.Array | None = None
+    y_dev: jax.Array | None = None
+    run_steps: object = None
+    split_steps: object = None
+    eval_splits: dict[str, _EvalSplit] = dataclasses.field(default_factory=dict)
+    sums: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+    pending: list[tuple[int, int, dict]] = dataclasses.field(default_factory=list)
+    perm: np.ndarray | None = None
+    order_dev: jax.Array | None = None
+    perm_epoch: int = -1
+    bar: tqdm | None = None
+    seconds_before: float = 0.0
+    t_start: float = 0.0
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.data.x_val) > 0
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.run_dir, "metrics.jsonl")
+
+    @property
+    def summary_path(self) -> str:
+        return os.path.join(self.run_dir, "summary.json")
+
+    def say(self, text: str) -> None:
+        _say(self.cfg, text)
+
+    def write(self, record: dict) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
+            log_record(self.tb, record)
+
+    def ev(self, name: str, with_confusion: bool = False, of: TrainState | None = None) -> dict:
+        if name not in self.eval_splits:
+            d = self.data
+            x, y = {"train": (d.x_train, d.y_train), "val": (d.x_val, d.y_val),
+                    "test": (d.x_test, d.y_test)}[name]
+            self.eval_splits[name] = _EvalSplit(x, y, self.cfg.train.eval_batch_size, self.mesh)
+        return _evaluate_split(self.state if of is None else of, self.eval_splits[name],
+                               with_confusion)
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.time() - self.t_start
+
+
+def _say(cfg: Config, text: str) -> None:
+    if sh.is_writer():
+        print(f"[{cfg.name}] {text}", flush=True)
+
+
+def _start(cfg: Config, workdir: str | None) -> _Run:
+    """Check the settings and the run folder, write the run's identity, place the state."""
+    if getattr(cfg, "distributed", False):
+        sh.initialize_distributed()
+    writer_proc = sh.is_writer()
+    run_dir = workdir if workdir is not None else cfg.run_dir()
+    tc = cfg.train
+    # Check everything that can refuse the start before writing anything: a refused start must
+    # leave the folder as it was, so that the corrected command is not refused in turn.
+    mesh, mesh_note = sh.training_mesh(tc.batch_size, tc.devices)
+    config_record = _check_config(run_dir, cfg)
+    topology_record = _check_topology(run_dir, mesh)
+    data = load_dataset(cfg.data)
+    data_record = _check_data(run_dir, data)
+    state, spe = build_state(cfg, data)
+    if writer_proc:
+        os.makedirs(run_dir, exist_ok=True)
+        remove_stale = getattr(research.io, "remove_stale_temporaries", None)
+        if remove_stale is not None:
+            # Temporaries of atomic writes a kill interrupted (orbax cleans its own folders).
+            for folder in (run_dir, os.path.join(run_dir, "trajectory")):
+                remove_stale(folder)
+        atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
+        atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
+        atomic_write_json(os.path.join(run_dir, "topology.json"), topology_record)
+
+    total = spe * cfg.train.epochs
+    stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
+    n_params = param_count(state.params)
+    _say(cfg, f"{cfg.model.kind} with {n_params:,} parameters; {len(data.x_train)} train / "
+         f"{len(data.x_val)} val / {len(data.x_test)} test examples; {total} steps ({spe} per "
+         f"epoch); batches split over {mesh.devices.size} device(s) in {jax.process_count()} "
+         "process(es)")
+    if mesh_note:
+        _say(cfg, f"note: {mesh_note}")
+    if len(data.x_val) == 0:
+        _say(cfg, "warning: no validation split, so no best checkpoint is chosen")
+
+    # Data parallelism: the state goes to every device (as `state_sharding` says), batches are
+    # split along the mesh's data axis.
+    where = state_sharding(mesh, state).to_tree()
+    state = state.replace_tree(jax.tree_util.tree_map(
+        lambda x, w: sh.put(np.asarray(x), w), state.to_tree(), where))
+    checkpointer = ckpt.Checkpointer(run_dir, tc.keep_checkpoints)
+    return _Run(cfg=cfg, run_dir=run_dir, mesh=mesh, data=data, state=state, spe=spe,
+                total=total, stop_at=stop_at, n_params=n_params, checkpointer=checkpointer,
+                writer_proc=writer_proc)
+
+
+def _resume(run: _Run) -> dict | None:
+    """Restore the newest checkpoint (or save the initial state) and recover the best state.
+
+    Returns the stored summary when the run is already finished, else None.
+    """
+    tc, checkpointer = run.cfg.train, run.checkpointer
+    run.step = step = checkpointer.latest_step() or 0
+    loop_record: dict | None = None
+    if step:
+        tree, loop_record = checkpointer.restore(run.state.to_tree())
+        run.state = run.state.replace_tree(tree)
+        run.say(f"resumed from step {step}")
+        if loop_record is None:
+            run.say("warning: a checkpoint from an older version: the step metrics of the "
+                    "current epoch restart from this step")
+    elif run.writer_proc:
+        ckpt.save_params(os.path.join(run.run_dir, "init_params.npz"), run.state.params)
+        if tc.trajectory_every:
+            ckpt.save_params(ckpt.trajectory_path(run.run_dir, 0), run.state.params)
+    run.loop_record = loop_record = loop_record or {}
+    if run.writer_proc:
+        truncate_after(run.metrics_path, step)
+    sh.barrier("train_and_evaluate:start")  # the others read metrics.jsonl after truncation
+    run.best, run.best_step = _best_from_records(read_jsonl(run.metrics_path),
+                                                 run.state.loss.classification)
+    if step and run.best_step == step and run.best_step not in checkpointer.best_steps():
+        # A kill between the newest checkpoint and the best one (the order of older versions)
+        # lost the best state: it is the state just restored.
+        checkpointer.save_best(step, run.state.to_tree(), run.best, {"step": step})
+    if step == run.total and os.path.exists(run.summary_path):
+        with open(run.summary_path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored.get("version") == _SUMMARY_VERSION and stored.get("steps") == run.total:
+            return stored
+        loop_record.setdefault("seconds", stored.get("seconds", 0.0))
+    return None
+
+
+def _open_outputs(run: _Run) -> None:
+    """Open the metric writers, put the training data on the devices, compile the steps."""
+    tc, mesh, data = run.cfg.train, run.mesh, run.data
+    run.writer = JsonlWriter(run.metrics_path) if run.writer_proc else None
+    if tc.tensorboard and run.writer_proc:
+        # The event files mirror metrics.jsonl: rebuilt from its (truncated) records at every
+        # start, so a killed piece's events past the checkpoint never show twice.
+        tb_dir = os.path.join(run.run_dir, "tensorboard", "metrics")
+        shutil.rmtree(tb_dir, ignore_errors=True)
+        run.tb = TensorBoardWriter(tb_dir)
+        for record in read_jsonl(run.metrics_path):
+            log_record(run.tb, record)
+
+    run.key = sh.put(np.asarray(jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)),
+                     sh.replicated(mesh))
+    # The training split goes to every device once when it fits; each device then gathers its
+    # rows of every batch there (no host copy per step, no communication).
+    run.on_device = data.x_train.nbytes + data.y_train.nbytes <= _DEVICE_DATA_BYTES
+    if run.on_device:
+        run.x_dev = sh.put(data.x_train, sh.replicated(mesh))
+        run.y_dev = sh.put(data.y_train, sh.replicated(mesh))
+    run.run_steps = compile_train_steps(mesh, run.state, resident=run.on_device)
+    run.split_steps = sh.batch_sharding(mesh, leading=1)
+
+    run.sums = defaultdict(float, run.loop_record.get("sums", {}))
+    run.count = int(run.loop_record.get("count", 0))
+    run.bar = tqdm(total=run.total, initial=run.step,
+                   disable=not (tc.progress and run.writer_proc), desc=run.cfg.name,
+                   unit="step", dynamic_ncols=True, mininterval=0.5 if os.isatty(2) else 10.0)
+    run.seconds_before = float(run.loop_record.get("seconds", 0.0))
+    run.t_start = time.time()
+
+
+def _flush(run: _Run) -> None:
+    """Fetch the pending step metrics and add them to the epoch's sums.
+
+    Step metrics stay on the device until here, so the host never waits for a step to finish;
+    every file write is preceded by a flush, so nothing on disk comes after a non-finite step.
+    """
+    if not run.pending:
+        return
+    tc, x_train = run.cfg.train, run.data.x_train
+    fetched = sh.fetch([m for _, _, m in run.pending])
+    calls = [(first, n) for first, n, _ in run.pending]
+    run.pending.clear()
+    for (first, n), metrics_k in zip(calls, fetched):
+        for j in range(n):
+            at = first + j
+            values = {k: float(v[j]) for k, v in metrics_k.items()}
+            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                last = run.checkpointer.latest_step()
+                epoch, i = divmod(at - 1, run.spe)
+                idx = _permutation(tc.seed, epoch, len(x_train))[
+                    i * tc.batch_size:(i + 1) * tc.batch_size]
+                raise FloatingPointError(
+                    f"non-finite loss ({values['loss']}) or gradient norm "
+                    f"({values['grad_norm']}) at step {at} (epoch {epoch + 1}); training "
+                    f"stopped, the last good checkpoint is step {last} in "
+                    f"{run.run_dir}/checkpoints{_batch_problem(x_train[idx])}")
+            for k, v in values.items():
+                run.sums[k] += v
+            run.count += 1
+    run.bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "accuracy") if k in values})
+
+
+def _train_call(run: _Run) -> int:
+    """Run one compiled call of up to `steps_per_call` steps; returns the call's epoch."""
+    tc, x_train, y_train = run.cfg.train, run.data.x_train, run.data.y_train
+    epoch, i = divmod(run.step, run.spe)
+    if epoch != run.perm_epoch:
+        run.perm = _permutation(tc.seed, epoch, len(x_train)).astype(np.int32)
+        run.perm_epoch = epoch
+        if run.on_device:  # the epoch's batches, once: no host transfer per call
+            run.order_dev = sh.put(
+                run.perm[:run.spe * tc.batch_size].reshape(run.spe, tc.batch_size),
+                run.split_steps)
+    n = _call_length(run.step, tc.steps_per_call, run.spe, run.stop_at, tc.checkpoint_every,
+                     tc.trajectory_every)
+    if run.on_device:
+        run.state, metrics = run.run_steps(run.state, run.x_dev, run.y_dev, run.order_dev, i,
+                                           run.key, n)
+    else:
+        idx_KxB = run.perm[i * tc.batch_size:(i + n) * tc.batch_size].reshape(n, tc.batch_size)
+        batches = {"x": sh.put(x_train[idx_KxB], run.split_steps),
+                   "y": sh.put(y_train[idx_KxB], run.split_steps)}
+        run.state, metrics = run.run_steps(run.state, batches, run.key)
+    run.pending.append((run.step + 1, n, metrics))
+    run.step += n
+    run.bar.update(n)
+    return epoch
+
+
+def _after_call(run: _Run, epoch: int) -> None:
+    """Flush, save the trajectory, log and evaluate at an epoch end, checkpoint, as due."""
+    tc, step = run.cfg.train, run.step
+    epoch_end = step % run.spe == 0
+    save_now = step % tc.checkpoint_every == 0 or step == run.stop_at
+    traj_now = tc.trajectory_every and step % tc.trajectory_every == 0
+    if epoch_end or save_now or traj_now or sum(p[1] for p in run.pending) >= _MAX_PENDING:
+        _flush(run)
+    if traj_now and run.writer_proc:
+        ckpt.save_params(ckpt.trajectory_path(run.run_dir, step), run.state.params)
+    if epoch_end:
+        _end_epoch(run, epoch)
+    if save_now:
+        run.checkpointer.save(step, run.state.to_tree(),
+                              {"sums": dict(run.sums), "count": run.count,
+                               "seconds": run.elapsed()})
+
+
+def _end_epoch(run: _Run, epoch: int) -> None:
+    """Write the epoch's step metrics; evaluate when due and save a better best state."""
+    tc, step = run.cfg.train, run.step
+    record = {"step": step, "epoch": epoch + 1, "split": "train_steps", "time": run.elapsed()}
+    record.update({k: v / max(run.count, 1) for k, v in run.sums.items()})
+    run.write(record)
+    run.sums.clear()
+    run.count = 0
+    if not ((epoch + 1) % tc.eval_every == 0 or step == run.total):
+        return
+    head = {"step": step, "epoch": epoch + 1}
+    if tc.eval_train:
+        run.write({**head, "split": "train", **run.ev("train")})
+    if run.has_val:
+        val = run.ev("val")
+        run.write({**head, "split": "val", **val})
+        val_score = selection_score(val, run.state.loss.classification)
+    # Test curves are for plots only: nothing is chosen on them.
+    run.write({**head, "split": "test", **run.ev("test")})
+    if run.has_val and val_score > run.best:
+        # Before the newest checkpoint of this step: see `train_and_evaluate`'s docstring.
+        run.best, run.best_step = val_score, step
+        run.checkpointer.save_best(step, run.state.to_tree(), run.best,
+                                   {"step": step, "val": val})
+
+
+def _summary(run: _Run) -> dict:
+    """The run's summary; for a finished run with the final and best states' metrics, saved."""
+    classification, has_val = run.state.loss.classification, run.has_val
+    summary = {"name": run.cfg.name, "version": _SUMMARY_VERSION, "steps": run.step,
+               "total_steps": run.total, "params": run.n_params, "seconds": run.elapsed(),
+               "finished": run.step == run.total,
+               "class_names": list(run.data.class_names),
+               "selection": ({"split": "val", "metric": "accuracy" if classification else "loss",
+                              "higher_is_better": classification,
+                              "ties": "lower validation loss" if classification else None}
+                             if has_val else None)}
+    if run.step == run.total:
+        summary["train"] = run.ev("train")
+        if has_val:
+            summary["val"] = run.ev("val")
+        summary["test"] = run.ev("test", with_confusion=True)
+        if has_val and run.checkpointer.best_step() is not None:
+            tree, _ = run.checkpointer.restore(run.state.to_tree(), best=True)
+            best_state = run.state.replace_tree(tree)
+            at = run.checkpointer.best_step()
+            summary["best"] = {
+                "step": at, "epoch": at // run.spe, "val": run.ev("val", of=best_state),
+                "test": run.ev("test", with_confusion=True, of=best_state)}
+        if run.writer_proc:
+            atomic_write_json(run.summary_path, summary)
+    return summary
+
+
 def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainState, dict]:
     """Train a model as configured, evaluating every epoch, with checkpoints and resume.
 
@@ -347,254 +675,28 @@ def train_and_evaluate(cfg: Config, workdir: str | None = None) -> tuple[TrainSt
         ValueError: a bad setting, or a run folder holding a run with other settings or data;
             a refused start writes nothing into the run folder.
     """
-    if getattr(cfg, "distributed", False):
-        sh.initialize_distributed()
-    writer_proc = sh.is_writer()
-
-    def say(text: str) -> None:
-        if writer_proc:
-            print(f"[{cfg.name}] {text}", flush=True)
-
-    run_dir = workdir if workdir is not None else cfg.run_dir()
-    tc = cfg.train
-    # Check everything that can refuse the start before writing anything: a refused start must
-    # leave the folder as it was, so that the corrected command is not refused in turn.
-    mesh, mesh_note = sh.training_mesh(tc.batch_size, tc.devices)
-    config_record = _check_config(run_dir, cfg)
-    topology_record = _check_topology(run_dir, mesh)
-    data = load_dataset(cfg.data)
-    data_record = _check_data(run_dir, data)
-    state, spe = build_state(cfg, data)
-    if writer_proc:
-        os.makedirs(run_dir, exist_ok=True)
-        remove_stale = getattr(research.io, "remove_stale_temporaries", None)
-        if remove_stale is not None:
-            # Temporaries of atomic writes a kill interrupted (orbax cleans its own folders).
-            for folder in (run_dir, os.path.join(run_dir, "trajectory")):
-                remove_stale(folder)
-        atomic_write_json(os.path.join(run_dir, "config.json"), config_record)
-        atomic_write_json(os.path.join(run_dir, "data.json"), data_record)
-        atomic_write_json(os.path.join(run_dir, "topology.json"), topology_record)
-
-    total = spe * cfg.train.epochs
-    stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
-    n_params = param_count(state.params)
-    has_val = len(data.x_val) > 0
-    say(f"{cfg.model.kind} with {n_params:,} parameters; {len(data.x_train)} train / "
-        f"{len(data.x_val)} val / {len(data.x_test)} test examples; {total} steps ({spe} per "
-        f"epoch); batches split over {mesh.devices.size} device(s) in {jax.process_count()} "
-        "process(es)")
-    if mesh_note:
-        say(f"note: {mesh_note}")
-    if not has_val:
-        say("warning: no validation split, so no best checkpoint is chosen")
-
-    # Data parallelism: the state goes to every device (as `state_sharding` says), batches are
-    # split along the mesh's data axis.
-    where = state_sharding(mesh, state).to_tree()
-    state = state.replace_tree(jax.tree_util.tree_map(
-        lambda x, w: sh.put(np.asarray(x), w), state.to_tree(), where))
-    checkpointer = ckpt.Checkpointer(run_dir, tc.keep_checkpoints)
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    summary_path = os.path.join(run_dir, "summary.json")
-    step = checkpointer.latest_step() or 0
-    loop_record: dict | None = None
-    if step:
-        tree, loop_record = checkpointer.restore(state.to_tree())
-        state = state.replace_tree(tree)
-        say(f"resumed from step {step}")
-        if loop_record is None:
-            say("warning: a checkpoint from an older version: the step metrics of the current "
-                "epoch restart from this step")
-    elif writer_proc:
-        ckpt.save_params(os.path.join(run_dir, "init_params.npz"), state.params)
-        if tc.trajectory_every:
-            ckpt.save_params(ckpt.trajectory_path(run_dir, 0), state.params)
-    loop_record = loop_record or {}
-    if writer_proc:
-        truncate_after(metrics_path, step)
-    sh.barrier("train_and_evaluate:start")  # the others read metrics.jsonl after truncation
-    score_key = "accuracy" if state.loss.classification else "loss"
-    best, best_step = _best_from_records(read_jsonl(metrics_path), state.loss.classification)
-    if step and best_step == step and best_step not in checkpointer.best_steps():
-        # A kill between the newest checkpoint and the best one (the order of older versions)
-        # lost the best state: it is the state just restored.
-        checkpointer.save_best(step, state.to_tree(), best, {"step": step})
-    if step == total and os.path.exists(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            stored = json.load(f)
-        if stored.get("version") == _SUMMARY_VERSION and stored.get("steps") == total:
-            checkpointer.close()
-            return _to_default_device(state), stored
-        loop_record.setdefault("seconds", stored.get("seconds", 0.0))
-
-    writer = JsonlWriter(metrics_path) if writer_proc else None
-    tb = None
-    if tc.tensorboard and writer_proc:
-        # The event files mirror metrics.jsonl: rebuilt from its (truncated) records at every
-        # start, so a killed piece's events past the checkpoint never show twice.
-        tb_dir = os.path.join(run_dir, "tensorboard", "metrics")
-        shutil.rmtree(tb_dir, ignore_errors=True)
-        tb = TensorBoardWriter(tb_dir)
-        for record in read_jsonl(metrics_path):
-            log_record(tb, record)
-
-    def write(record: dict) -> None:
-        if writer is not None:
-            writer.write(record)
-            log_record(tb, record)
-
-    key = sh.put(np.asarray(jax.random.fold_in(jax.random.PRNGKey(tc.seed), 1)),
-                 sh.replicated(mesh))
-    x_train, y_train = data.x_train, data.y_train
-    # The training split goes to every device once when it fits; each device then gathers its
-    # rows of every batch there (no host copy per step, no communication).
-    on_device = x_train.nbytes + y_train.nbytes <= _DEVICE_DATA_BYTES
-    if on_device:
-        x_dev = sh.put(x_train, sh.replicated(mesh))
-        y_dev = sh.put(y_train, sh.replicated(mesh))
-    run_steps = compile_train_steps(mesh, state, resident=on_device)
-    split_steps = sh.batch_sharding(mesh, leading=1)
-    eval_splits: dict[str, _EvalSplit] = {}
-
-    def ev(name: str, with_confusion: bool = False, of: TrainState | None = None) -> dict:
-        if name not in eval_splits:
-            x, y = {"train": (x_train, y_train), "val": (data.x_val, data.y_val),
-                    "test": (data.x_test, data.y_test)}[name]
-            eval_splits[name] = _EvalSplit(x, y, tc.eval_batch_size, mesh)
-        return _evaluate_split(state if of is None else of, eval_splits[name], with_confusion)
-
-    sums: dict[str, float] = defaultdict(float, loop_record.get("sums", {}))
-    count = int(loop_record.get("count", 0))
-    pending: list[tuple[int, int, dict]] = []
-    perm, order_dev, perm_epoch = None, None, -1
-    bar = tqdm(total=total, initial=step, disable=not (tc.progress and writer_proc),
-               desc=cfg.name, unit="step", dynamic_ncols=True,
-               mininterval=0.5 if os.isatty(2) else 10.0)
-    seconds_before = float(loop_record.get("seconds", 0.0))
-    t_start = time.time()
-
-    def elapsed() -> float:
-        return seconds_before + time.time() - t_start
-
-    def flush() -> None:
-        # Step metrics stay on the device until here, so the host never waits for a step to
-        # finish; every file write is preceded by a flush, so nothing on disk comes after a
-        # non-finite step.
-        nonlocal count
-        if not pending:
-            return
-        fetched = sh.fetch([m for _, _, m in pending])
-        calls = [(first, n) for first, n, _ in pending]
-        pending.clear()
-        for (first, n), metrics_k in zip(calls, fetched):
-            for j in range(n):
-                at = first + j
-                values = {k: float(v[j]) for k, v in metrics_k.items()}
-                if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-                    last = checkpointer.latest_step()
-                    epoch, i = divmod(at - 1, spe)
-                    idx = _permutation(tc.seed, epoch, len(x_train))[
-                        i * tc.batch_size:(i + 1) * tc.batch_size]
-                    raise FloatingPointError(
-                        f"non-finite loss ({values['loss']}) or gradient norm "
-                        f"({values['grad_norm']}) at step {at} (epoch {epoch + 1}); training "
-                        f"stopped, the last good checkpoint is step {last} in "
-                        f"{run_dir}/checkpoints{_batch_problem(x_train[idx])}")
-                for k, v in values.items():
-                    sums[k] += v
-                count += 1
-        bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "accuracy") if k in values})
-
+    run = _start(cfg, workdir)
+    stored = _resume(run)
+    if stored is not None:
+        run.checkpointer.close()
+        return _to_default_device(run.state), stored
+    _open_outputs(run)
     try:
-        while step < stop_at:
-            epoch, i = divmod(step, spe)
-            if epoch != perm_epoch:
-                perm = _permutation(tc.seed, epoch, len(x_train)).astype(np.int32)
-                perm_epoch = epoch
-                if on_device:  # the epoch's batches, once: no host transfer per call
-                    order_dev = sh.put(perm[:spe * tc.batch_size].reshape(spe, tc.batch_size),
-                                       split_steps)
-            n = _call_length(step, tc.steps_per_call, spe, stop_at, tc.checkpoint_every,
-                             tc.trajectory_every)
-            if on_device:
-                state, metrics = run_steps(state, x_dev, y_dev, order_dev, i, key, n)
-            else:
-                idx_KxB = perm[i * tc.batch_size:(i + n) * tc.batch_size].reshape(
-                    n, tc.batch_size)
-                batches = {"x": sh.put(x_train[idx_KxB], split_steps),
-                           "y": sh.put(y_train[idx_KxB], split_steps)}
-                state, metrics = run_steps(state, batches, key)
-            pending.append((step + 1, n, metrics))
-            step += n
-            bar.update(n)
-            epoch_end = step % spe == 0
-            save_now = step % tc.checkpoint_every == 0 or step == stop_at
-            traj_now = tc.trajectory_every and step % tc.trajectory_every == 0
-            if epoch_end or save_now or traj_now or sum(p[1] for p in pending) >= _MAX_PENDING:
-                flush()
-            if traj_now and writer_proc:
-                ckpt.save_params(ckpt.trajectory_path(run_dir, step), state.params)
-            if epoch_end:
-                record = {"step": step, "epoch": epoch + 1, "split": "train_steps",
-                          "time": elapsed()}
-                record.update({k: v / max(count, 1) for k, v in sums.items()})
-                write(record)
-                sums.clear()
-                count = 0
-                if (epoch + 1) % tc.eval_every == 0 or step == total:
-                    head = {"step": step, "epoch": epoch + 1}
-                    if tc.eval_train:
-                        write({**head, "split": "train", **ev("train")})
-                    if has_val:
-                        val = ev("val")
-                        write({**head, "split": "val", **val})
-                        val_score = selection_score(val, state.loss.classification)
-                    # Test curves are for plots only: nothing is chosen on them.
-                    write({**head, "split": "test", **ev("test")})
-                    if has_val and val_score > best:
-                        # Before the newest checkpoint of this step: see the docstring.
-                        best, best_step = val_score, step
-                        checkpointer.save_best(step, state.to_tree(), best,
-                                               {"step": step, "val": val})
-            if save_now:
-                checkpointer.save(step, state.to_tree(),
-                                  {"sums": dict(sums), "count": count, "seconds": elapsed()})
-        flush()
+        while run.step < run.stop_at:
+            _after_call(run, _train_call(run))
+        _flush(run)
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if tb is not None:
-            tb.close()
-
+        run.bar.close()
+        if run.writer is not None:
+            run.writer.close()
+        if run.tb is not None:
+            run.tb.close()
     try:
-        summary = {"name": cfg.name, "version": _SUMMARY_VERSION, "steps": step,
-                   "total_steps": total, "params": n_params, "seconds": elapsed(),
-                   "finished": step == total, "class_names": list(data.class_names),
-                   "selection": ({"split": "val", "metric": score_key,
-                                  "higher_is_better": state.loss.classification,
-                                  "ties": "lower validation loss" if
-                                  state.loss.classification else None}
-                                 if has_val else None)}
-        if step == total:
-            summary["train"] = ev("train")
-            if has_val:
-                summary["val"] = ev("val")
-            summary["test"] = ev("test", with_confusion=True)
-            if has_val and checkpointer.best_step() is not None:
-                tree, _ = checkpointer.restore(state.to_tree(), best=True)
-                best_state = state.replace_tree(tree)
-                at = checkpointer.best_step()
-                summary["best"] = {
-                    "step": at, "epoch": at // spe, "val": ev("val", of=best_state),
-                    "test": ev("test", with_confusion=True, of=best_state)}
-            if writer_proc:
-                atomic_write_json(summary_path, summary)
+        summary = _summary(run)
     finally:
-        checkpointer.close()
+        run.checkpointer.close()
     sh.barrier("train_and_evaluate:end")
-    return _to_default_device(state), summary
+    return _to_default_device(run.state), summary
 
 
 def load_run(run_dir: str, best: bool = False) -> tuple[Config, TrainState, Dataset]:
