@@ -971,6 +971,104 @@ def _map_chunk(run: Callable, coords_CxK: np.ndarray) -> tuple[np.ndarray, np.nd
     return run(coords_CxK)
 
 
+def _check_map_args(params: PyTree, directions: Sequence[PyTree], axes: Sequence[Any],
+                    steps: Any, points_per_call: Any) -> tuple[list, list[np.ndarray]]:
+    """`eigenvalue_map`'s directions and axes as lists, after checking every argument."""
+    directions = list(directions)
+    axes = [np.asarray(a, np.float64) for a in axes]
+    if not directions or len(axes) != len(directions):
+        raise ValueError(f"axes: need one coordinate array per direction, got {len(axes)} for "
+                         f"{len(directions)} directions")
+    for i, a in enumerate(axes):
+        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+            raise ValueError(f"axes[{i}]: must be a non-empty 1-D array of finite coordinates")
+    treedef = jax.tree_util.tree_structure(params)
+    for i, d in enumerate(directions):
+        if jax.tree_util.tree_structure(d) != treedef:
+            raise ValueError(f"directions[{i}]: not shaped like params")
+    if not isinstance(points_per_call, (int, np.integer)) or points_per_call < 1:
+        raise ValueError(f"points_per_call: must be an integer >= 1, got {points_per_call!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    return directions, axes
+
+
+def _open_map_surface(path: str | None, axes: list[np.ndarray], all_settings: dict,
+                      info: Mapping[str, Any] | None):
+    """The map's surface: resumed from `path` when it holds one with these settings, else new."""
+    from research.landscape.surface import check_resumable, empty_surface, load_surface
+
+    surface = None
+    if path is not None:
+        try:
+            surface = load_surface(path)
+        except FileNotFoundError:
+            surface = None
+        if surface is not None:
+            check_resumable(surface, axes, MAP_METRICS, all_settings, path)
+            surface.info.update(dict(info or {}))
+    if surface is None:
+        surface = empty_surface(axes, MAP_METRICS, all_settings, dict(info or {}))
+    return surface
+
+
+def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
+                     model_state: PyTree | None, directions: list, m: int,
+                     seed: int) -> Callable:
+    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk's Lanczos runs in lockstep on the host."""
+    op = _HostOperator(fn, params, data, batch_size, model_state, directions)
+    v_P = _np_normalize(_np_rademacher(seed, 0, op.p))[0]
+
+    def run(coords_CxK):
+        c = len(coords_CxK)
+        matvec = op.at(coords_CxK)
+        a_CxM, b_CxM = _lanczos_host(lambda v_CxP: matvec(v_CxP[:, None])[:, 0],
+                                     np.tile(v_P, (c, 1)), m, int(seed), 1)
+        hi, lo = [], []
+        for a_M, b_M in zip(a_CxM, b_CxM):
+            theta_M = np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
+            hi.append(theta_M[-1])
+            lo.append(theta_M[0])
+        return np.array(hi), np.array(lo)
+    return run
+
+
+def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tuple, m: int,
+                       seed: int) -> Callable:
+    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk as one compiled call (`lax.map`)."""
+    prog = _cached("map", fn, (*static, m), lambda: _build_map(fn, *static, m))
+    params_, state, batches, mask_NBxB, n_ = args
+
+    def run(coords_CxK):
+        hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n_,
+                          np.uint32(seed), coords_CxK)
+        return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
+    return run
+
+
+def _fill_map(surface, run: Callable, todo: np.ndarray, points_per_call: int,
+              path: str | None) -> None:
+    """Compute the points `todo` chunk by chunk, saving the surface after every chunk."""
+    from research.landscape.surface import save_surface
+
+    coords_GxK = surface.coords().astype(np.float32)
+    chunk = min(int(points_per_call), todo.size)
+    shape = surface.shape
+    for start in range(0, todo.size, chunk):
+        idx = todo[start:start + chunk]
+        # Pad the last chunk by repeating a point: one compiled shape.
+        padded_idx = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
+        hi_C, lo_C = _map_chunk(run, coords_GxK[padded_idx])
+        at = np.unravel_index(idx, shape)
+        surface.values["lambda_max"][at] = hi_C[: idx.size]
+        surface.values["lambda_min"][at] = lo_C[: idx.size]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            surface.values["ratio"][at] = np.abs(lo_C[: idx.size] / hi_C[: idx.size])
+        surface.done[at] = True
+        if path is not None:
+            save_surface(path, surface)
+
+
 def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                    axes: Sequence[Any], data: Batch, *, steps: int = 20,
                    batch_size: int | None = None, model_state: PyTree | None = None,
@@ -1015,30 +1113,9 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         A `research.landscape.surface.Surface` with those three metrics.
     """
     from research.io import fingerprint
-    from research.landscape.surface import (
-        check_resumable,
-        empty_surface,
-        load_surface,
-        save_surface,
-    )
 
     loop = _resolve_loop(loop)
-    directions = list(directions)
-    axes = [np.asarray(a, np.float64) for a in axes]
-    if not directions or len(axes) != len(directions):
-        raise ValueError(f"axes: need one coordinate array per direction, got {len(axes)} for "
-                         f"{len(directions)} directions")
-    for i, a in enumerate(axes):
-        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
-            raise ValueError(f"axes[{i}]: must be a non-empty 1-D array of finite coordinates")
-    treedef = jax.tree_util.tree_structure(params)
-    for i, d in enumerate(directions):
-        if jax.tree_util.tree_structure(d) != treedef:
-            raise ValueError(f"directions[{i}]: not shaped like params")
-    if not isinstance(points_per_call, (int, np.integer)) or points_per_call < 1:
-        raise ValueError(f"points_per_call: must be an integer >= 1, got {points_per_call!r}")
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    directions, axes = _check_map_args(params, directions, axes, steps, points_per_call)
     args, static = _prepare(fn, params, data, batch_size, model_state)
     m = min(int(steps), _num_params(params))
     n = int(args[-1])
@@ -1050,61 +1127,15 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                     "model_state_fingerprint": (fingerprint(model_state)
                                                 if model_state is not None else None),
                     "num_examples": n, **dict(settings or {})}
-    surface = None
-    if path is not None:
-        try:
-            surface = load_surface(path)
-        except FileNotFoundError:
-            surface = None
-        if surface is not None:
-            check_resumable(surface, axes, MAP_METRICS, all_settings, path)
-            surface.info.update(dict(info or {}))
-    if surface is None:
-        surface = empty_surface(axes, MAP_METRICS, all_settings, dict(info or {}))
-    coords_GxK = surface.coords().astype(np.float32)
+    surface = _open_map_surface(path, axes, all_settings, info)
     todo = np.flatnonzero(~surface.done.ravel())
     if todo.size == 0:
         return surface
-
     if loop == "host":
-        op = _HostOperator(fn, params, data, batch_size, model_state, directions)
-        v_P = _np_normalize(_np_rademacher(seed, 0, op.p))[0]
-
-        def run(coords_CxK):
-            c = len(coords_CxK)
-            matvec = op.at(coords_CxK)
-            a_CxM, b_CxM = _lanczos_host(lambda v_CxP: matvec(v_CxP[:, None])[:, 0],
-                                         np.tile(v_P, (c, 1)), m, int(seed), 1)
-            hi, lo = [], []
-            for a_M, b_M in zip(a_CxM, b_CxM):
-                theta_M = np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
-                hi.append(theta_M[-1])
-                lo.append(theta_M[0])
-            return np.array(hi), np.array(lo)
+        run = _map_runner_host(fn, params, data, batch_size, model_state, directions, m, seed)
     else:
-        prog = _cached("map", fn, (*static, m), lambda: _build_map(fn, *static, m))
-        params_, state, batches, mask_NBxB, n_ = args
-
-        def run(coords_CxK):
-            hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n_,
-                              np.uint32(seed), coords_CxK)
-            return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
-
-    chunk = min(int(points_per_call), todo.size)
-    shape = surface.shape
-    for start in range(0, todo.size, chunk):
-        idx = todo[start:start + chunk]
-        # Pad the last chunk by repeating a point: one compiled shape.
-        padded_idx = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        hi_C, lo_C = _map_chunk(run, coords_GxK[padded_idx])
-        at = np.unravel_index(idx, shape)
-        surface.values["lambda_max"][at] = hi_C[: idx.size]
-        surface.values["lambda_min"][at] = lo_C[: idx.size]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            surface.values["ratio"][at] = np.abs(lo_C[: idx.size] / hi_C[: idx.size])
-        surface.done[at] = True
-        if path is not None:
-            save_surface(path, surface)
+        run = _map_runner_device(fn, directions, args, static, m, seed)
+    _fill_map(surface, run, todo, points_per_call, path)
     return surface
 
 
