@@ -262,36 +262,51 @@ def plot_decision_boundary(score_fn: Callable[[np.ndarray], np.ndarray], train, 
 
 
 def plot_neuron_maps(layers: Sequence[np.ndarray], resolution: int, domain: float = 6.0,
-                     title: str = "Hidden neurons"):
+                     title: str = "Hidden neurons", ax=None):
     """Each hidden neuron's output over the input plane, one row per layer.
 
     Args:
         layers: per hidden layer, activations `a_(R*R)xW` on `grid_points(resolution, domain)`.
         resolution: grid points per side.
         domain: half-width of the square shown.
-        title: figure title.
+        title: figure title (only on a figure of its own).
+        ax: axes to draw into instead of a new figure: a grid with one row per layer and as
+            many columns as the widest layer, or a flat sequence of as many axes in row order
+            (panels past a layer's width are switched off). The caller's figure keeps its
+            title and layout.
 
     Returns:
         The figure.
     """
     cols = max(a.shape[1] for a in layers)
-    fig, axes = plt.subplots(len(layers), cols, figsize=(1.7 * cols, 1.8 * len(layers)),
-                             squeeze=False)
+    if ax is None:
+        fig, axes = plt.subplots(len(layers), cols, figsize=(1.7 * cols, 1.8 * len(layers)),
+                                 squeeze=False)
+    else:
+        flat = list(np.ravel(ax))
+        if len(flat) < len(layers) * cols:
+            raise ValueError(f"ax: this plot draws {len(layers)} x {cols} panels, got "
+                             f"{len(flat)} axes")
+        fig = flat[0].figure
+        axes = np.empty((len(layers), cols), dtype=object)
+        for k, panel in enumerate(flat[:len(layers) * cols]):
+            axes.flat[k] = panel
     for row, a in enumerate(layers):
         for col in range(cols):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            panel = axes[row, col]
+            panel.set_xticks([])
+            panel.set_yticks([])
             if col >= a.shape[1]:
-                ax.axis("off")
+                panel.axis("off")
                 continue
             m = a[:, col].reshape(resolution, resolution)
             lim = max(float(np.abs(m).max()), 1e-6)
-            ax.imshow(m, origin="lower", extent=(-domain, domain, -domain, domain),
-                      cmap=PLAYGROUND_CMAP, vmin=-lim, vmax=lim)
-            ax.set_title(f"layer {row + 1}, neuron {col + 1}", fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+            panel.imshow(m, origin="lower", extent=(-domain, domain, -domain, domain),
+                         cmap=PLAYGROUND_CMAP, vmin=-lim, vmax=lim)
+            panel.set_title(f"layer {row + 1}, neuron {col + 1}", fontsize=7)
+    if ax is None:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
     return fig
 
 
