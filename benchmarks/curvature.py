@@ -75,16 +75,19 @@ import time
 
 
 def _parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="cores for each side (pinned)")
     p.add_argument("--examples", type=int, default=256, help="examples in the batch")
     p.add_argument("--mlp", type=int, nargs="+", default=[32, 64, 64],
                    help="MLP input size and hidden widths")
     p.add_argument("--repeats", type=int, default=5, help="later calls timed (median)")
     p.add_argument("--probes-per-step", type=int, default=10, help="Hutchinson probes per vmap")
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"],
+                   help="models to measure")
     p.add_argument("--tools", nargs="+", default=["top3", "trace", "density"],
-                   choices=["top3", "trace", "density"])
+                   choices=["top3", "trace", "density"],
+                   help="quantities to measure: top-3 eigenvalues, trace, spectral density")
     p.add_argument("--map", type=int, default=0, help="eigenvalue map grid size (0: skip)")
     p.add_argument("--loop", default="auto", choices=["auto", "host", "device"],
                    help="where our iterations run (auto: host on CPU)")

@@ -47,13 +47,14 @@ import time
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch", type=int, default=256, help="clips per front-end call")
-    p.add_argument("--seconds", type=float, default=4.0, help="clip length")
-    p.add_argument("--sample-rate", type=int, default=22050)
-    p.add_argument("--n-fft", type=int, default=2048)
-    p.add_argument("--hop", type=int, default=512)
-    p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=4.0, help="clip length (s)")
+    p.add_argument("--sample-rate", type=int, default=22050, help="clips' sample rate (Hz)")
+    p.add_argument("--n-fft", type=int, default=2048, help="STFT window length (samples)")
+    p.add_argument("--hop", type=int, default=512, help="STFT hop length (samples)")
+    p.add_argument("--n-mels", type=int, default=64, help="mel bands")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed rounds (after one warm-up): JAX, librosa and generation each")
     p.add_argument("--librosa-clips", type=int, default=16,

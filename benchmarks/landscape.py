@@ -53,24 +53,28 @@ from research.models import CNN
 
 
 def _parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--height", type=int, default=64, help="mel bands (input height)")
     p.add_argument("--width", type=int, default=128, help="frames (input width)")
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128],
+                   help="channels of the conv stages")
+    p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--examples", type=int, default=4096, help="examples in the split")
     p.add_argument("--grid", type=int, default=11, help="grid points per axis (grid^2 points)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="examples per batch of the data loop (only whole batches are used)")
     p.add_argument("--points-per-call", type=int, nargs="+", default=[32],
                    help="engine variants: the most grid points per compiled call")
     p.add_argument("--points-per-step", type=int, nargs="+", default=[1],
                    help="engine variants: grid points vmapped together inside a call")
-    p.add_argument("--torch-batch-size", type=int, default=0, help="0: same as --batch-size")
+    p.add_argument("--torch-batch-size", type=int, default=0,
+                   help="examples per batch of the PyTorch loop (0: same as --batch-size)")
     p.add_argument("--naive-points", type=int, default=0,
                    help="grid points for the naive and torch loops (0: all)")
     p.add_argument("--bf16", action="store_true", help="also time the engine in bfloat16")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best is kept")
-    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference loop")
     p.add_argument("--json", default="", help="write the results to this JSON file")
     return p.parse_args(argv)
 
