@@ -183,7 +183,8 @@ def _validate(params: PyTree, directions, axes, bn: BatchNormPolicy, sizes: Mapp
     return directions, axes, sdirs
 
 
-def _num_examples(data: Batch) -> int:
+def num_examples(data: Batch) -> int:
+    """The number of examples of a split `{name: array}`, checking a common leading axis."""
     if not isinstance(data, Mapping) or not data:
         raise ValueError("data: must be a non-empty dict of arrays with a leading example axis, "
                          "e.g. {'x': x_NxD, 'y': y_N}")
@@ -198,7 +199,7 @@ def _num_examples(data: Batch) -> int:
 
 def _split_batches(data: Batch, batch_size: int, multiple: int) -> tuple[dict, np.ndarray, int]:
     """Pad the split to whole batches: ({name: [nb, B, ...]}, mask [nb, B], B)."""
-    n = _num_examples(data)
+    n = num_examples(data)
     b = min(batch_size, n)
     b = int(math.ceil(b / multiple) * multiple)
     nb = int(math.ceil(n / b))
@@ -218,7 +219,7 @@ def _bn_batches(data: Batch, batch_size: int) -> tuple[dict, dict, int]:
 
     BatchNorm statistics must not see padding, so the tail is its own (smaller) batch.
     """
-    n = _num_examples(data)
+    n = num_examples(data)
     b = min(batch_size, n)
     nb, r = n // b, n % b
     full = {k: np.asarray(v)[: nb * b].reshape((nb, b) + np.shape(v)[1:]) for k, v in data.items()}
@@ -233,7 +234,7 @@ def _surface_settings(params, directions, data, bn: BatchNormPolicy, sdirs, dtyp
         "params_fingerprint": fingerprint(params),
         "directions_fingerprint": [fingerprint(d) for d in directions],
         "data_fingerprint": fingerprint(dict(data)),
-        "num_examples": _num_examples(data),
+        "num_examples": num_examples(data),
         "model_state_fingerprint": fingerprint(bn.state) if bn.has_state else None,
         "bn_policy": bn.kind if bn.has_state else "none",
         "dtype": dtype,
@@ -305,7 +306,7 @@ def _call(fn: Callable, has_state: bool, p, s, b):
 
 def _check_outputs(fn, has_state, params, state, batch) -> tuple[tuple[str, ...], bool]:
     shapes = jax.eval_shape(lambda p, s, b: _call(fn, has_state, p, s, b), params, state, batch)
-    bsz = _num_examples(batch)
+    bsz = num_examples(batch)
     if not shapes:
         raise ValueError("fn: returned no metrics")
     kinds = set()
@@ -610,7 +611,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if mesh is None:
         mesh = make_mesh() if jax.process_count() > 1 else single_device_mesh()
     n_grid, n_data = mesh_axis_sizes(mesh)
-    num_examples = _num_examples(data)
+    n_examples = num_examples(data)
     batches, mask, b = _split_batches(data, batch_size, n_data)
     state = bn.state if bn.has_state else {}
     first = {k: v[0] for k, v in batches.items()}
@@ -618,7 +619,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     bn_full, bn_tail, bn_examples, bn_batch = {}, {}, 0, 0
     if bn.kind == "recompute":
         bn_src = data if bn.data is None else bn.data
-        bn_examples = _num_examples(bn_src)
+        bn_examples = num_examples(bn_src)
         bn_full, bn_tail, bn_batch = _bn_batches(bn_src, batch_size)
 
     surface_args = (path, axes, names, _surface_settings(params, directions, data, bn, sdirs,
@@ -640,7 +641,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     put = _placer(mesh)
     args = (put(params, P()), put(directions, P()), put(state, P()), put(sdirs, P()),
             put(batches, P(None, DATA_AXIS)), put(mask, P(None, DATA_AXIS)),
-            put(bn_full, P()), put(bn_tail, P()), put(np.float32(num_examples), P()),
+            put(bn_full, P()), put(bn_tail, P()), put(np.float32(n_examples), P()),
             put(np.float32(max(bn_examples, 1)), P()))
     chunk = chunk_size(todo.size, points_per_call, n_grid * points_per_step)
     static = (fn, bn.has_state, names, scalar, bn.kind, bn.update_fn, dtype, mesh,

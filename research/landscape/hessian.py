@@ -59,6 +59,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from research.landscape.evaluate import num_examples
+
 PyTree = Any
 Batch = Mapping[str, Any]
 
@@ -107,22 +109,10 @@ def _cached(kind: str, fn: Callable, static: tuple, build: Callable[[], Callable
 # ----------------------------------------------------------------------------- data and losses
 
 
-def _num_examples(data: Batch) -> int:
-    if not isinstance(data, Mapping) or not data:
-        raise ValueError("data: must be a non-empty dict of arrays with a leading example axis, "
-                         "e.g. {'x': x_NxD, 'y': y_N}")
-    sizes = {k: (np.shape(v)[0] if np.ndim(v) else None) for k, v in data.items()}
-    if None in sizes.values() or len(set(sizes.values())) != 1:
-        raise ValueError(f"data: every array needs the same leading (example) axis, got {sizes}")
-    n = next(iter(sizes.values()))
-    if n == 0:
-        raise ValueError("data: the split is empty")
-    return int(n)
-
 
 def _split(data: Batch, batch_size: int | None) -> tuple[dict, np.ndarray, int]:
     """Pad the split to whole batches: ({name: [nb, B, ...]}, mask_NBxB, number of examples)."""
-    n = _num_examples(data)
+    n = num_examples(data)
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
         raise ValueError(f"batch_size: must be an integer >= 1 or None, got {batch_size!r}")
