@@ -29,14 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from research.config import run_cli
-from research.landscape.analysis import (  # noqa: F401 (old names, kept importable for a while)
-    _at_origin,
-    _pca_axes,
-    _say_if_unfinished,
-    _split,
-    analyse_run,
-    newest_finished_run,
-)
+from research.landscape.analysis import analyse_run
 from research.landscape.config import LANDSCAPE_PRESETS, LandscapeConfig
 
 

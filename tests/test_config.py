@@ -172,7 +172,7 @@ def test_landscape_defaults_to_the_newest_finished_run(tmp_path, monkeypatch):
     import os
     import time
 
-    from experiments.landscape import newest_finished_run
+    from research.landscape.analysis import newest_finished_run
 
     def make(path, finished):
         path.mkdir(parents=True)
