@@ -19,8 +19,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m experiments.main --preset $(PRESET)
 
+# Worker processes (pytest-xdist; `tests/conftest.py` caps "auto" at 4), one test file per
+# worker so module fixtures are built once. `make test PYTEST_ARGS=-n0` runs in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

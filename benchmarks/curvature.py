@@ -11,7 +11,12 @@ data (a batch of `--examples`), in float32 on the CPU:
 Models: an MLP (`--mlp` widths, tanh) on vectors, and a small CNN (conv3x3 8 - ReLU -
 maxpool 2 - conv3x3 16 - ReLU - global mean - dense) on 1 x 32 x 32 inputs; softmax
 cross-entropy over 10 classes. Written as plain JAX functions of a params dict and as
-`torch.nn` modules, with the JAX weights copied into torch.
+`torch.nn` modules, with the JAX weights copied into torch. The JAX CNN pools and runs its
+one-channel first convolution with `research.models.ops` (`--pool ops`, the default: what our
+models use, values equal to `lax.reduce_window` / `lax.conv_general_dilated`); `--pool
+reduce_window` measures a user's own `lax.reduce_window` pooling instead, whose second
+derivative XLA:CPU runs as iota/scatter loops (about 45% of a product, measured with
+`jax.profiler`).
 
 "First call" is a fresh process's first call: for JAX it includes tracing and compiling, for
 PyHessian the construction of `hessian(model, criterion, data)` (a forward and a backward pass
@@ -27,11 +32,12 @@ CPU client is told `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thre
 
 Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points
 of the MLP over the whole split: `hessian.eigenvalue_map` (20 Lanczos steps per point, all points
-in one chunk) against the reference's loop (tomgoldstein/loss-landscape
+in one chunk) against two loops in the style of the reference (tomgoldstein/loss-landscape
 `plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1, tol=1e-2)` on a
-`LinearOperator` of Hessian-vector products (here a jitted JAX HVP over the split, compiled once
-outside the timing, so the comparison is of the method, not of JAX against torch), then again on
-`H - 0.51 lambda_max` for lambda_min. Median of three alternating rounds.
+`LinearOperator` of Hessian-vector products, then again on `H - 0.51 lambda_max` for
+lambda_min. The first loop's product is a jitted JAX HVP compiled once outside the timing (the
+method compared, not the framework); the second is the reference's own code path, PyTorch's
+double backward (`eval_hess_vec_prod`) after `set_weights`. Median of three alternating rounds.
 
 `--loop host|device` picks where our iterations run (default auto: host on the CPU; see
 `research.landscape.hessian._resolve_loop`). Later calls alternate with PyHessian's, round by
@@ -41,28 +47,34 @@ printed at the start and the end.
 Command:
     python -m benchmarks.curvature --threads 1 --repeats 5 --map 5
 
-Measured (2-core CPU shared with other jobs, load average 5-8 during the runs, so every figure
-moves by 1.5-2x between runs; jax 0.10.2, torch 2.13 CPU, PyHessian 0.1, 1 thread each):
+Measured on an idle machine (load average 0.9-1.0 on 2 cores; jax 0.10.2, torch 2.13 CPU,
+PyHessian 0.1, 1 thread each; 3.5 minutes):
     MLP 32-64-64-10 (6,922 params), 256 examples, later calls (median of 5, alternating):
-        top-3 0.100 s vs PyHessian 0.200 s (2.0x faster; 58 vs 69 products),
-        trace 0.125 s vs 0.238 s (1.9x), density 0.163 s vs 1.001 s (6.2x);
-    MLP first calls: top-3 2.65 s vs 0.94 s (2.8x; a fresh process, so both sides pay their
-        framework's start-up; two programs compiled, about 0.4 s each), trace 0.13 s vs 0.25 s
-        and density 0.19 s vs 0.90 s (the same two programs, nothing more to compile);
-        a second run under load 8: top-3 first 7.7 s vs 2.6 s (2.9x), later 0.20 vs 0.56 s.
-    CNN (1,418 params), 256 examples, later calls: top-3 11.4 s vs PyHessian 8.1 s (0.70x,
-        25 vs 35 products), trace 49.5 s vs 26.2 s (0.53x); first calls top-3 17.9 s vs 10.7 s
-        (1.7x), trace 35.5 s vs 37.9 s (0.94x). Before the host loop (on-device loops):
-        top-3 later 87.9 s vs 8.3 s. What is left is the product itself: one CNN
-        Hessian-vector product (tangent half, linearised) costs about 2x PyHessian's
-        double-backward through its retained graph on this machine, the XLA:CPU convolution
-        gradients that DESIGN.md measures at 0.35-0.45x PyTorch eager for a train step.
-    Eigenvalue map 5 x 5, MLP, 20 Lanczos steps per point, load 8: 0.68 s vs the eigsh loop
-        1.60 s (1,190 products): 2.4x (the target was 10x); lambda_max agrees to 1.3e-5. The
-        MLP product is compute-bound (about 0.5-1 ms), so the speed-up is about the ratio of
-        products (500 vs 1,190); vmapping the points (chunk 25), one point at a time, and the
-        device loop all measured 0.7-1.1 s. Fewer Lanczos steps trade accuracy: 12 steps
-        (2x faster) leave lambda_min 4% of lambda_max off.
+        top-3 0.040 s vs PyHessian 0.079 s (2.0x faster; 58 vs 65 products),
+        trace 0.069 s vs 0.133 s (1.9x), density 0.073 s vs 0.579 s (8.0x);
+    MLP first calls: top-3 1.83 s vs 0.68 s (2.7x slower; a fresh process, so both sides pay
+        their framework's start-up; two programs compiled), then trace 0.063 s vs 0.144 s and
+        density 0.084 s vs 0.568 s (the same two programs, nothing more to compile).
+    CNN (1,418 params), 256 examples, later calls: top-3 2.01 s vs PyHessian 1.69 s (0.84x,
+        25 vs 39 products), trace 6.82 s vs 5.62 s (0.82x), density 7.66 s vs 6.14 s (0.80x);
+        first calls 3.9 s vs 2.2 s (1.7x), 7.9 s vs 6.4 s, 7.3 s vs 6.2 s. The target (later
+        calls at least as fast) is not met for this CNN: one product (the tangent half of the
+        linearised gradient) takes about 68 ms against 52-57 ms for PyTorch's double backward
+        through its retained graph. What is left in the profile is XLA:CPU's convolution
+        derivatives, and 20 ms of it the forward tangent of the one-channel first
+        convolution (`x * dW`), which XLA:CPU does not hand to its fast kernels; computing it
+        as a patches matmul instead made training 1.5x slower (its transpose is then the
+        kernel gradient), and jax 0.10 has no custom transpose to keep both. With
+        `--pool reduce_window` the product is 137 ms and later calls 0.6x.
+    Eigenvalue map 5 x 5, MLP, 20 Lanczos steps per point: 0.318 s against the eigsh loop on
+        PyTorch products 2.64 s (8.3x; 9.6x in an earlier idle run; 1,210 products) and the
+        eigsh loop on our jitted product 0.90 s (2.8x; 1,200 products); lambda_max agrees to
+        1e-6 with the latter and within eigsh's tol=1e-2 with the former. The target (10x
+        against the reference loop) is just missed. The MLP product is compute-bound (25
+        points vmapped in one call, about 38 GFLOP/s on one core), so against the same product
+        the gain is the ratio of products (500 vs 1,200: one Lanczos run gives both ends).
+        Fewer Lanczos steps trade accuracy: 12 steps (2x faster) leave lambda_min 4% of
+        lambda_max off.
 """
 
 from __future__ import annotations
@@ -88,6 +100,9 @@ def _parse(argv=None):
     p.add_argument("--tools", nargs="+", default=["top3", "trace", "density"],
                    choices=["top3", "trace", "density"],
                    help="quantities to measure: top-3 eigenvalues, trace, spectral density")
+    p.add_argument("--pool", default="ops", choices=["ops", "reduce_window"],
+                   help="the JAX CNN's max pooling and first convolution: research.models.ops "
+                        "(what our models use) or lax.reduce_window and lax.conv_general_dilated")
     p.add_argument("--map", type=int, default=0, help="eigenvalue map grid size (0: skip)")
     p.add_argument("--loop", default="auto", choices=["auto", "host", "device"],
                    help="where our iterations run (auto: host on CPU)")
@@ -140,14 +155,25 @@ def _jax_models(args):
     cnn = {"c0": conv_init(1, 8), "c1": conv_init(8, 16), "d": dense_init(16, 10)}
     x_cnn = rng.normal(size=(n, 32, 32, 1)).astype(np.float32)
 
-    def conv(x, p):
-        y = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    from research.models import ops
+
+    lib = args.pool == "reduce_window"
+    conv_first = jax.lax.conv_general_dilated if lib else ops.conv_general_dilated
+
+    def conv(x, p, conv_general_dilated=jax.lax.conv_general_dilated):
+        y = conv_general_dilated(x, p["w"], (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + p["b"]
 
+    def pool(h):
+        if lib:
+            return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                         "VALID")
+        return ops.max_pool(h, (2, 2))
+
     def cnn_fn(params, batch):
-        h = jax.nn.relu(conv(batch["x"], params["c0"]))
-        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = jax.nn.relu(conv(batch["x"], params["c0"], conv_first))
+        h = pool(h)
         h = jax.nn.relu(conv(h, params["c1"]))
         h = jnp.mean(h, axis=(1, 2))
         logits = h @ params["d"]["w"] + params["d"]["b"]
@@ -163,7 +189,7 @@ def _torch_model(name, params):
     import torch
     from torch import nn
 
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731 (a writable copy)
     if name == "mlp":
         layers = []
         for i in range(len(params)):
@@ -370,20 +396,80 @@ def _map_benchmark(model, n: int, args) -> dict:
                 lmin_G.append(lmin)
         return np.array(lmax_G).reshape(n, n), np.array(lmin_G).reshape(n, n)
 
-    later_s, ref_s = [], []
+    torch_reference = _torch_map_reference(fn, params, unravel, data, flat, d1, d2, axes)
+    later_s, ref_s, torch_s = [], [], []
     for _ in range(3):  # alternating rounds, medians
         later_s.append(_timed(ours)[0])
         calls[0] = 0
         t, (ref_max, ref_min) = _timed(reference)
         ref_s.append(t)
+        t, (torch_max, torch_calls) = _timed(torch_reference)
+        torch_s.append(t)
     later, ref_s = statistics.median(later_s), statistics.median(ref_s)
+    torch_s = statistics.median(torch_s)
     dev_max = float(np.max(np.abs(s.values["lambda_max"] - ref_max) / np.abs(ref_max)))
+    dev_torch = float(np.max(np.abs(s.values["lambda_max"] - torch_max) / np.abs(torch_max)))
     print(f"eigenvalue map {n}x{n} (MLP, whole split): ours {later:.3f} s (first call "
-          f"{first:.3f} s, 20 Lanczos steps/point), reference eigsh loop {ref_s:.3f} s "
-          f"({calls[0]} HVPs): {ref_s / later:.1f}x faster (first call {ref_s / first:.1f}x); "
-          f"max relative difference of lambda_max {dev_max:.2e}", flush=True)
+          f"{first:.3f} s, 20 Lanczos steps/point); eigsh loop on our jitted HVP {ref_s:.3f} s "
+          f"({calls[0]} HVPs): {ref_s / later:.1f}x faster (first call {ref_s / first:.1f}x), "
+          f"lambda_max within {dev_max:.1e}; eigsh loop on PyTorch HVPs (the reference's "
+          f"code path) {torch_s:.3f} s ({torch_calls} HVPs): {torch_s / later:.1f}x faster, "
+          f"lambda_max within {dev_torch:.1e}", flush=True)
     return {"ours_first": first, "ours_later": later, "reference": ref_s,
-            "reference_hvps": calls[0], "lambda_max_rel_diff": dev_max}
+            "reference_hvps": calls[0], "lambda_max_rel_diff": dev_max,
+            "reference_torch": torch_s, "reference_torch_hvps": torch_calls,
+            "lambda_max_rel_diff_torch": dev_torch}
+
+
+def _torch_map_reference(fn, params, unravel, data, flat, d1, d2, axes):
+    """The reference's per-point loop with its own Hessian-vector product, in PyTorch.
+
+    As tomgoldstein/loss-landscape `plot_hessian_eigen.py`: at each point the weights are set
+    (`set_weights`), then `min_max_hessian_eigs` runs `eigsh(k=1, tol=1e-2)` on
+    `eval_hess_vec_prod` (forward, `autograd.grad(create_graph=True)`, then the gradient of
+    g . v), and again on `H - 0.51 lambda_max`. The split is one batch, as on our side.
+    """
+    import numpy as np
+    import torch
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    net = _torch_model("mlp", params).eval()
+    xt, yt = _torch_data("mlp", data)
+    crit = torch.nn.CrossEntropyLoss()
+    ps = list(net.parameters())
+    sizes = [p.numel() for p in ps]
+    size = sum(sizes)
+    calls = [0]
+
+    def hvp(v):
+        calls[0] += 1
+        vs = [torch.from_numpy(c.reshape(p.shape).astype(np.float32))
+              for c, p in zip(np.split(np.asarray(v, np.float64), np.cumsum(sizes)[:-1]), ps)]
+        net.zero_grad()
+        loss = crit(net(xt), yt)
+        grads = torch.autograd.grad(loss, ps, create_graph=True)
+        prod = sum((g * u).sum() for g, u in zip(grads, vs))
+        prod.backward()
+        return np.concatenate([p.grad.detach().numpy().ravel() for p in ps]).astype(np.float64)
+
+    def run():
+        calls[0] = 0
+        lmax_G = []
+        for a in axes[0]:
+            for b in axes[1]:
+                point = _torch_model("mlp", unravel(flat + a * d1 + b * d2))
+                with torch.no_grad():  # set_weights
+                    for p, q in zip(ps, point.parameters()):
+                        p.copy_(q)
+                op = LinearOperator((size, size), matvec=hvp, dtype=np.float64)
+                lmax = float(eigsh(op, k=1, tol=1e-2, return_eigenvectors=False)[0])
+                shift = 0.51 * lmax
+                op2 = LinearOperator((size, size), matvec=lambda v, s_=shift: hvp(v) - s_ * v,
+                                     dtype=np.float64)
+                eigsh(op2, k=1, tol=1e-2, return_eigenvectors=False)
+                lmax_G.append(lmax)
+        return np.array(lmax_G).reshape(len(axes[0]), len(axes[1])), calls[0]
+    return run
 
 
 if __name__ == "__main__":

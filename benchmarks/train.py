@@ -26,22 +26,35 @@ Run (the default measures batch 32 and 128 on 1 and 2 threads, about 3 minutes o
     python -m benchmarks.train
     python -m benchmarks.train --threads 1 --batch 32 --rounds 3 --sides jax-step torch-eager
 
-Measured (2-core shared AMD EPYC VM, jax 0.10.2, torch 2.13 CPU, `python -m benchmarks.train`,
-load average 4.6 at the start: each side got about half a core on "1 thread"), samples per
-second, median of 5 rounds (ratio to PyTorch eager within rounds, median / worst round):
+Measured on an idle machine (2-core AMD EPYC VM, load average 0.9, jax 0.10.2, torch 2.13 CPU,
+`python -m benchmarks.train --rounds 3 --sides jax-step jax-loop torch-eager`), samples per
+second, median of 3 rounds (ratio to PyTorch eager within rounds, median / worst round):
 
-    threads batch   jax-step            jax-loop            torch-eager  torch-compile
-    1       32      791 (1.32x/1.24x)   801 (1.23x/1.19x)   579          487 (0.81x/0.76x)
-    1       128     379 (1.03x/0.52x)   397 (0.92x/0.49x)   478          371 (0.87x/0.50x)
-    2       32      1483 (0.87x/0.74x)  1355 (0.87x/0.76x)  1695         1103 (0.82x/0.65x)
-    2       128     764 (0.58x/0.48x)   829 (0.64x/0.48x)   1291         1062 (0.78x/0.54x)
+    threads batch   jax-step            jax-loop            torch-eager
+    1       32      1615 (1.14x/1.13x)  1626 (1.14x/1.07x)  1432
+    1       128      854 (0.80x/0.73x)   892 (0.81x/0.70x)  1051
+    2       32      1778 (0.82x/0.68x)  1655 (0.70x/0.67x)  2243
+    2       128     1119 (0.54x/0.53x)  1129 (0.55x/0.52x)  2087
 
-Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
-for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
-2 threads). With 2 CPUs XLA:CPU used 1.25-1.3 CPU seconds per second against PyTorch's 1.9:
-its convolutions at these sizes barely run in parallel. The loop's overhead per step (host
-batch, metrics fetched one step late) is below the round-to-round noise. Compilation: about
-2-8 s for JAX, 20-45 s for torch.compile (first call, both batch sizes compiled apart).
+Loop overhead per step (the loop against the bare step, medians): -0.1 / -6.4 ms on 1 thread,
++1.3 / -1.1 ms on 2 threads (batch 32 / 128), within the rounds' noise. Compilation: about 2-3 s
+for JAX. Earlier, under load (load average 4.6), torch-compile ran at 0.76-0.87x eager.
+
+Where the time goes (`jax.profiler`, batch 128, one core): the convolutions and their
+derivatives (XLA:CPU's YNNPACK fusions) about 60 ms of 127, layout transposes for the kernel
+gradients about 16 ms, the one-channel first convolution 10 ms, the max-pool derivatives about
+15 ms. Per example, batch 128 costs twice batch 32 (the activations, 21 MB for the first
+stage, leave the cache); PyTorch's cost rises by a third. With 2 CPUs XLA:CPU uses 1.3 CPU
+seconds per second against PyTorch's 1.96: its convolutions at these sizes barely run in
+parallel, and none of the XLA:CPU flags of jax 0.10 that were tried (oneDNN, XNNPACK, the
+concurrency-optimised scheduler) changed that. What does use the second core is data
+parallelism over two host devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2` and
+`--train.devices 2`): the loop's compiled step ran 1.25x / 1.21x faster at batch 32 / 128 on 2
+cores (2,028 / 1,338 samples/s, 1.6-1.7 CPUs busy; the gradient alone 1.58x / 1.38x), still
+0.90x / 0.64x PyTorch; the results then differ from one device by float rounding of the
+cross-device sums (agreement to 1e-5 is tested). Before the model changes of that issue
+(`nn.max_pool`, `nn.BatchNorm`, the library convolution for the one-channel input) the
+jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128, 2 threads).
 """
 
 from __future__ import annotations

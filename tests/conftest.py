@@ -1,4 +1,5 @@
-"""Test settings: four CPU devices for the sharding tests, strict numpy rank promotion, no GPU."""
+"""Test settings: four CPU devices for the sharding tests, strict numpy rank promotion, no GPU,
+and the number of pytest-xdist workers `make test` starts."""
 
 import os
 
@@ -10,3 +11,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU this process may use, at most 4 (each holds its own JAX
+    and compiled programs, about 1-2 GB; more workers also oversubscribe the subprocess tests)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
