@@ -20,21 +20,35 @@ already; for the engine a whole repeated call, host work included), whole call w
 again, as a per-surface helper does). `--points-per-call 32 1` times the engine's `lax.map` over
 chunks against one point per compiled call (a Python loop of calls, the naive design).
 
+`--cpu-devices N` exposes N host devices on a CPU (`jax_num_cpu_devices`, as
+`XLA_FLAGS=--xla_force_host_platform_device_count=N` does): the engine then splits the grid
+points over a ("grid", "data") mesh of all of them, while the naive loop, as written, runs on
+one; XLA:CPU gives one program's small convolutions little more than one core, so this is how
+the engine uses the second core.
+
 Commands:
     python -m benchmarks.landscape --bf16                    # GPU: 64x128 input, 32/64/128 channels
     python -m benchmarks.landscape --height 40 --width 64 --channels 16 32 32 --examples 512 \
-        --grid 5 --points-per-call 32 1                      # CPU, about 15 min on a busy 2 cores
+        --grid 5 --points-per-call 32 [--cpu-devices 2]      # CPU, about 2 minutes on 2 cores
 
-Measured (2-core CPU shared with other jobs, load average ~10, so absolute rates are ~4x below
-an idle machine's; jax 0.10.2, torch CPU 2 threads; best of 3 interleaved repeats; grid points x
-examples per second): engine (lax.map, 32 per call) steady 952, 1.45x the naive loop (655) and
-4.9x the PyTorch loop (194); whole call with compile 1.74x naive; second surface 1.48x naive (the
-2x target is not met here: on a CPU a point's compile is about half of a 25-point surface's run).
-One point per compiled call: 1.00x naive steady, so `lax.map` is kept (on a small MLP a Python loop
-of calls is 3x slower, per-call overhead; on accelerators it would add host work per point).
-Earlier, idle-machine run (with --batch-size 128 --points-per-call 5): engine 2,838, naive 2,966,
-PyTorch 1,034. bfloat16 gives no gain on CPU; points_per_step 5 is 2.1x slower (grouped
-convolutions).
+Measured on an idle 2-core machine (load average 1.4-1.9, jax 0.10.2, torch CPU 2 threads; best
+of 3 interleaved repeats; grid points x examples per second), engine against the naive loop:
+
+    engine on                 steady          whole call with compile   second surface
+    one device                6,554 (1.46x)   1.30x                     1.74x
+    2 host devices            12,000 (2.39x)  1.80x                     3.05x
+    naive loop (one device)   4,493-5,028
+    PyTorch loop              1,283-1,584 (the engine 5.1x / 7.6x faster)
+
+So the second-surface target (2x the naive loop with its compilation) is met only with the
+cores exposed as devices; on one device a point's compile (0.3-0.6 s) is less than half of
+what the engine saves on a 25-point surface. Under load (load average ~10): one device steady
+1.45x, second surface 1.48x. One point per compiled call (`--points-per-call 1`): 1.00x naive
+steady, so `lax.map` is kept (on a small MLP a Python loop of calls is 3x slower, per-call
+overhead; on accelerators it would add host work per point). Unrolling two or four points per
+`lax.map` step (a `lax.scan` with `unroll`) was 5-12% faster steady but doubled or tripled the
+compile, so it is not used. bfloat16 gives no gain on CPU; points_per_step 5 is 2.1x slower
+(grouped convolutions).
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ import optax
 
 from research import landscape as L
 from research.models import CNN
+from research.sharding import make_mesh
 
 
 def _parse(argv=None):
@@ -73,6 +88,9 @@ def _parse(argv=None):
     p.add_argument("--naive-points", type=int, default=0,
                    help="grid points for the naive and torch loops (0: all)")
     p.add_argument("--bf16", action="store_true", help="also time the engine in bfloat16")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="on a CPU, expose this many host devices (jax_num_cpu_devices): the "
+                        "engine splits grid points over them, the naive loop uses one")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best is kept")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference loop")
     p.add_argument("--json", default="", help="write the results to this JSON file")
@@ -228,7 +246,7 @@ def _engine(fn, params, stats, dirs_list, axes, data, batch_size, dtype, pps, pp
         t = time.perf_counter()
         s = L.evaluate_grid(fn, params, directions, axes, data, model_state=stats,
                             batch_size=batch_size, points_per_call=ppc, points_per_step=pps,
-                            dtype=dtype)
+                            dtype=dtype, mesh=make_mesh())
         seconds.append(time.perf_counter() - t)
         loss = s.values["loss"].ravel() if loss is None else loss
     return loss, *seconds
@@ -269,6 +287,8 @@ def _table(results: dict) -> None:
 def main(argv=None) -> dict:
     """Run the benchmark and print a table; returns the results."""
     args = _parse(argv)
+    if args.cpu_devices > 1:  # before any device is touched
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.examples, args.height, args.width, 1)).astype(np.float32)
     y = rng.integers(0, args.classes, size=args.examples).astype(np.int32)
