@@ -9,6 +9,10 @@ same data, with SGD + momentum 0.9 and softmax cross-entropy:
 - `jax-loop`: the inner part of `research.train.loop.train_and_evaluate`: a host batch cut
   from a permuted numpy array per step, the jitted step, and the previous step's metrics
   fetched after the next step is queued (the loop's overhead per step is printed);
+- `jax-devices`: the pinned CPUs exposed as that many host devices (`jax_num_cpu_devices`)
+  and the loop's compiled step (`research.train.steps.compile_train_steps`) data-parallel over
+  them (the batch split, BatchNorm statistics and gradients summed across devices), called as
+  `jax-step` is; with one thread it is one device;
 - `torch-eager`: `zero_grad`, forward, loss, `backward`, `step`, the batch a tensor in memory;
 - `torch-compile`: the same with `torch.compile(model)` (compiled per batch shape); when it cannot
   compile here (no C compiler, an unsupported platform), the reason is printed.
@@ -48,11 +52,12 @@ stage, leave the cache); PyTorch's cost rises by a third. With 2 CPUs XLA:CPU us
 seconds per second against PyTorch's 1.96: its convolutions at these sizes barely run in
 parallel, and none of the XLA:CPU flags of jax 0.10 that were tried (oneDNN, XNNPACK, the
 concurrency-optimised scheduler) changed that. What does use the second core is data
-parallelism over two host devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2` and
-`--train.devices 2`): the loop's compiled step ran 1.25x / 1.21x faster at batch 32 / 128 on 2
-cores (2,028 / 1,338 samples/s, 1.6-1.7 CPUs busy; the gradient alone 1.58x / 1.38x), still
-0.90x / 0.64x PyTorch; the results then differ from one device by float rounding of the
-cross-device sums (agreement to 1e-5 is tested). Before the model changes of that issue
+parallelism over two host devices, the `jax-devices` side (`python -m benchmarks.train
+--threads 2 --rounds 3 --sides jax-step jax-devices torch-eager`, idle machine): 1,822 / 1,445
+samples/s at batch 32 / 128 against jax-step's 1,768 / 1,074 and PyTorch eager's 2,067 / 1,805,
+that is 0.90x / 0.81x PyTorch (jax-step 0.83x / 0.60x in the same rounds), 1.55-1.74 CPUs
+busy. Its results differ from one device's by float rounding of the cross-device sums (the
+first loss agrees to 1e-5 in the smoke test). Before the model changes of that issue
 (`nn.max_pool`, `nn.BatchNorm`, the library convolution for the one-channel input) the
 jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128, 2 threads).
 """
@@ -67,7 +72,7 @@ import statistics
 import sys
 import time
 
-SIDES = ("jax-step", "jax-loop", "torch-eager", "torch-compile")
+SIDES = ("jax-step", "jax-loop", "jax-devices", "torch-eager", "torch-compile")
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -114,14 +119,19 @@ def _train_flops(args) -> float:
 
 def _jax_side(side, args, conn):
     import jax
+
+    devices = len(os.sched_getaffinity(0)) if side == "jax-devices" else 1
+    if devices > 1:  # before any device is touched
+        jax.config.update("jax_num_cpu_devices", devices)
     import jax.numpy as jnp
     import numpy as np
     import optax
 
+    from research import sharding as sh
     from research.losses import Loss
     from research.models import CNN
     from research.train.state import TrainState
-    from research.train.steps import train_step_jit
+    from research.train.steps import compile_train_steps, state_sharding, train_step_jit
 
     x, y = _data(args)
     model = CNN(channels=tuple(args.channels), num_outputs=args.classes, pool=(2, 2),
@@ -138,16 +148,29 @@ def _jax_side(side, args, conn):
         fresh = jax.tree_util.tree_map(jnp.array, variables)
         state = TrainState.create(apply_fn=model.apply, variables=fresh, tx=tx, loss=loss)
         batch = {"x": jax.device_put(x[:b]), "y": jax.device_put(y[:b])}
+        step = train_step_jit
+        if side == "jax-devices":
+            # The loop's step over a data mesh: K=1 steps per call, one batch [1, B, ...].
+            mesh = sh.data_mesh(jax.devices()[:devices])
+            sh.check_divisible(b, mesh, "--batch")
+            steps = compile_train_steps(mesh, state, resident=False)
+            state = jax.device_put(state, state_sharding(mesh, state))
+            split = sh.batch_sharding(mesh, leading=1)
+            batch = {k: sh.put(np.asarray(v)[None], split) for k, v in batch.items()}
+
+            def step(state, batch, key, steps=steps):
+                state, metrics = steps(state, batch, key)
+                return state, jax.tree_util.tree_map(lambda m: m[0], metrics)
         t0 = time.perf_counter()
-        state, metrics = train_step_jit(state, batch, key)
+        state, metrics = step(state, batch, key)
         first_loss = float(metrics["loss"])
         first = time.perf_counter() - t0
         box = {"state": state, "step": 0, "epoch": -1, "perm": None}
 
-        def bare(steps, box=box, batch=batch):
+        def bare(steps, box=box, batch=batch, step=step):
             state = box["state"]
             for _ in range(steps):
-                state, metrics = train_step_jit(state, batch, key)
+                state, metrics = step(state, batch, key)
             jax.block_until_ready(metrics)
             box["state"] = state
 
@@ -172,7 +195,7 @@ def _jax_side(side, args, conn):
             jax.device_get(pending)
             box["state"] = state
 
-        run = bare if side == "jax-step" else loop
+        run = loop if side == "jax-loop" else bare
         run(args.warmup)
         runners[b] = (run, first, first_loss)
     _serve(conn, runners)

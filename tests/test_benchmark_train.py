@@ -10,7 +10,7 @@ def test_train_benchmark_runs_tiny_and_prints_every_side():
     cmd = [sys.executable, "-m", "benchmarks.train", "--batch", "4", "--threads", "1",
            "--rounds", "2", "--steps", "2", "--warmup", "1", "--height", "8", "--width", "8",
            "--channels", "2", "--examples", "8", "--sides", "jax-step", "jax-loop",
-           "torch-eager"]
+           "jax-devices", "torch-eager"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -23,6 +23,7 @@ def test_train_benchmark_runs_tiny_and_prints_every_side():
         # Same weights and data on both sides: the first step's loss agrees.
         losses = {row[0]: float(row[7]) for row in rows}
         assert abs(losses["jax-step"] - losses["torch-eager"]) < 1e-4, out
+        assert abs(losses["jax-devices"] - losses["jax-step"]) < 1e-5, out
         assert "vs eager" in out
 
 
