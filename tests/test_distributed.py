@@ -160,6 +160,17 @@ computed = []
 surface = evaluate_grid(loss_fn, params, dirs, [np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)],
                         data, batch_size=8, points_per_call=8, mesh=make_mesh(2, 2), path=PATH,
                         on_chunk=lambda s, n: computed.append(n))
+
+import jax.numpy as jnp
+from research.landscape.hessian import eigenvalue_map
+
+def tanh_fn(p, b):
+    return (jnp.tanh(b["x"] @ p["w"]) + p["b"] - b["y"]) ** 2
+
+# The eigenvalue map's points over all 4 devices (2 per process), written by process 0.
+eig = eigenvalue_map(tanh_fn, params, dirs, [np.linspace(-1, 1, 3), np.linspace(-1, 1, 2)],
+                     data, steps=4, batch_size=8, points_per_call=4, mesh=make_mesh(4, 1),
+                     path=PATH + ".eig.npz")
 """
 
 _SURFACE_SCRIPT = """
@@ -195,6 +206,11 @@ def test_two_process_surface_equals_one_process_and_resumes(tmp_path):
     assert two.done.all()
     assert two.info["mesh"] == {"grid": 2, "data": 2}
     np.testing.assert_allclose(two.values["loss"], one.values["loss"], rtol=1e-5)
+    eig = load_surface(path + ".eig.npz")
+    assert eig.complete
+    for name in ("lambda_max", "lambda_min"):
+        np.testing.assert_allclose(eig.values[name], ref["eig"].values[name], rtol=1e-5,
+                                   atol=1e-6)
     # Resume: five points lost, the rest kept; both processes skip the same finished points.
     two.done.reshape(-1)[[0, 3, 11, 20, 34]] = False
     two.values["loss"].reshape(-1)[[0, 3, 11, 20, 34]] = np.nan

@@ -273,7 +273,7 @@ def test_killed_eigenvalue_map_resumes_without_redoing_points(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)
     part = load_surface(path)
-    assert part.done.sum() == 10 and not part.complete
+    assert part.done.sum() == 8 and not part.complete  # 12 points in equal chunks of 4
     assert np.all(np.isnan(part.values["lambda_max"][~part.done]))
 
     calls.clear()
@@ -283,7 +283,7 @@ def test_killed_eigenvalue_map_resumes_without_redoing_points(tmp_path, monkeypa
         return real(run, coords)
     monkeypatch.setattr(H, "_map_chunk", counted)
     resumed = H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)
-    assert len(calls) == 1  # the two missing points, in one chunk
+    assert calls == [4]  # the four missing points, in one chunk
     assert resumed.complete and load_surface(path).complete
     for name in H.MAP_METRICS:
         np.testing.assert_allclose(resumed.values[name], whole.values[name], rtol=1e-5,
@@ -293,6 +293,31 @@ def test_killed_eigenvalue_map_resumes_without_redoing_points(tmp_path, monkeypa
     assert not calls
     with pytest.raises(SurfaceMismatchError, match="lanczos_steps"):
         H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **{**kw, "steps": 9})
+
+
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_eigenvalue_map_sharded_over_devices_equals_one_device(tmp_path, monkeypatch, loop):
+    from research.sharding import make_mesh
+
+    params, data, dirs, axes = _map_problem()  # 12 points
+    kw = {"steps": 8, "batch_size": 4, "points_per_call": 5, "loop": loop}
+    one = H.eigenvalue_map(_loss_B, params, dirs, axes, data, **kw)
+    mesh = make_mesh()  # the 4 host devices of tests/conftest.py along the grid axis
+    assert mesh.shape["grid"] == 4
+    seen = []
+    real = H._map_chunk
+
+    def spy(run, coords):
+        seen.append(len(coords))
+        return real(run, coords)
+    monkeypatch.setattr(H, "_map_chunk", spy)
+    four = H.eigenvalue_map(_loss_B, params, dirs, axes, data, mesh=mesh,
+                            path=str(tmp_path / "eig.npz"), **kw)
+    assert seen == [4, 4, 4]  # chunks of at most 5 points, a multiple of the 4 devices
+    for name in ("lambda_max", "lambda_min"):
+        np.testing.assert_allclose(four.values[name], one.values[name], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="data axis"):
+        H.eigenvalue_map(_loss_B, params, dirs, axes, data, mesh=make_mesh(grid=2, data=2), **kw)
 
 
 def test_eigenvalue_map_plots(tmp_path):

@@ -472,7 +472,12 @@ def _scratch_bytes(compiled) -> int | None:
         return None
 
 
-def _placer(mesh):
+def placer(mesh):
+    """`put(tree, spec)`: every leaf of a pytree as a global array of `mesh` with that spec.
+
+    Host values (the same in every process) feed each process's shards; arrays already on
+    devices are moved (one process) or read back first (several processes).
+    """
     multi = jax.process_count() > 1
 
     def leaf(x, sharding):
@@ -638,7 +643,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if todo.size == 0:
         return surface
 
-    put = _placer(mesh)
+    put = placer(mesh)
     args = (put(params, P()), put(directions, P()), put(state, P()), put(sdirs, P()),
             put(batches, P(None, DATA_AXIS)), put(mask, P(None, DATA_AXIS)),
             put(bn_full, P()), put(bn_tail, P()), put(np.float32(n_examples), P()),

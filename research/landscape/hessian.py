@@ -58,8 +58,12 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from research.landscape.evaluate import num_examples
+from research import sharding as sh
+from research.landscape.evaluate import chunk_size, num_examples, placer
+from research.sharding import GRID_AXIS, make_mesh, mesh_axis_sizes, single_device_mesh
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -384,7 +388,7 @@ class _HostOperator:
     """
 
     def __init__(self, fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
-                 model_state: PyTree | None, directions: Sequence[PyTree] = ()):
+                 model_state: PyTree | None, directions: Sequence[PyTree] = (), mesh=None):
         args, static = _prepare(fn, params, data, batch_size, model_state)
         params, state, batches, mask_NBxB, n = args
         self.fn, self.static = fn, static
@@ -392,7 +396,15 @@ class _HostOperator:
         self.linearize = True
         self.p = _num_params(params)
         self.n = float(n)
-        put = jax.device_put
+        if mesh is None:
+            self._points = None
+            put = jax.device_put
+        else:  # everything replicated over the mesh, grid points split along its grid axis
+            self._points = NamedSharding(mesh, P(GRID_AXIS))
+            place = placer(mesh)
+
+            def put(tree):
+                return place(tree, P())
         self.params, self.state = put(params), put(state)
         dirs = [_np_ravel(d) for d in directions]
         self.dirs_KxP = put(np.stack(dirs) if dirs else np.zeros((0, self.p), np.float32))
@@ -403,11 +415,16 @@ class _HostOperator:
         self.masks = [put(mask_NBxB[i]) for i in range(nb)]
         self._centre = None
 
+    def _put_points(self, x: np.ndarray) -> jax.Array:
+        """An array whose leading axis is the grid points, on the device(s)."""
+        x = np.asarray(x, np.float32)
+        return jax.device_put(x) if self._points is None else sh.put(x, self._points)
+
     def at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
         """v_GxSxP -> H_g v_gs at the G points theta + coefs_g . D (None: theta, G = 1)."""
         if coefs_GxK is None:
             coefs_GxK = np.zeros((1, self.k), np.float32)
-        coefs = jax.device_put(np.asarray(coefs_GxK, np.float32))
+        coefs = self._put_points(coefs_GxK)
         scale = np.float32(1.0 / self.n)
         lins = []
         if self.linearize:
@@ -420,22 +437,23 @@ class _HostOperator:
                     break
         if lins:
             def matvec(v_GxSxP):
-                v = jax.device_put(np.asarray(v_GxSxP, np.float32))
-                acc = np.zeros(v.shape, np.float32)  # numpy: no fill program to compile
+                v = self._put_points(v_GxSxP)
+                # numpy zeros on one device (no fill program to compile), placed like v else
+                acc = self._put_points(np.zeros(v.shape, np.float32))
                 for lin in lins:
                     acc = _APPLY(lin, v, acc)
-                return np.asarray(acc) * scale
+                return sh.fetch(acc) * scale
             return matvec
 
         fn, static = self.fn, self.static
         prog = _cached("step", fn, static, lambda: _build_step(fn, *static))
 
         def matvec(v_GxSxP):
-            v = jax.device_put(np.asarray(v_GxSxP, np.float32))
-            acc = np.zeros(v.shape, np.float32)
+            v = self._put_points(v_GxSxP)
+            acc = self._put_points(np.zeros(v.shape, np.float32))
             for batch, mask_B in zip(self.batches, self.masks):
                 acc = prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs, v, acc)
-            return np.asarray(acc) * scale
+            return sh.fetch(acc) * scale
         return matvec
 
     def one_point(self, v_SxP: np.ndarray) -> np.ndarray:
@@ -950,7 +968,7 @@ def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
             theta_M = jnp.linalg.eigvalsh(t_MxM)
             return theta_M[-1], theta_M[0]
         return jax.lax.map(point, coords_CxK)
-    return jax.jit(run)
+    return run
 
 
 MAP_METRICS = ("lambda_max", "lambda_min", "ratio")
@@ -1004,9 +1022,9 @@ def _open_map_surface(path: str | None, axes: list[np.ndarray], all_settings: di
 
 def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
                      model_state: PyTree | None, directions: list, m: int,
-                     seed: int) -> Callable:
+                     seed: int, mesh) -> Callable:
     """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk's Lanczos runs in lockstep on the host."""
-    op = _HostOperator(fn, params, data, batch_size, model_state, directions)
+    op = _HostOperator(fn, params, data, batch_size, model_state, directions, mesh)
     v_P = _np_normalize(_np_rademacher(seed, 0, op.p))[0]
 
     def run(coords_CxK):
@@ -1024,25 +1042,35 @@ def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int 
 
 
 def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tuple, m: int,
-                       seed: int) -> Callable:
-    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk as one compiled call (`lax.map`)."""
-    prog = _cached("map", fn, (*static, m), lambda: _build_map(fn, *static, m))
-    params_, state, batches, mask_NBxB, n_ = args
+                       seed: int, mesh) -> Callable:
+    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk as one compiled call.
+
+    Each device of the mesh's grid axis runs `lax.map` over its share of the chunk's points.
+    """
+    def build():
+        run = _build_map(fn, *static, m)
+        rep = P()
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(rep,) * 7 + (P(GRID_AXIS),),
+                                     out_specs=P(GRID_AXIS), check_vma=False))
+    prog = _cached("map", fn, (*static, m, mesh), build)
+    place = placer(mesh)
+    replicated = place((*args, directions, np.uint32(seed)), P())
+    points = NamedSharding(mesh, P(GRID_AXIS))
 
     def run(coords_CxK):
-        hi_C, lo_C = prog(params_, directions, state, batches, mask_NBxB, n_,
-                          np.uint32(seed), coords_CxK)
+        params_, state, batches, mask_NBxB, n_, dirs, seed_ = replicated
+        hi_C, lo_C = sh.fetch(prog(params_, dirs, state, batches, mask_NBxB, n_, seed_,
+                                   sh.put(np.asarray(coords_CxK, np.float32), points)))
         return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
     return run
 
 
-def _fill_map(surface, run: Callable, todo: np.ndarray, points_per_call: int,
+def _fill_map(surface, run: Callable, todo: np.ndarray, chunk: int,
               path: str | None) -> None:
     """Compute the points `todo` chunk by chunk, saving the surface after every chunk."""
     from research.landscape.surface import save_surface
 
     coords_GxK = surface.coords().astype(np.float32)
-    chunk = min(int(points_per_call), todo.size)
     shape = surface.shape
     for start in range(0, todo.size, chunk):
         idx = todo[start:start + chunk]
@@ -1065,21 +1093,25 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                    points_per_call: int = 64, path: str | None = None,
                    settings: Mapping[str, Any] | None = None,
                    info: Mapping[str, Any] | None = None, seed: int = 0,
-                   loop: str = "auto"):
+                   loop: str = "auto", mesh=None):
     """lambda_max and lambda_min of the full Hessian at every grid point (Li et al., Figure 6).
 
     At theta + sum_k c_k d_k for every point c of the grid, `steps` Lanczos steps over the
-    whole split give the extreme Ritz values (see `extreme_eigenvalues`). Points run in chunks
-    of `points_per_call`: with `loop="host"` (the CPU default) the chunk's Lanczos runs advance
-    in lockstep, each Hessian-vector step one compiled call for all points of the chunk
-    (`vmap` over points); with `loop="device"` a chunk is one compiled call (`lax.map`). Either
+    whole split give the extreme Ritz values (see `extreme_eigenvalues`). Points run in equal
+    chunks of at most `points_per_call`: with `loop="host"` (the CPU default) the chunk's
+    Lanczos runs advance in lockstep, each Hessian-vector step one compiled call for all points
+    of the chunk (`vmap` over points); with `loop="device"` a chunk is one compiled call
+    (`lax.map`). Either
     way the program is compiled once per shapes and settings, and the last chunk is padded
     to the same shape.
 
-    Resumable like the loss grid: with `path`, the surface file (with its done mask) is
-    rewritten atomically after every chunk, and a re-run with the same settings computes only
-    the points not yet done (a re-run with other settings raises `SurfaceMismatchError`).
-    Every point's numbers are independent of the chunk it ran in.
+    Sharded like the loss grid: the points of a chunk are split over the grid axis of `mesh`
+    (each device runs its points' Lanczos products; chunks are a multiple of that axis), and
+    with several processes every process computes its devices' share while process 0 alone
+    writes the file. Resumable like the loss grid: with `path`, the surface file (with its done
+    mask) is rewritten atomically after every chunk, and a re-run with the same settings
+    computes only the points not yet done (a re-run with other settings raises
+    `SurfaceMismatchError`). Every point's numbers are independent of the chunk it ran in.
 
     Args:
         fn: `fn(params, batch) -> loss_B`, the same function `evaluate_grid` takes.
@@ -1098,6 +1130,8 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         info: descriptive metadata to record (not compared).
         seed: seed of the Lanczos start vector (the same at every point).
         loop: "auto" (host on CPU, device elsewhere), "host" or "device".
+        mesh: a ("grid", "data") mesh from `research.sharding.make_mesh` whose data axis is 1;
+            default one device (one process) or all devices (several processes).
 
     Returns:
         A `research.landscape.surface.Surface` with those three metrics.
@@ -1117,15 +1151,36 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                     "model_state_fingerprint": (fingerprint(model_state)
                                                 if model_state is not None else None),
                     "num_examples": n, **dict(settings or {})}
-    surface = _open_map_surface(path, axes, all_settings, info)
+    if mesh is None:
+        mesh = make_mesh() if jax.process_count() > 1 else single_device_mesh()
+    n_grid, n_data = mesh_axis_sizes(mesh)
+    if n_data != 1:
+        raise ValueError(f"mesh: eigenvalue_map splits grid points only; its data axis has "
+                         f"{n_data} devices (use research.sharding.make_mesh(data=1))")
+    if jax.process_count() == 1 or path is None:
+        surface = _open_map_surface(path, axes, all_settings, info)
+    else:
+        # As evaluate_grid: process 0 opens (checks or creates) the file, the others read it,
+        # so every process skips the same finished points.
+        from research.landscape.surface import load_surface, save_surface
+
+        surface = None
+        if sh.is_writer():
+            surface = _open_map_surface(path, axes, all_settings, info)
+            save_surface(path, surface)
+        sh.barrier(f"eigenvalue_map:open:{path}")
+        if surface is None:
+            surface = load_surface(path)
     todo = np.flatnonzero(~surface.done.ravel())
     if todo.size == 0:
         return surface
+    host_mesh = None if n_grid == 1 and jax.process_count() == 1 else mesh
     if loop == "host":
-        run = _map_runner_host(fn, params, data, batch_size, model_state, directions, m, seed)
+        run = _map_runner_host(fn, params, data, batch_size, model_state, directions, m, seed,
+                               host_mesh)
     else:
-        run = _map_runner_device(fn, directions, args, static, m, seed)
-    _fill_map(surface, run, todo, points_per_call, path)
+        run = _map_runner_device(fn, directions, args, static, m, seed, mesh)
+    _fill_map(surface, run, todo, chunk_size(todo.size, points_per_call, n_grid), path)
     return surface
 
 
