@@ -66,15 +66,67 @@ def _mpirun(cfg, run_dir, hang_after=0):
                             text=True, start_new_session=True)
 
 
+def _descendants(pid):
+    """Every process below `pid` (from /proc): Open MPI starts the ranks under its own daemon,
+    in another session, so killing mpirun's process group alone leaves them running."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill(proc):
+    """SIGKILL mpirun and every process it started (the ranks included)."""
+    below = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _finish(proc, timeout=240):
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill(proc)
         out, _ = proc.communicate()
         pytest.fail(f"mpirun timed out:\n{out[-3000:]}")
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+def _is_python(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"python" in f.read().split(b"\0")[0]
+    except OSError:
+        return False
+
+
+def _wait_gone(pid, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return  # killed, waiting for its parent to collect it
+        except OSError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"process {pid} still runs after SIGKILL")
 
 
 def _records(run_dir):
@@ -124,8 +176,12 @@ def test_killed_two_process_run_resumes_exactly(runs, tmp_path):
     while not os.path.exists(str(run_dir) + ".stalled"):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    ranks = [p for p in _descendants(proc.pid) if _is_python(p)]
+    assert len(ranks) == 2, ranks
+    _kill(proc)
     proc.communicate()
+    for pid in ranks:  # no rank survives the kill (they would sleep on, holding the run)
+        _wait_gone(pid)
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["6"]
     assert max(r["step"] for r in _records(run_dir)) == 10
     out = _finish(_mpirun(CFG, run_dir))
