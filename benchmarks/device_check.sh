@@ -1,22 +1,25 @@
 #!/bin/bash
-# The GPU checks of issues 3-5 as one prepared script, for a session that is lent an H100.
+# GPU checks in one prepared script, for a host with an NVIDIA GPU (written for an H100) whose
+# Python has jax[cuda], flax, optax, orbax, scipy, matplotlib, tqdm and torch, but neither tyro
+# (our CLI) nor librosa: the front end's and the landscape engine's figures, the compatibility
+# test suites on that host's jax/flax, and the main job's gpu preset, timed.
 #
-# The device machine has jax, flax, optax, orbax, scipy, matplotlib, tqdm and torch, but not
-# tyro (our CLI) or librosa. The main job's gpu preset computes its features with the JAX front
+# Missing pieces travel as wheels. The main job's gpu preset computes its features with the JAX front
 # end, so only tyro and its two pure-Python needs travel, as wheels. Once, here, in the repo root:
 #
 #     echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #         --implementation cp -d .whl tyro docstring-parser typeguard
 #
-# Then two device calls, back to back (the machine is given back after 30 idle seconds), each
-# with carry [".whl"]; every step has its own time limit, so a slow step cannot eat the budget:
+# Then two calls, back to back (on a lent machine each carries [".whl"]); every step has its own
+# time limit, so a slow step cannot eat a short budget:
 #
 #     bash benchmarks/device_check.sh quick   # at most 5 min: front end, landscape, versions, tests
 #     bash benchmarks/device_check.sh main    # at most 9 min: make run PRESET=gpu, timed
 #
-# With machine starts, both need about 15 min of device time, a whole session's budget; where
-# less is left, run `main` first (its 10-minute target is the one most at risk), `quick` later.
+# Both together need about 15 minutes with machine starts; with less, run `main` first (its
+# 10-minute target is the one most at risk), `quick` later. `quick` also runs the curvature and
+# eigenvalue-map tests, whose device loops (`loop="device"`) are the default off the CPU.
 #
 # Everything is written under $OUT (or /tmp/device_check) and printed.
 set -uo pipefail
