@@ -438,7 +438,7 @@ class _HostOperator:
         if lins:
             def matvec(v_GxSxP):
                 v = self._put_points(v_GxSxP)
-                # numpy zeros on one device (no fill program to compile), placed like v else
+                # zeros from numpy (no fill program to compile), placed like v
                 acc = self._put_points(np.zeros(v.shape, np.float32))
                 for lin in lins:
                     acc = _APPLY(lin, v, acc)
@@ -1101,9 +1101,8 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     chunks of at most `points_per_call`: with `loop="host"` (the CPU default) the chunk's
     Lanczos runs advance in lockstep, each Hessian-vector step one compiled call for all points
     of the chunk (`vmap` over points); with `loop="device"` a chunk is one compiled call
-    (`lax.map`). Either
-    way the program is compiled once per shapes and settings, and the last chunk is padded
-    to the same shape.
+    (`lax.map`). Either way the program is compiled once per shapes and settings, and the last
+    chunk is padded to the same shape.
 
     Sharded like the loss grid: the points of a chunk are split over the grid axis of `mesh`
     (each device runs its points' Lanczos products; chunks are a multiple of that axis), and
