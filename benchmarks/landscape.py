@@ -63,8 +63,8 @@ import numpy as np
 import optax
 
 from research import landscape as L
+from research import sharding as sh
 from research.models import CNN
-from research.sharding import make_mesh
 
 
 def _parse(argv=None):
@@ -246,7 +246,7 @@ def _engine(fn, params, stats, dirs_list, axes, data, batch_size, dtype, pps, pp
         t = time.perf_counter()
         s = L.evaluate_grid(fn, params, directions, axes, data, model_state=stats,
                             batch_size=batch_size, points_per_call=ppc, points_per_step=pps,
-                            dtype=dtype, mesh=make_mesh())
+                            dtype=dtype, mesh=sh.make_mesh())
         seconds.append(time.perf_counter() - t)
         loss = s.values["loss"].ravel() if loss is None else loss
     return loss, *seconds
@@ -287,6 +287,7 @@ def _table(results: dict) -> None:
 def main(argv=None) -> dict:
     """Run the benchmark and print a table; returns the results."""
     args = _parse(argv)
+    sh.configure_cpu_backend()  # as every experiment does: multi-threaded CPU convolutions
     if args.cpu_devices > 1:  # before any device is touched
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     rng = np.random.default_rng(0)

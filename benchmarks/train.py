@@ -96,6 +96,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=512,
                    help="examples in the data set the loop side draws its batches from")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--ynnpack", action="store_true",
+                   help="keep XLA:CPU's default single-threaded YNNPACK convolutions on the JAX "
+                        "sides (without it they get research.sharding.configure_cpu_backend, "
+                        "as every experiment does: Eigen convolutions from 2 CPUs on)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -306,6 +310,10 @@ def _child(side, args, cpus, variables, conn):
         os.environ[var] = str(len(cpus))
     try:
         if side.startswith("jax"):
+            if not args.ynnpack:
+                from research.sharding import configure_cpu_backend
+
+                configure_cpu_backend()  # as run_cli does for every experiment
             _jax_side(side, args, conn)
         else:
             _torch_side(side, args, variables, len(cpus), conn)

@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from research.config import (
@@ -193,3 +195,51 @@ def test_landscape_defaults_to_the_newest_finished_run(tmp_path, monkeypatch):
     assert newest_finished_run(str(tmp_path)) == old
 
 
+
+
+def test_configure_cpu_backend_sets_its_flag_only_where_measured(monkeypatch):
+    import jaxlib.version
+
+    from research import sharding as sh
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(jaxlib.version, "__version__", "0.10.2")
+    assert sh.configure_cpu_backend()
+    assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=4 "
+                                       + sh.EIGEN_CONVOLUTIONS)
+    assert not sh.configure_cpu_backend()  # set once, not twice
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's
+    assert not sh.configure_cpu_backend()
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one CPU: YNNPACK is faster
+    assert not sh.configure_cpu_backend() and os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(jaxlib.version, "__version__", "0.11.0")  # not measured: XLA may abort
+    assert not sh.configure_cpu_backend() and os.environ["XLA_FLAGS"] == ""
+
+
+_CONV = """
+import jax, jax.numpy as jnp, numpy as np
+x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 12, 10, 3)), jnp.float32)
+k = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 5)), jnp.float32)
+def loss(k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y) ** 2)
+print(float(jax.jit(loss)(k)), *np.asarray(jax.jit(jax.grad(loss))(k)).ravel().tolist())
+"""
+
+
+def test_the_cpu_flag_is_accepted_and_gives_the_same_convolutions():
+    from research import sharding as sh
+
+    def run(flags):
+        env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run([sys.executable, "-c", _CONV], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]  # XLA aborts on an unknown flag
+        return np.array(proc.stdout.split(), float)
+
+    default, eigen = run(""), run(sh.EIGEN_CONVOLUTIONS)
+    np.testing.assert_allclose(eigen, default, rtol=1e-4, atol=1e-4)
