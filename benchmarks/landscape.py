@@ -91,6 +91,9 @@ def _parse(argv=None):
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="on a CPU, expose this many host devices (jax_num_cpu_devices): the "
                         "engine splits grid points over them, the naive loop uses one")
+    p.add_argument("--eigen-convolutions", action="store_true",
+                   help="research.sharding.configure_cpu_backend first: XLA:CPU's "
+                        "multi-threaded Eigen convolutions instead of single-threaded YNNPACK")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; best is kept")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference loop")
     p.add_argument("--json", default="", help="write the results to this JSON file")
@@ -287,7 +290,8 @@ def _table(results: dict) -> None:
 def main(argv=None) -> dict:
     """Run the benchmark and print a table; returns the results."""
     args = _parse(argv)
-    sh.configure_cpu_backend()  # as every experiment does: multi-threaded CPU convolutions
+    if args.eigen_convolutions:  # before any device is touched
+        sh.configure_cpu_backend()
     if args.cpu_devices > 1:  # before any device is touched
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     rng = np.random.default_rng(0)

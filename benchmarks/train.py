@@ -59,9 +59,19 @@ parallelism over two host devices, the `jax-devices` side (`python -m benchmarks
 samples/s at batch 32 / 128 against jax-step's 1,768 / 1,074 and PyTorch eager's 2,067 / 1,805,
 that is 0.90x / 0.81x PyTorch (jax-step 0.83x / 0.60x in the same rounds), 1.55-1.74 CPUs
 busy. Its results differ from one device's by float rounding of the cross-device sums (the
-first loss agrees to 1e-5 in the smoke test). Before the model changes of that issue
-(`nn.max_pool`, `nn.BatchNorm`, the library convolution for the one-channel input) the
-jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128, 2 threads).
+first loss agrees to 1e-5 in the smoke test).
+
+With `--eigen-convolutions` (`research.sharding.configure_cpu_backend`: XLA's multi-threaded
+Eigen convolutions instead of YNNPACK's; 1.7-1.9 CPUs busy) jax-step ran on 2 threads at
+2,243 / 1,834 samples/s (batch 32) and 1,335 / 1,219 (batch 128) in two runs, against 1,717 /
+1,544 and 1,072 / 1,030 without it in the runs between (1.2-1.3x); against PyTorch eager in the
+same rounds that is 0.85-1.11x at batch 32 and 0.67-1.01x at batch 128 over six runs (the VM's
+rate moves by 20% between runs). On one thread Eigen's convolutions are slower (0.99x / 0.61x
+PyTorch eager against YNNPACK's 1.14x / 0.80x), so the option only acts from 2 CPUs on.
+
+Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
+for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
+2 threads).
 """
 
 from __future__ import annotations
@@ -96,10 +106,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=512,
                    help="examples in the data set the loop side draws its batches from")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
-    p.add_argument("--ynnpack", action="store_true",
-                   help="keep XLA:CPU's default single-threaded YNNPACK convolutions on the JAX "
-                        "sides (without it they get research.sharding.configure_cpu_backend, "
-                        "as every experiment does: Eigen convolutions from 2 CPUs on)")
+    p.add_argument("--eigen-convolutions", action="store_true",
+                   help="JAX sides with research.sharding.configure_cpu_backend: XLA:CPU's "
+                        "multi-threaded Eigen convolutions from 2 CPUs on, instead of the "
+                        "default single-threaded YNNPACK ones")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -310,10 +320,10 @@ def _child(side, args, cpus, variables, conn):
         os.environ[var] = str(len(cpus))
     try:
         if side.startswith("jax"):
-            if not args.ynnpack:
+            if args.eigen_convolutions:
                 from research.sharding import configure_cpu_backend
 
-                configure_cpu_backend()  # as run_cli does for every experiment
+                configure_cpu_backend()
             _jax_side(side, args, conn)
         else:
             _torch_side(side, args, variables, len(cpus), conn)

@@ -469,9 +469,6 @@ def run_cli(main: Callable[[Any], Any], presets: Mapping[str, Any], default: str
             description: str, args: Sequence[str] | None = None) -> Any:
     """Parse the command line with `cli` and run `main(cfg)`: every experiment's `__main__`.
 
-    First `research.sharding.configure_cpu_backend()` lets XLA:CPU's convolutions use every
-    core the process may run on.
-
     An expected user error (`USER_ERRORS`: a bad setting, a missing or unreadable file or
     folder, bad audio files, a run that diverged) prints `error: <message>` on stderr and exits
     with code 2, like a command-line parsing error. Any other exception keeps its full traceback
@@ -488,9 +485,6 @@ def run_cli(main: Callable[[Any], Any], presets: Mapping[str, Any], default: str
     Returns:
         What `main` returns.
     """
-    from research.sharding import configure_cpu_backend
-
-    configure_cpu_backend()  # before the job touches a device
     try:
         return main(cli(presets, default, description, args))
     except USER_ERRORS as e:

@@ -69,23 +69,26 @@ def mesh_axis_sizes(mesh: Mesh) -> tuple[int, int]:
 
 # jax 0.10's XLA:CPU runs convolutions as YNNPACK fusions, single-threaded: with one CPU that is
 # the faster choice, but with two it leaves the second core mostly idle (1.3 CPUs busy against
-# PyTorch's 1.96). Its Eigen convolutions use every core: measured with `benchmarks/train.py`
-# on 2 cores, the training step ran 1.2-1.3x faster (1.7-1.8 CPUs busy), while on one core they
-# are 0.75-0.87x YNNPACK's. The flag is experimental, and XLA aborts on a flag it does not know,
-# so it is set only for the jaxlib series it was measured on.
+# PyTorch's 1.96). Its Eigen convolutions use every core: measured with `benchmarks/train.py
+# --eigen-convolutions` on 2 cores, the training step ran 1.2-1.3x faster (1.7-1.8 CPUs busy),
+# while on one core they are 0.75-0.87x YNNPACK's. The flag is experimental, and XLA aborts on
+# a flag it does not know, so it is set only for the jaxlib series it was measured on.
 EIGEN_CONVOLUTIONS = ("--xla_cpu_experimental_ynn_fusion_type="
                       "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 _MEASURED_JAXLIB = ("0.10.",)
 
 
 def configure_cpu_backend() -> bool:
-    """Let XLA:CPU's convolutions use every core this process may run on.
+    """Opt in to XLA:CPU convolutions that use every core this process may run on.
 
-    Call it before JAX starts its backends (later it only reaches child processes). It appends
-    `EIGEN_CONVOLUTIONS` to `XLA_FLAGS` when the process may use two or more CPUs, the
-    installed jaxlib is a measured series, and `XLA_FLAGS` does not already choose YNNPACK
-    fusions (set `--xla_cpu_experimental_ynn_fusion_type=` yourself to keep the default).
-    Accelerators are unaffected. Results change by float rounding only (other kernels).
+    Call it first in a script, before JAX starts its backends (later it only reaches child
+    processes); `XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_..."`
+    (`EIGEN_CONVOLUTIONS`) does the same from the shell. It appends `EIGEN_CONVOLUTIONS` to
+    `XLA_FLAGS` when the process may use two or more CPUs, the installed jaxlib is a measured
+    series, and `XLA_FLAGS` does not already choose YNNPACK fusions. Accelerators are
+    unaffected. It is not the default because results then change by float rounding with the
+    number of cores (the same on one machine, run after run), and the experiments' figures in
+    the README were measured without it.
 
     Returns:
         Whether the flag was added.
