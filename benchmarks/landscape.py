@@ -29,7 +29,7 @@ the engine uses the second core.
 Commands:
     python -m benchmarks.landscape --bf16                    # GPU: 64x128 input, 32/64/128 channels
     python -m benchmarks.landscape --height 40 --width 64 --channels 16 32 32 --examples 512 \
-        --grid 5 --points-per-call 32 [--cpu-devices 2]      # CPU, about 2 minutes on 2 cores
+        --grid 5 --points-per-call 32 [--cpu-devices 2] [--eigen-convolutions]  # CPU, 2 min
 
 Measured on an idle 2-core machine (load average 1.4-1.9, jax 0.10.2, torch CPU 2 threads; best
 of 3 interleaved repeats; grid points x examples per second), engine against the naive loop:
@@ -37,18 +37,23 @@ of 3 interleaved repeats; grid points x examples per second), engine against the
     engine on                 steady          whole call with compile   second surface
     one device                6,554 (1.46x)   1.30x                     1.74x
     2 host devices            12,000 (2.39x)  1.80x                     3.05x
-    naive loop (one device)   4,493-5,028
-    PyTorch loop              1,283-1,584 (the engine 5.1x / 7.6x faster)
+    one device, Eigen convs   11,950 (1.69x)  1.32x                     2.07x
+    naive loop (one device)   4,493-5,028 (7,082 with `--eigen-convolutions`)
+    PyTorch loop              1,199-1,584 (the engine 5.1x / 7.6x / 10.0x faster)
 
-So the second-surface target (2x the naive loop with its compilation) is met only with the
-cores exposed as devices; on one device a point's compile (0.3-0.6 s) is less than half of
-what the engine saves on a 25-point surface. Under load (load average ~10): one device steady
-1.45x, second surface 1.48x. One point per compiled call (`--points-per-call 1`): 1.00x naive
-steady, so `lax.map` is kept (on a small MLP a Python loop of calls is 3x slower, per-call
-overhead; on accelerators it would add host work per point). Unrolling two or four points per
-`lax.map` step (a `lax.scan` with `unroll`) was 5-12% faster steady but doubled or tripled the
-compile, so it is not used. bfloat16 gives no gain on CPU; points_per_step 5 is 2.1x slower
-(grouped convolutions).
+`--eigen-convolutions` (`research.sharding.configure_cpu_backend`, both JAX methods) makes
+XLA:CPU run the convolutions multi-threaded: the engine's forward passes 1.8x, the naive loop's
+1.6x faster on 2 cores.
+
+So the second-surface target (2x the naive loop with its compilation) is met with the cores
+exposed as devices or with Eigen convolutions; on one device with YNNPACK's a point's compile
+(0.3-0.6 s) is less than half of what the engine saves on a 25-point surface. Under load (load
+average ~10): one device steady 1.45x, second surface 1.48x. One point per compiled call
+(`--points-per-call 1`): 1.00x naive steady, so `lax.map` is kept (on a small MLP a Python loop
+of calls is 3x slower, per-call overhead; on accelerators it would add host work per point).
+Unrolling two or four points per `lax.map` step (a `lax.scan` with `unroll`) was 5-12% faster
+steady but doubled or tripled the compile, so it is not used. bfloat16 gives no gain on CPU;
+points_per_step 5 is 2.1x slower (grouped convolutions).
 """
 
 from __future__ import annotations
