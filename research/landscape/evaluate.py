@@ -472,6 +472,27 @@ def _scratch_bytes(compiled) -> int | None:
         return None
 
 
+def open_surface_once(path: str | None, *args, overwrite: bool = False) -> Surface:
+    """`surface.open_surface` in every process, the file opened by process 0 alone.
+
+    Process 0 checks, creates or resets the file; the others then read it, so every process
+    skips the same finished points.
+
+    Args:
+        path: the .npz path, or None (a surface in memory, opened by every process).
+        *args: the rest of `open_surface`'s arguments (axes, metrics, settings, info, extras).
+        overwrite: as for `open_surface`.
+
+    Returns:
+        The surface.
+    """
+    if jax.process_count() == 1 or path is None:
+        return open_surface(path, *args, overwrite=overwrite)
+    surface = open_surface(path, *args, overwrite=overwrite) if sh.is_writer() else None
+    sh.barrier(f"open_surface:{path}")
+    return surface if surface is not None else load_surface(path)
+
+
 def placer(mesh):
     """`put(tree, spec)`: every leaf of a pytree as a global array of `mesh` with that spec.
 
@@ -630,15 +651,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     surface_args = (path, axes, names, _surface_settings(params, directions, data, bn, sdirs,
                                                          dtype, bn_batch, settings),
                     _surface_info(info, directions, b, mesh), extras)
-    if jax.process_count() == 1 or path is None:
-        surface = open_surface(*surface_args, overwrite=overwrite)
-    else:
-        # Process 0 opens (checks, creates or resets) the file; the others then read it, so
-        # every process skips the same finished points.
-        surface = open_surface(*surface_args, overwrite=overwrite) if sh.is_writer() else None
-        sh.barrier(f"evaluate_grid:open:{path}")
-        if surface is None:
-            surface = load_surface(path)
+    surface = open_surface_once(*surface_args, overwrite=overwrite)
     todo = np.flatnonzero(~surface.done.ravel())
     if todo.size == 0:
         return surface

@@ -62,7 +62,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import sharding as sh
-from research.landscape.evaluate import chunk_size, num_examples, placer
+from research.landscape.evaluate import chunk_size, num_examples, open_surface_once, placer
 from research.sharding import GRID_AXIS, make_mesh, mesh_axis_sizes, single_device_mesh
 
 PyTree = Any
@@ -1001,25 +1001,6 @@ def _check_map_args(params: PyTree, directions: Sequence[PyTree], axes: Sequence
     return directions, axes
 
 
-def _open_map_surface(path: str | None, axes: list[np.ndarray], all_settings: dict,
-                      info: Mapping[str, Any] | None):
-    """The map's surface: resumed from `path` when it holds one with these settings, else new."""
-    from research.landscape.surface import check_resumable, empty_surface, load_surface
-
-    surface = None
-    if path is not None:
-        try:
-            surface = load_surface(path)
-        except FileNotFoundError:
-            surface = None
-        if surface is not None:
-            check_resumable(surface, axes, MAP_METRICS, all_settings, path)
-            surface.info.update(dict(info or {}))
-    if surface is None:
-        surface = empty_surface(axes, MAP_METRICS, all_settings, dict(info or {}))
-    return surface
-
-
 def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
                      model_state: PyTree | None, directions: list, m: int,
                      seed: int, mesh) -> Callable:
@@ -1156,20 +1137,7 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if n_data != 1:
         raise ValueError(f"mesh: eigenvalue_map splits grid points only; its data axis has "
                          f"{n_data} devices (use research.sharding.make_mesh(data=1))")
-    if jax.process_count() == 1 or path is None:
-        surface = _open_map_surface(path, axes, all_settings, info)
-    else:
-        # As evaluate_grid: process 0 opens (checks or creates) the file, the others read it,
-        # so every process skips the same finished points.
-        from research.landscape.surface import load_surface, save_surface
-
-        surface = None
-        if sh.is_writer():
-            surface = _open_map_surface(path, axes, all_settings, info)
-            save_surface(path, surface)
-        sh.barrier(f"eigenvalue_map:open:{path}")
-        if surface is None:
-            surface = load_surface(path)
+    surface = open_surface_once(path, axes, MAP_METRICS, all_settings, dict(info or {}))
     todo = np.flatnonzero(~surface.done.ravel())
     if todo.size == 0:
         return surface
