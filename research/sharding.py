@@ -78,6 +78,14 @@ EIGEN_CONVOLUTIONS = ("--xla_cpu_experimental_ynn_fusion_type="
 _MEASURED_JAXLIB = ("0.10.",)
 
 
+def usable_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask; all CPUs on macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
 def configure_cpu_backend() -> bool:
     """Opt in to XLA:CPU convolutions that use every core this process may run on.
 
@@ -96,11 +104,7 @@ def configure_cpu_backend() -> bool:
     from jaxlib import version
 
     flags = os.environ.get("XLA_FLAGS", "")
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    if ("xla_cpu_experimental_ynn_fusion_type" in flags or cpus < 2
+    if ("xla_cpu_experimental_ynn_fusion_type" in flags or usable_cpus() < 2
             or not version.__version__.startswith(_MEASURED_JAXLIB)):
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()

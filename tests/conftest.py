@@ -16,8 +16,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per CPU this process may use, at most 4 (each holds its own JAX
     and compiled programs, about 1-2 GB; more workers also oversubscribe the subprocess tests)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    from research.sharding import usable_cpus
+
+    return max(1, min(4, usable_cpus()))
