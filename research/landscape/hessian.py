@@ -731,10 +731,16 @@ def _lanczos_host(matvec: Callable, v_RxP: np.ndarray, m: int, seed: int,
     a_RxM, b_RxM = np.zeros((r, m), np.float32), np.zeros((r, m), np.float32)
 
     def orth(w_RxP, basis_RxJxP):
-        for _ in range(2):  # full re-orthogonalisation
-            c_RxJ = np.matmul(basis_RxJxP, w_RxP[:, :, None])[:, :, 0]
-            w_RxP = w_RxP - np.matmul(c_RxJ[:, None, :], basis_RxJxP)[:, 0]
-        return w_RxP
+        # Full re-orthogonalisation, twice, a row at a time: two matrix-vector products per
+        # row go to BLAS, which is 3x faster than numpy's stacked `matmul` here (9.3 against
+        # 3.0 ms for 25 rows of a 28 x 6,922 basis, one core).
+        out_RxP = np.empty_like(w_RxP)
+        for i, basis_JxP in enumerate(basis_RxJxP):
+            w_P = w_RxP[i]
+            for _ in range(2):
+                w_P = w_P - (basis_JxP @ w_P) @ basis_JxP
+            out_RxP[i] = w_P
+        return out_RxP
 
     for j in range(m):
         v_RxP = q_RxMxP[:, j]
@@ -1092,6 +1098,14 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     mask) is rewritten atomically after every chunk, and a re-run with the same settings
     computes only the points not yet done (a re-run with other settings raises
     `SurfaceMismatchError`). Every point's numbers are independent of the chunk it ran in.
+
+    Accuracy: Ritz values approach the extreme eigenvalues from inside the spectrum, and
+    lambda_min (often one of a cluster of negative eigenvalues) converges much more slowly than
+    lambda_max. On `benchmarks/curvature.py --map 5` (an MLP, 6,922 parameters), errors
+    relative to lambda_max against converged eigenvalues were, worst / median over the 25
+    points: 20 steps, lambda_max 1.4e-6, lambda_min 1.7e-2 / 1.7e-3; 28 steps, lambda_min
+    1.3e-2 / 2.0e-4; 36 steps, 1.1e-2 / 5.4e-6; the reference's `eigsh(tol=1e-2)` twice per
+    point, 3.4e-3 / 1.2e-4. Raise `steps` when the map of lambda_min (or of the ratio) matters.
 
     Args:
         fn: `fn(params, batch) -> loss_B`, the same function `evaluate_grid` takes.
