@@ -167,6 +167,57 @@ def test_one_channel_conv_values_and_gradients_match_lax(kernel, padding):
     np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-4, atol=1e-4)
 
 
+def _conv_outputs(fun, *args):
+    """Output shapes of the library convolutions in `fun`'s jaxpr (nested jaxprs included)."""
+    shapes = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                shapes.append(tuple(eqn.outvars[0].aval.shape))
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+    walk(jax.make_jaxpr(fun)(*args).jaxpr)
+    return shapes
+
+
+def test_one_channel_conv_second_derivatives_match_lax_in_every_order_and_batch():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 8, 1))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
+    w = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 8, 4))
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))) * w)
+    ours, theirs = loss(conv_general_dilated), loss(lambda *a, **kw: _conv_ref(*a[:2], "SAME"))
+    v_VxK = jax.random.normal(jax.random.PRNGKey(3), (5,) + k.shape)
+    dx = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+
+    def fwd_rev(f):  # vmapped over vectors, with a data tangent too
+        return jax.vmap(lambda v: jax.jvp(jax.grad(f, (0, 1)), (x, k), (dx, v))[1])(v_VxK)
+
+    def rev_rev(f):
+        return jax.grad(lambda k: jnp.vdot(jax.grad(f, 1)(x, k), v_VxK[0]))(k)
+
+    def all_orders(f):
+        return fwd_rev(f), rev_rev(f), jax.hessian(f, 1)(x, k)
+
+    # One program per side instead of hundreds of dispatched operations.
+    for a, b in zip(jax.tree_util.tree_leaves(jax.jit(lambda: all_orders(ours))()),
+                    jax.tree_util.tree_leaves(jax.jit(lambda: all_orders(theirs))())):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # The Hessian-vector product's forward tangent x * v takes the shift form: no library
+    # convolution with the output's shape (there is one with the plain lax convolution), while
+    # training's gradient keeps the library kernel gradient.
+    out_shape = w.shape
+
+    def hvp(f):
+        return lambda v: jax.jvp(lambda k: jax.grad(f, 1)(x, k), (k,), (v,))[1]
+    assert out_shape in _conv_outputs(hvp(theirs), k)
+    assert out_shape not in _conv_outputs(hvp(ours), k)
+    assert k.shape in _conv_outputs(jax.grad(ours, 1), x, k)
+
+
 def test_conv_with_several_input_channels_is_the_library_convolution():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2))

@@ -17,7 +17,9 @@ timing variants of the whole step):
   is the ordinary convolution, so the kernel gradient is the usual fast one). Values agree
   with `lax.conv_general_dilated` to float32 rounding (about 1e-6 relative: the sum runs in
   another order). Forward mode and higher derivatives work (no custom VJP), so the
-  forward-over-reverse Hessian-vector products of `research.landscape.hessian` still apply.
+  forward-over-reverse Hessian-vector products of `research.landscape.hessian` still apply;
+  there the outer derivative's tangent `x * v`, evaluated forward and never transposed,
+  takes the shift form too (it was a fifth of a small CNN's product; see `_shift_conv_jvp`).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
@@ -105,18 +107,37 @@ def _library_conv(x, k, pads, precision):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+# How many `_shift_conv_jvp` calls are running (at trace time) around the current one.
+_jvp_depth = [0]
+
+
 @functools.partial(_shift_conv.defjvp, symbolic_zeros=True)
 def _shift_conv_jvp(pads, precision, primals, tangents):
     # The tangent is linear in (dx, dk), so reverse mode transposes it into the library's
     # gradient convolutions; a symbolic zero (the data's tangent) costs nothing.
     x, k = primals
     dx, dk = tangents
-    out = _shift_conv(x, k, pads, precision)
+    # Under two derivatives (jvp of grad: a Hessian-vector product) the primal below is
+    # differentiated again, and this rule runs nested in itself for the outer one. That outer
+    # tangent `x * dk` is evaluated forward, never transposed, so it takes the shift form too
+    # (a fifth of a CNN's Hessian-vector product with the library convolution, which XLA:CPU
+    # runs slowly for one input channel). The first level keeps the library convolution,
+    # whose transpose is the fast kernel gradient of training. Reverse over reverse would
+    # transpose the nested form (slower, same values); a rule traced apart from its caller
+    # (inside `scan` or `remat`) sees depth 0 and keeps the library convolution.
+    _jvp_depth[0] += 1
+    try:
+        out = _shift_conv(x, k, pads, precision)
+    finally:
+        _jvp_depth[0] -= 1
     tangent = None
     if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
         tangent = _library_conv(dx, k, pads, precision)
     if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-        dk_out = _library_conv(x, dk, pads, precision)
+        if _jvp_depth[0] > 0:
+            dk_out = _shift_conv(x, dk, pads, precision)
+        else:
+            dk_out = _library_conv(x, dk, pads, precision)
         tangent = dk_out if tangent is None else tangent + dk_out
     if tangent is None:
         tangent = jnp.zeros_like(out)
