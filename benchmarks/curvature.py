@@ -51,21 +51,29 @@ Measured on an idle machine (load average 0.9-1.0 on 2 cores; jax 0.10.2, torch 
 PyHessian 0.1, 1 thread each; 3.5 minutes):
     MLP 32-64-64-10 (6,922 params), 256 examples, later calls (median of 5, alternating):
         top-3 0.040 s vs PyHessian 0.079 s (2.0x faster; 58 vs 65 products),
-        trace 0.069 s vs 0.133 s (1.9x), density 0.073 s vs 0.579 s (8.0x);
+        trace 0.069 s vs 0.133 s (1.9x), density 0.073 s vs 0.579 s (8.0x); a later run:
+        0.043 vs 0.090 s (2.1x), 0.079 vs 0.106 s (1.35x), 0.088 vs 0.451 s (5.1x), the
+        difference mostly PyHessian's own run-to-run spread;
     MLP first calls: top-3 1.83 s vs 0.68 s (2.7x slower; a fresh process, so both sides pay
         their framework's start-up; two programs compiled), then trace 0.063 s vs 0.144 s and
         density 0.084 s vs 0.568 s (the same two programs, nothing more to compile).
-    CNN (1,418 params), 256 examples, later calls: top-3 2.01 s vs PyHessian 1.69 s (0.84x,
-        25 vs 39 products), trace 6.82 s vs 5.62 s (0.82x), density 7.66 s vs 6.14 s (0.80x);
-        first calls 3.9 s vs 2.2 s (1.7x), 7.9 s vs 6.4 s, 7.3 s vs 6.2 s. The target (later
-        calls at least as fast) is not met for this CNN: one product (the tangent half of the
-        linearised gradient) takes about 68 ms against 52-57 ms for PyTorch's double backward
-        through its retained graph. What is left in the profile is XLA:CPU's convolution
-        derivatives, and 20 ms of it the forward tangent of the one-channel first
-        convolution (`x * dW`), which XLA:CPU does not hand to its fast kernels; computing it
-        as a patches matmul instead made training 1.5x slower (its transpose is then the
-        kernel gradient), and jax 0.10 has no custom transpose to keep both. With
-        `--pool reduce_window` the product is 137 ms and later calls 0.6x.
+    CNN (1,418 params), 256 examples, later calls, two runs of `--repeats 5`: top-3 1.68 /
+        1.55 s vs PyHessian 1.94 / 1.54 s (1.15x / 0.99x; 25 vs 41 / 25 products), trace 6.92
+        / 6.47 s vs 6.44 / 5.95 s (0.93x / 0.92x), density 6.76 / 6.36 s vs 6.54 / 6.79 s
+        (0.97x / 1.07x); first calls within 2x (3.4-3.9 s vs 2.1-2.2 s, then 5.8 vs 6.1 s,
+        6.0-7.2 vs 6.0-6.2 s). So parity within this VM's noise, not the clear lead the
+        target asks for (before the change below: 0.84x / 0.82x / 0.80x). One product (the
+        tangent half of the linearised gradient) takes 51 ms against PyHessian's 55-65 ms.
+        The change: the Hessian-vector product's forward tangent of the one-channel first
+        convolution (`x * v`, 20 ms as a library convolution) now takes the shift form, as
+        the primal does (see `research.models.ops`). What is left (`jax.profiler`, one
+        core): the four 8 -> 16-channel convolutions of the product's tangent (about 29
+        ms: XLA:CPU gives a convolution whose channels are all 16 or fewer to its generic
+        path, not to YNNPACK, whose kernel-gradient convolutions here run nearly twice as
+        fast per FLOP; padding the kernel to 17 output channels to reach YNNPACK made the
+        product slower, 62 ms), the pooling and ReLU selects (15 ms) and layout transposes
+        for the kernel gradients (8 ms). With `--pool reduce_window` the product is 137 ms
+        and later calls 0.6x.
     Eigenvalue map 5 x 5, MLP (`--map 5 --map-steps 20 28`, 1 thread; later run, after the
         host loop's re-orthogonalisation went to per-row BLAS): accuracy decides the
         comparison, so every side is checked against converged eigenvalues (eigsh to machine
