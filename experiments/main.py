@@ -146,6 +146,23 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
     Returns:
         The report's path.
     """
+    parts = [f"# {cfg.name}: a CNN on procedural soundscapes and its loss landscape\n",
+             f"Preset `{cfg.preset}`; command `python -m experiments.main --preset "
+             f"{cfg.preset}`.\n"]
+    parts += _training_section(out_dir, cfg, summary, data_info, figures, seconds)
+    parts += _landscape_section(out_dir, cfg, land)
+    parts.append("\n## Run time\n")
+    parts.append("Training: the run's own training seconds over all its pieces; the other "
+                 "stages: this invocation (a rerun skips finished work).\n")
+    parts.append(markdown_table(list(seconds), [[f"{v:.0f} s" for v in seconds.values()]]))
+    path = os.path.join(out_dir, "report.md")
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def _training_section(out_dir: str, cfg: Config, summary: dict, data_info: dict,
+                      figures: dict, seconds: dict) -> list[str]:
+    """The report's data, training and test-evaluation sections (markdown pieces)."""
     names = summary["class_names"]
     test, train = summary["test"], summary["train"]
     best = summary.get("best")
@@ -161,24 +178,22 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         eval_rows.append([best_name] + [best["test"][c] for c in cols])
         fit_rows.append(["validation", best_name] + [best["val"][c] for c in cols])
     r = cfg.run
-    parts = [
-        f"# {cfg.name}: a CNN on procedural soundscapes and its loss landscape\n",
-        f"Preset `{cfg.preset}`; command `python -m experiments.main --preset {cfg.preset}`.\n",
+    return [
         "## Data\n",
         markdown_table(["data set", "classes", "train clips", "validation clips", "test clips",
                         "input", "split"],
-               [[r.data.dataset, len(names), data_info.get("n_train"), data_info.get("n_val"),
-                 data_info.get("n_test"),
-                 " x ".join(map(str, data_info.get("input_shape", []))),
-                 data_info.get("split", "")]]),
+                       [[r.data.dataset, len(names), data_info.get("n_train"),
+                         data_info.get("n_val"), data_info.get("n_test"),
+                         " x ".join(map(str, data_info.get("input_shape", []))),
+                         data_info.get("split", "")]]),
         f"\n![examples]({_rel(figures['examples'], out_dir)})\n",
         "## Model and training\n",
-        markdown_table(["model", "channels", "parameters", "optimiser", "epochs", "batch", "steps",
-                "train time (s)"],
-               [[r.model.kind, str(list(r.model.channels)), summary["params"],
-                 f"{r.optim.name} lr {r.optim.learning_rate:g} ({r.optim.schedule})",
-                 r.train.epochs, r.train.batch_size, summary["steps"],
-                 f"{seconds['train']:.0f}"]]),
+        markdown_table(["model", "channels", "parameters", "optimiser", "epochs", "batch",
+                        "steps", "train time (s)"],
+                       [[r.model.kind, str(list(r.model.channels)), summary["params"],
+                         f"{r.optim.name} lr {r.optim.learning_rate:g} ({r.optim.schedule})",
+                         r.train.epochs, r.train.batch_size, summary["steps"],
+                         f"{seconds['train']:.0f}"]]),
         "\nTraining time counts every resumed piece of the run (kept in the run folder), not "
         "a rerun that found the run finished. The learning curves show the test split for "
         "reference only; the best checkpoint is chosen on the validation split (held out from "
@@ -186,33 +201,39 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
         f"\n![learning curves]({_rel(figures['curves'], out_dir)})\n",
         "## Training and validation splits\n",
         markdown_table(["split", "state", "loss", "accuracy", "balanced accuracy", "macro-F1"],
-               fit_rows),
+                       fit_rows),
         "\n## Evaluation (test split)\n",
-        markdown_table(["state", "loss", "accuracy", "balanced accuracy", "macro-F1"], eval_rows),
+        markdown_table(["state", "loss", "accuracy", "balanced accuracy", "macro-F1"],
+                       eval_rows),
         f"\nPer class and confusion matrix: test split, {final_name} state.\n",
         markdown_table(["class", "precision", "recall", "F1", "support"],
-               [[n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]]
-                for i, n in enumerate(names)]),
+                       [[n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]]
+                        for i, n in enumerate(names)]),
         f"\n![confusion matrix]({_rel(figures['confusion'], out_dir)})\n",
+    ]
+
+
+def _landscape_section(out_dir: str, cfg: Config, land: dict) -> list[str]:
+    """The report's loss-landscape section: settings, a table of analyses, their figures."""
+    lc = cfg.landscape
+    parts = [
         "## Loss landscape (Li et al. 2018)\n",
-        f"Evaluated on {cfg.landscape.max_examples or 'all'} training examples (a fixed random "
-        "subset when not all), "
-        f"{cfg.landscape.normalization} normalisation, biases and BatchNorm parameters "
-        f"ignored ({cfg.landscape.ignore}), BatchNorm statistics: {cfg.landscape.bn_policy} "
-        f"(interpolation: {cfg.landscape.interpolation_bn_policy}).\n",
+        f"Evaluated on {lc.max_examples or 'all'} training examples (a fixed random subset "
+        f"when not all), {lc.normalization} normalisation, biases and BatchNorm parameters "
+        f"ignored ({lc.ignore}), BatchNorm statistics: {lc.bn_policy} (interpolation: "
+        f"{lc.interpolation_bn_policy}).\n",
     ]
     rows = []
     if "line" in land:
-        rows.append(["1D line", cfg.landscape.line, land["line"]["loss_at_origin"], ""])
+        rows.append(["1D line", lc.line, land["line"]["loss_at_origin"], ""])
     if "plane" in land:
-        rows.append(["2D plane", f"{cfg.landscape.plane_x} x {cfg.landscape.plane_y}",
-                     land["plane"]["loss_at_origin"],
+        rows.append(["2D plane", f"{lc.plane_x} x {lc.plane_y}", land["plane"]["loss_at_origin"],
                      f"cosine of the directions {land['plane']['cosine']:.2e}"])
     if "interpolation" in land:
-        rows.append(["interpolation", cfg.landscape.interpolation, "", "0 = init, 1 = trained"])
+        rows.append(["interpolation", lc.interpolation, "", "0 = init, 1 = trained"])
     if "pca" in land:
         evr = land["pca"]["explained_variance_ratio"]
-        rows.append(["PCA plane", f"{cfg.landscape.pca_num} x {cfg.landscape.pca_num}", "",
+        rows.append(["PCA plane", f"{lc.pca_num} x {lc.pca_num}", "",
                      f"explained variance {100 * evr[0]:.1f}% + {100 * evr[1]:.1f}%, "
                      f"max distance from plane {land['pca']['max_distance_from_plane']:.3g}"])
     parts.append(markdown_table(["analysis", "grid", "loss at trained weights", "notes"], rows))
@@ -229,13 +250,7 @@ def write_report(out_dir: str, cfg: Config, summary: dict, data_info: dict,
             parts.append(f"[Interactive 3D view]({_rel(html, out_dir)}) (one self-contained "
                          "HTML file: rotate, zoom, hover for values, linear/log10 toggle; "
                          "works offline)\n")
-    parts.append("\n## Run time\n")
-    parts.append("Training: the run's own training seconds over all its pieces; the other "
-                 "stages: this invocation (a rerun skips finished work).\n")
-    parts.append(markdown_table(list(seconds), [[f"{v:.0f} s" for v in seconds.values()]]))
-    path = os.path.join(out_dir, "report.md")
-    atomic_write_text(path, "\n".join(parts))
-    return path
+    return parts
 
 
 def main(cfg: Config) -> dict:
