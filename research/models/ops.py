@@ -36,6 +36,7 @@ case. A NaN in a window gives NaN, as with `lax.max`.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -107,8 +108,9 @@ def _library_conv(x, k, pads, precision):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-# How many `_shift_conv_jvp` calls are running (at trace time) around the current one.
-_jvp_depth = [0]
+# How many `_shift_conv_jvp` calls are running (at trace time) around the current one, per
+# thread: two threads tracing at once must not see each other's nesting.
+_jvp_depth = threading.local()
 
 
 @functools.partial(_shift_conv.defjvp, symbolic_zeros=True)
@@ -125,16 +127,17 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
     # whose transpose is the fast kernel gradient of training. Reverse over reverse would
     # transpose the nested form (slower, same values); a rule traced apart from its caller
     # (inside `scan` or `remat`) sees depth 0 and keeps the library convolution.
-    _jvp_depth[0] += 1
+    depth = getattr(_jvp_depth, "n", 0)
+    _jvp_depth.n = depth + 1
     try:
         out = _shift_conv(x, k, pads, precision)
     finally:
-        _jvp_depth[0] -= 1
+        _jvp_depth.n = depth
     tangent = None
     if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
         tangent = _library_conv(dx, k, pads, precision)
     if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-        if _jvp_depth[0] > 0:
+        if depth > 0:
             dk_out = _shift_conv(x, dk, pads, precision)
         else:
             dk_out = _library_conv(x, dk, pads, precision)
