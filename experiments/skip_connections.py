@@ -24,36 +24,39 @@ and the share above `threshold`. Writes `contours`, `surfaces_3d`, `convexity_ma
 Command:
     python -m experiments.skip_connections --preset cpu
     python -m experiments.skip_connections --preset cpu --depths 0 2 4 6   # the table below
-Run time (measured): 26.6 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
-7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 10 Lanczos
-steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on a 2-core CPU shared with
-other jobs (load average 3.5-8); each model took about 4 minutes there, about half of it the
-eigenvalue map, so the default depths 0 / 2 / 4 (5 models) take about 15-20 minutes under that
-load and about 10 on a quiet machine. Re-running reuses the trained runs and both surfaces.
+Run time (measured): 22 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
+7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 20 Lanczos
+steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on a 2-core CPU, mostly
+idle; the deepest models took about 5 minutes each, most of it the eigenvalue map, so the
+default depths 0 / 2 / 4 (5 models) take about 10. Re-running reuses the trained runs and
+both surfaces.
 Measured (depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the depth-0 net is shared):
-    test accuracy         ResNet 0.558 / 0.638 / 0.542 / 0.488   plain 0.558 / 0.523 / 0.523 / 0.404
-    train accuracy        ResNet 0.778 / 0.891 / 0.800 / 0.796   plain 0.778 / 0.687 / 0.565 / 0.552
+    test accuracy         ResNet 0.558 / 0.665 / 0.562 / 0.408   plain 0.558 / 0.508 / 0.438 / 0.446
+    train accuracy        ResNet 0.778 / 0.930 / 0.817 / 0.704   plain 0.778 / 0.643 / 0.565 / 0.596
     plane curvature (2x2 Hessian of the plotted surface):
-      non-convex share    ResNet 0.75 / 0.69 / 0.78 / 0.67       plain 0.75 / 0.78 / 0.63 / 0.70
-      mean ratio          ResNet 0.65 / 0.63 / 0.68 / 0.60       plain 0.65 / 0.65 / 0.60 / 0.58
+      non-convex share    ResNet 0.75 / 0.82 / 0.67 / 0.72       plain 0.75 / 0.64 / 0.63 / 0.61
+      mean ratio          ResNet 0.65 / 0.75 / 0.55 / 0.60       plain 0.65 / 0.55 / 0.54 / 0.51
     full Hessian (the paper's measure), |lambda_min / lambda_max|:
-      at theta*           ResNet 0.003 / 0.000 / 0.086 / 0.19    plain 0.003 / 0.014 / 0.015 / 0.009
-      mean over plane     ResNet 1.07 / 1.28 / 2.31 / 3.67       plain 1.07 / 3.28 / 3.34 / 3.46
-      mean outside centre ResNet 1.02 / 1.20 / 2.71 / 1.85       plain 1.02 / 4.86 / 1.54 / 5.13
-      share > 0.1         ResNet 0.96 / 0.92 / 0.80 / 0.96       plain 0.96 / 0.96 / 0.80 / 0.80
-      lambda_max at theta* ResNet 309 / 423 / 558 / 329          plain 309 / 356 / 1250 / 945
-The paper's finding does NOT clearly reproduce at this size. Skip connections help training at
-depth (plain nets fit worse from depth 2 on: train 0.69 / 0.57 / 0.55 vs 0.89 / 0.80 / 0.80).
-With the paper's measure every minimum is nearly convex at theta* (ratio <= 0.02 for all plain
-nets), and away from it every model, the ResNets included, has |lambda_min| of the order of
-lambda_max or larger (ratios above 1 on most of the plane, out where the loss plateaus near
-chance level): the ResNets do not stay near-convex. The plain nets' outer ratios are the larger
-ones at depth 2 and 6 (4.9 and 5.1 vs 1.2 and 1.9) but not at depth 4 (1.5 vs 2.7); with a
-5 x 5 grid and 10 Lanczos steps (extreme Ritz values err inwards) these are rough estimates.
-The paper's chaotic surfaces appear with 56-110 layers and full-size ResNets; this preset has at
-most 39 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers
-like the paper's ResNet-20/56/110, channels 16/32/64, 51 x 51 planes over 2000 examples; not
-run here) for a closer test.
+      at theta*           ResNet 0.006 / 0.005 / 0.052 / 0.037  plain 0.006 / 0.029 / 0.117 / 0.079
+      mean over plane     ResNet 1.07 / 2.30 / 4.24 / 7.34       plain 1.07 / 2.48 / 3.00 / 2.50
+      mean outside centre ResNet 1.02 / 3.07 / 3.55 / 10.3       plain 1.02 / 3.02 / 4.40 / 3.38
+      share > 0.1         ResNet 0.96 / 0.96 / 0.96 / 0.92       plain 0.96 / 0.96 / 1.00 / 0.92
+      lambda_max at theta* ResNet 309 / 645 / 360 / 534          plain 309 / 281 / 474 / 495
+The paper's finding does NOT reproduce at this size. Skip connections help training at depth
+(plain nets fit worse from depth 2 on: train 0.64 / 0.57 / 0.60 vs 0.93 / 0.82 / 0.70). At
+theta* the paper's measure points its way: every minimum is nearly convex, the plain nets'
+less so (ratio 0.03 / 0.12 / 0.08 against the ResNets' 0.005 / 0.05 / 0.04). Away from
+theta* it does not: every model, the ResNets included, has |lambda_min| of the order of
+lambda_max or larger on most of the plane (out where the loss plateaus near chance level),
+and the deeper ResNets' ratios are the larger ones (mean 4.2 / 7.3 against 3.0 / 2.5 at depth
+4 / 6); the plane-curvature measure also finds the ResNets' planes no more convex. Accuracy of
+the maps: 20 Lanczos steps agree with 50 at the 3 x 3 central points of every model to 5e-4
+in the ratio (lambda_max to 1e-12, lambda_min to 4e-4 of lambda_max; the top eigenvalues of
+these Hessians are well separated), so these are not artefacts of the map (an earlier run
+with 10 steps, other trained weights, is superseded). The paper's chaotic surfaces appear with
+56-110 layers and full-size ResNets; this preset has at most 39 narrow layers trained for 25
+epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers like the paper's ResNet-20/56/110,
+channels 16/32/64, 51 x 51 planes over 2000 examples; not run here) for a closer test.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class Config:
     eval_batch_size: int = 128
     threshold: float = 0.1
     eig_grid: str = "-1:1:5"
-    eig_steps: int = 10
+    eig_steps: int = 20
     eig_examples: int = 64
     center: float = 0.5
     seed: int = 0
