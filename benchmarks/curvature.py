@@ -30,14 +30,16 @@ Threads: both sides are pinned to the same `--threads` cores with `os.sched_seta
 before jax is imported; torch gets `torch.set_num_threads(threads)`, and with one thread XLA's
 CPU client is told `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`.
 
-Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points
-of the MLP over the whole split: `hessian.eigenvalue_map` (20 Lanczos steps per point, all points
-in one chunk) against two loops in the style of the reference (tomgoldstein/loss-landscape
-`plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1, tol=1e-2)` on a
-`LinearOperator` of Hessian-vector products, then again on `H - 0.51 lambda_max` for
-lambda_min. The first loop's product is a jitted JAX HVP compiled once outside the timing (the
-method compared, not the framework); the second is the reference's own code path, PyTorch's
-double backward (`eval_hess_vec_prod`) after `set_weights`. Median of three alternating rounds.
+Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points of
+the MLP over the whole split: `hessian.eigenvalue_map` (`--map-steps` Lanczos steps per point, 20
+and 28 by default, all points in one chunk) against two loops in the style of the reference
+(tomgoldstein/loss-landscape `plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1,
+tol=1e-2)` on a `LinearOperator` of Hessian-vector products, then again on `H - 0.51 lambda_max`
+for lambda_min. The first loop's product is a jitted JAX HVP compiled once outside the timing (the
+method compared, not the framework); the second is the reference's own code path, PyTorch's double
+backward (`eval_hess_vec_prod`) after `set_weights`. Median of three alternating rounds. Every
+side's lambda_max and lambda_min are compared with converged ones (`eigsh` to machine precision at
+both ends, outside the timing), errors relative to lambda_max at the point.
 
 `--loop host|device` picks where our iterations run (default auto: host on the CPU; see
 `research.landscape.hessian._resolve_loop`). Later calls alternate with PyHessian's, round by
