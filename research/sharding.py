@@ -111,6 +111,45 @@ def configure_cpu_backend() -> bool:
     return True
 
 
+# glibc `mallopt` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_HOST_MEMORY = {"configured": None}
+
+
+def reuse_host_memory() -> bool:
+    """Keep the memory XLA:CPU frees for its next call instead of returning it to the system.
+
+    XLA:CPU allocates each call's temporary buffers with malloc and frees them afterwards;
+    glibc hands large blocks, and blocks of its per-thread arenas, back to the kernel, so the
+    next call touches fresh pages and takes a page fault for every 4 KiB. For a CNN training
+    step at batch 128 (40 x 64 log-mels, one core) that was 19,200 faults and 44 ms of system
+    time per step of 155 ms; with this setting there are none and the step takes 106-109 ms
+    (batch 32: no faults either way). The setting is glibc's `mallopt`: one arena for all
+    threads, no `mmap` for large blocks, no trimming of the heap below 2 GiB free; the process
+    keeps its peak host memory until it exits. It changes no computed value.
+
+    Call it first in a script, before JAX starts its backends and threads (threads that have
+    already allocated keep their arenas). Only glibc systems (Linux) are affected; elsewhere it
+    does nothing.
+
+    Returns:
+        Whether the setting is in effect.
+    """
+    if _HOST_MEMORY["configured"] is None:
+        import ctypes
+        import platform
+
+        ok = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL("libc.so.6")
+            # mallopt takes C ints: the largest trim threshold is 2 GiB - 1.
+            ok = all(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
+                     for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
+                                          (_M_TRIM_THRESHOLD, 2**31 - 1)))
+        _HOST_MEMORY["configured"] = ok
+    return _HOST_MEMORY["configured"]
+
+
 # --- Data-parallel training and several processes --------------------------------------------
 
 _DISTRIBUTED = {"initialized": False}
