@@ -44,22 +44,21 @@ Loop overhead per step (the loop against the bare step, medians): -0.1 / -6.4 ms
 +1.3 / -1.1 ms on 2 threads (batch 32 / 128), within the rounds' noise. Compilation: about 2-3 s
 for JAX. Earlier, under load (load average 4.6), torch-compile ran at 0.76-0.87x eager.
 
-Where the time goes (`jax.profiler`, batch 128, one core): the convolutions and their
-derivatives (XLA:CPU's YNNPACK fusions) about 60 ms of 127, layout transposes for the kernel
-gradients about 16 ms, the one-channel first convolution 10 ms, the max-pool derivatives about
-15 ms. Per example, batch 128 costs twice batch 32 (the activations, 21 MB for the first
-stage, leave the cache: per example the first convolution's fused loop takes 6.7x as long and
-the max-pool selects 5-6x, while the YNNPACK convolutions stay within 1.1-1.4x); PyTorch's
-cost rises by a third. With 2 CPUs XLA:CPU uses 1.3 CPU
-seconds per second against PyTorch's 1.96: its convolutions at these sizes barely run in
-parallel, and none of the XLA:CPU flags of jax 0.10 that were tried (oneDNN, XNNPACK, the
-concurrency-optimised scheduler) changed that. What does use the second core is data
-parallelism over two host devices, the `jax-devices` side (`python -m benchmarks.train
---threads 2 --rounds 3 --sides jax-step jax-devices torch-eager`, idle machine): 1,822 / 1,445
-samples/s at batch 32 / 128 against jax-step's 1,768 / 1,074 and PyTorch eager's 2,067 / 1,805,
-that is 0.90x / 0.81x PyTorch (jax-step 0.83x / 0.60x in the same rounds), 1.55-1.74 CPUs
-busy. Its results differ from one device's by float rounding of the cross-device sums (the
-first loss agrees to 1e-5 in the smoke test).
+Where the time goes (`jax.profiler`, batch 128, one core, with `reuse_host_memory`; 95 ms a step):
+the convolutions and their derivatives (XLA:CPU's YNNPACK fusions) about 56 ms, the max-pool and
+ReLU selects about 15 ms, layout transposes for the kernel gradients about 10 ms, the one-channel
+first convolution 1.5 ms. With glibc's default malloc the step took 127-155 ms: the same loops then
+wrote into freshly faulted pages (the first convolution's loop 12.3 ms instead of 1.5, the
+transposes 16 ms), which an earlier version of this note read as the activations leaving the cache;
+PyTorch's batch-128 step gains as much from the setting. With 2 CPUs XLA:CPU uses 1.3 CPU seconds
+per second against PyTorch's 1.96: its convolutions at these sizes barely run in parallel, and none
+of the XLA:CPU flags of jax 0.10 that were tried (oneDNN, XNNPACK, the concurrency-optimised
+scheduler) changed that. What does use the second core is data parallelism over two host devices,
+the `jax-devices` side (`python -m benchmarks.train --threads 2 --rounds 3 --sides jax-step
+jax-devices torch-eager`, idle machine): 1,822 / 1,445 samples/s at batch 32 / 128 against
+jax-step's 1,768 / 1,074 and PyTorch eager's 2,067 / 1,805, that is 0.90x / 0.81x PyTorch (jax-step
+0.83x / 0.60x in the same rounds), 1.55-1.74 CPUs busy. Its results differ from one device's by
+float rounding of the cross-device sums (the first loss agrees to 1e-5 in the smoke test).
 
 With `--eigen-convolutions` (`research.sharding.configure_cpu_backend`: XLA's multi-threaded
 Eigen convolutions instead of YNNPACK's; 1.7-1.9 CPUs busy) jax-step ran on 2 threads at
