@@ -32,7 +32,8 @@ Commands:
         --grid 5 --points-per-call 32 [--cpu-devices 2] [--eigen-convolutions]  # CPU, 2 min
 
 Measured on an idle 2-core machine (load average 1.4-1.9, jax 0.10.2, torch CPU 2 threads; best
-of 3 interleaved repeats; grid points x examples per second), engine against the naive loop:
+of 3 interleaved repeats; grid points x examples per second; glibc's default malloc, before
+`reuse_host_memory` existed, see below), engine against the naive loop:
 
     engine on                 steady          whole call with compile   second surface
     one device                6,554 (1.46x)   1.30x                     1.74x

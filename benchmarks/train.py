@@ -31,8 +31,9 @@ Run (the default measures batch 32 and 128 on 1 and 2 threads, about 3 minutes o
     python -m benchmarks.train --threads 1 --batch 32 --rounds 3 --sides jax-step torch-eager
 
 Measured on an idle machine (2-core AMD EPYC VM, load average 0.9, jax 0.10.2, torch 2.13 CPU,
-`python -m benchmarks.train --rounds 3 --sides jax-step jax-loop torch-eager`), samples per
-second, median of 3 rounds (ratio to PyTorch eager within rounds, median / worst round):
+`python -m benchmarks.train --rounds 3 --sides jax-step jax-loop torch-eager`, before
+`reuse_host_memory` existed, so with glibc's default malloc; see below), samples per second,
+median of 3 rounds (ratio to PyTorch eager within rounds, median / worst round):
 
     threads batch   jax-step            jax-loop            torch-eager
     1       32      1615 (1.14x/1.13x)  1626 (1.14x/1.07x)  1432
