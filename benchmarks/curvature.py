@@ -113,8 +113,8 @@ def _parse(argv=None):
                    help="MLP input size and hidden widths")
     p.add_argument("--repeats", type=int, default=5, help="later calls timed (median)")
     p.add_argument("--probes-per-step", type=int, default=10, help="Hutchinson probes per vmap")
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"],
-                   help="models to measure")
+    p.add_argument("--models", nargs="*", default=["mlp", "cnn"], choices=["mlp", "cnn"],
+                   help="models to measure against PyHessian (none: only the map)")
     p.add_argument("--tools", nargs="+", default=["top3", "trace", "density"],
                    choices=["top3", "trace", "density"],
                    help="quantities to measure: top-3 eigenvalues, trace, spectral density")
@@ -122,8 +122,12 @@ def _parse(argv=None):
                    help="the JAX CNN's max pooling and first convolution: research.models.ops "
                         "(what our models use) or lax.reduce_window and lax.conv_general_dilated")
     p.add_argument("--map", type=int, default=0, help="eigenvalue map grid size (0: skip)")
-    p.add_argument("--map-steps", type=int, nargs="+", default=[20, 28],
+    p.add_argument("--map-steps", type=int, nargs="+", default=[16, 20, 24],
                    help="Lanczos steps per point of our eigenvalue map (each one timed)")
+    p.add_argument("--map-starts", nargs="+", default=["theta", "random"],
+                   choices=["theta", "random"],
+                   help="start vectors of our eigenvalue map (each one timed at every step "
+                        "count): theta's extreme Ritz vectors plus a random one, or random")
     p.add_argument("--loop", default="auto", choices=["auto", "host", "device"],
                    help="where our iterations run (auto: host on CPU)")
     p.add_argument("--compile-cache", default="",
@@ -385,11 +389,12 @@ def _map_benchmark(model, n: int, args) -> dict:
             for _ in range(2)]
     axes = [np.linspace(-1, 1, n)] * 2
 
-    def ours(steps):
+    def ours(steps, start):
         s = H.eigenvalue_map(fn, params, dirs, axes, data, steps=steps, points_per_call=n * n,
-                             loop=args.loop)
+                             start=start, loop=args.loop)
         return s.values["lambda_max"], s.values["lambda_min"]
-    first, _ = _timed(ours, args.map_steps[0])
+    variants = [(m, start) for start in args.map_starts for m in args.map_steps]
+    first, _ = _timed(ours, *variants[0])
 
     d1, d2 = (ravel_pytree(d)[0] for d in dirs)
     hvp_jit = jax.jit(lambda f, v: jax.jvp(jax.grad(lambda g: jnp.mean(fn(unravel(g), data))),
@@ -438,12 +443,12 @@ def _map_benchmark(model, n: int, args) -> dict:
                 f"<= {err['max_err_lambda_min']:.1e} (median {err['median_err_lambda_min']:.1e})")
 
     torch_reference = _torch_map_reference(fn, params, unravel, data, flat, d1, d2, axes)
-    ours_s = {m: [] for m in args.map_steps}
+    ours_s = {v: [] for v in variants}
     ref_s, torch_s = [], []
     for _ in range(3):  # alternating rounds, medians
-        for m in args.map_steps:
-            t, ours_vals = _timed(ours, m)
-            ours_s[m].append((t, errors(*ours_vals)))
+        for v in variants:
+            t, ours_vals = _timed(ours, *v)
+            ours_s[v].append((t, errors(*ours_vals)))
         calls[0] = 0
         t, ref_vals = _timed(reference)
         ref_s.append((t, errors(*ref_vals)))
@@ -452,7 +457,8 @@ def _map_benchmark(model, n: int, args) -> dict:
     ref_t = statistics.median(t for t, _ in ref_s)
     torch_t = statistics.median(t for t, _ in torch_s)
     print(f"eigenvalue map {n}x{n} (MLP, whole split), medians of 3 alternating rounds; first "
-          f"call of ours {first:.3f} s ({args.map_steps[0]} steps)", flush=True)
+          f"call of ours {first:.3f} s ({variants[0][0]} steps, start {variants[0][1]})",
+          flush=True)
     print(f"  eigsh loop on PyTorch HVPs (the reference's code path): {torch_t:.3f} s, "
           f"{torch_calls} HVPs; {say(torch_s[-1][1])}", flush=True)
     print(f"  eigsh loop on our jitted HVP: {ref_t:.3f} s, {calls[0]} HVPs; {say(ref_s[-1][1])}",
@@ -461,10 +467,12 @@ def _map_benchmark(model, n: int, args) -> dict:
            "reference_errors": ref_s[-1][1], "reference_torch": torch_t,
            "reference_torch_hvps": torch_calls, "reference_torch_errors": torch_s[-1][1],
            "ours": {}}
-    for m, runs in ours_s.items():
+    for (m, start), runs in ours_s.items():
         t = statistics.median(t for t, _ in runs)
-        out["ours"][m] = {"later": t, "hvps": m * n * n, "errors": runs[-1][1]}
-        print(f"  ours, {m} Lanczos steps: {t:.3f} s, {m * n * n} HVPs; {say(runs[-1][1])}; "
+        hvps = m * n * n + (m if start == "theta" else 0)
+        out["ours"][f"{m} {start}"] = {"later": t, "hvps": hvps, "errors": runs[-1][1]}
+        print(f"  ours, {m} Lanczos steps, start {start}: {t:.3f} s, {hvps} HVPs; "
+              f"{say(runs[-1][1])}; "
               f"{torch_t / t:.1f}x the PyTorch loop, {ref_t / t:.1f}x the loop on our HVP",
               flush=True)
     return out

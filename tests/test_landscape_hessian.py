@@ -235,6 +235,22 @@ def test_host_and_device_loops_agree():
         H.lanczos(_loss_B, params, data, steps=3, loop="gpu")
 
 
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_lanczos_restarts_after_a_breakdown_and_finds_every_multiple_eigenvalue(loop):
+    # H = diag(1, 1, 1, 2, 2, 3): a Krylov space has at most 3 dimensions, so the run breaks
+    # down at step 3 and must go on from fresh vectors to find the multiplicities.
+    d_P = np.repeat(np.float32([1.0, 2.0, 3.0]), [6, 4, 2])
+
+    def quadratic_B(params, batch):
+        return 0.5 * jnp.sum(d_P * params["w"] ** 2) + 0.0 * batch["x"][:, 0]
+
+    params = {"w": jnp.asarray(np.linspace(-1, 1, 12), jnp.float32)}
+    data = {"x": np.zeros((5, 1), np.float32)}
+    (nodes,), (weights,) = H.lanczos(quadratic_B, params, data, steps=12, loop=loop)
+    np.testing.assert_allclose(np.sort(nodes), np.sort(d_P), atol=1e-5)
+    assert np.sum(weights) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_residual_budget_falls_back_to_recomputing(monkeypatch):
     params, data = _problem()
     _, w, _ = _dense(params, data)
@@ -318,6 +334,40 @@ def test_eigenvalue_map_sharded_over_devices_equals_one_device(tmp_path, monkeyp
         np.testing.assert_allclose(four.values[name], one.values[name], rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="data axis"):
         H.eigenvalue_map(_loss_B, params, dirs, axes, data, mesh=make_mesh(grid=2, data=2), **kw)
+
+
+def test_map_start_leans_towards_theta_extreme_eigenvectors_and_is_recorded(tmp_path):
+    from research.landscape.surface import SurfaceMismatchError
+
+    params, data, dirs, axes = _map_problem()
+    _, w, v_PxP = _dense(params, data)
+    p = len(w)
+    op = H._HostOperator(_loss_B, params, data, 4, None, dirs)
+    random_P = H._map_start(op, p, p, 0, "random")
+    start_P = H._map_start(op, p, p, 0, "theta")
+    rademacher_P = H._np_normalize(H._np_rademacher(0, 0, p))[0]
+    np.testing.assert_array_equal(random_P, rademacher_P)
+    assert np.linalg.norm(start_P) == pytest.approx(1.0, abs=1e-5)
+    # With p steps the Ritz vectors are theta's extreme eigenvectors (dense eigh): the start
+    # is (random + u_max + u_min) / norm, up to the eigenvectors' signs.
+    gaps = []
+    for s_max in (1, -1):
+        for s_min in (1, -1):
+            want_P = random_P + s_max * v_PxP[:, -1] + s_min * v_PxP[:, 0]
+            gaps.append(np.abs(start_P - want_P / np.linalg.norm(want_P)).max())
+    assert min(gaps) < 1e-4 and sorted(gaps)[1] > 0.05
+
+    kw = {"steps": 6, "batch_size": 4, "points_per_call": 6}
+    path = str(tmp_path / "eig.npz")
+    warm = H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, **kw)
+    cold = H.eigenvalue_map(_loss_B, params, dirs, axes, data, start="random", **kw)
+    assert warm.settings["lanczos_start"] == "theta"
+    assert cold.settings["lanczos_start"] == "random"
+    assert not np.allclose(warm.values["lambda_min"], cold.values["lambda_min"])
+    with pytest.raises(SurfaceMismatchError, match="lanczos_start"):
+        H.eigenvalue_map(_loss_B, params, dirs, axes, data, path=path, start="random", **kw)
+    with pytest.raises(ValueError, match="start"):
+        H.eigenvalue_map(_loss_B, params, dirs, axes, data, start="centre", **kw)
 
 
 def test_eigenvalue_map_plots(tmp_path):

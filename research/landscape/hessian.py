@@ -359,14 +359,15 @@ def _build_prep(fn: Callable, has_state: bool, padded: bool) -> Callable:
     return jax.jit(prep)
 
 
-def _apply(lin: Callable, v_GxSxP: jax.Array, acc_GxSxP: jax.Array) -> jax.Array:
-    """Add lin(v) to acc, for `_build_prep`'s tangent map(s) (batched over points when G > 1)."""
+def _apply(lin: Callable, v_GxSxP: jax.Array, acc_GxSxP: jax.Array | None) -> jax.Array:
+    """lin(v) plus acc (None: no acc), for `_build_prep`'s tangent maps (vmapped when G > 1)."""
     g, s = v_GxSxP.shape[:2]
     if g == 1:
         hv_SxP = lin(v_GxSxP[0, 0])[None] if s == 1 else jax.vmap(lin)(v_GxSxP[0])
-        return acc_GxSxP + hv_SxP[None].astype(jnp.float32)
-    hv_GxSxP = jax.vmap(lambda f, v_SxP: jax.vmap(f)(v_SxP))(lin, v_GxSxP)
-    return acc_GxSxP + hv_GxSxP.astype(jnp.float32)
+        hv_GxSxP = hv_SxP[None].astype(jnp.float32)
+    else:
+        hv_GxSxP = jax.vmap(lambda f, v_SxP: jax.vmap(f)(v_SxP))(lin, v_GxSxP).astype(jnp.float32)
+    return hv_GxSxP if acc_GxSxP is None else acc_GxSxP + hv_GxSxP
 
 
 # One program per tangent map's structure (the map's jaxpr is part of its pytree structure,
@@ -415,17 +416,20 @@ class _HostOperator:
         self.masks = [put(mask_NBxB[i]) for i in range(nb)]
         self._centre = None
 
-    def _put_points(self, x: np.ndarray) -> jax.Array:
+    def put_points(self, x: np.ndarray) -> jax.Array:
         """An array whose leading axis is the grid points, on the device(s)."""
         x = np.asarray(x, np.float32)
         return jax.device_put(x) if self._points is None else sh.put(x, self._points)
 
-    def at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """v_GxSxP -> H_g v_gs at the G points theta + coefs_g . D (None: theta, G = 1)."""
+    def device_at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[jax.Array], jax.Array]:
+        """v_GxSxP -> the sum over the split of H_g v_gs (not yet / n), on the device.
+
+        At the G points theta + coefs_g . D (None: theta, G = 1); `v` and the result are
+        device arrays laid out as `put_points` lays them.
+        """
         if coefs_GxK is None:
             coefs_GxK = np.zeros((1, self.k), np.float32)
-        coefs = self._put_points(coefs_GxK)
-        scale = np.float32(1.0 / self.n)
+        coefs = self.put_points(coefs_GxK)
         lins = []
         if self.linearize:
             for batch, mask_B in zip(self.batches, self.masks):
@@ -437,24 +441,29 @@ class _HostOperator:
                     break
         if lins:
             def matvec(v_GxSxP):
-                v = self._put_points(v_GxSxP)
-                # zeros from numpy (no fill program to compile), placed like v
-                acc = self._put_points(np.zeros(v.shape, np.float32))
-                for lin in lins:
-                    acc = _APPLY(lin, v, acc)
-                return sh.fetch(acc) * scale
+                acc = _APPLY(lins[0], v_GxSxP, None)
+                for lin in lins[1:]:
+                    acc = _APPLY(lin, v_GxSxP, acc)
+                return acc
             return matvec
 
         fn, static = self.fn, self.static
         prog = _cached("step", fn, static, lambda: _build_step(fn, *static))
 
         def matvec(v_GxSxP):
-            v = self._put_points(v_GxSxP)
-            acc = self._put_points(np.zeros(v.shape, np.float32))
+            # zeros from numpy (no fill program to compile), placed like v
+            acc = self.put_points(np.zeros(v_GxSxP.shape, np.float32))
             for batch, mask_B in zip(self.batches, self.masks):
-                acc = prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs, v, acc)
-            return sh.fetch(acc) * scale
+                acc = prog(self.params, self.dirs_KxP, self.state, batch, mask_B, coefs,
+                           v_GxSxP, acc)
+            return acc
         return matvec
+
+    def at(self, coefs_GxK: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """v_GxSxP -> H_g v_gs at the G points theta + coefs_g . D (None: theta, G = 1), numpy."""
+        matvec = self.device_at(coefs_GxK)
+        scale = np.float32(1.0 / self.n)
+        return lambda v_GxSxP: sh.fetch(matvec(self.put_points(v_GxSxP))) * scale
 
     def one_point(self, v_SxP: np.ndarray) -> np.ndarray:
         """H V at the parameters, for S vectors at once."""
@@ -684,51 +693,63 @@ def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
     invariant subspace found) the next vector is a fresh random one and beta is 0 there.
     """
     r, p = v_RxP.shape
-    q_RxMxP = jnp.zeros((r, m, p), jnp.float32).at[:, 0].set(v_RxP)
 
     def step(j, carry):
         q_RxMxP, a_RxM, b_RxM = carry
+
+        def orth(x_RxP):  # unfilled rows are zero
+            for _ in range(2):
+                x_RxP = x_RxP - jnp.einsum(
+                    "rm,rmp->rp", jnp.einsum("rmp,rp->rm", q_RxMxP, x_RxP), q_RxMxP)
+            return x_RxP
+
         v_RxP = q_RxMxP[:, j]
         w_RxP = matvec(v_RxP)
         alpha_R = jnp.sum(w_RxP * v_RxP, axis=1)
         scale_R = jnp.linalg.norm(w_RxP, axis=1)
-        for _ in range(2):  # full re-orthogonalisation (unfilled rows are zero)
-            w_RxP = w_RxP - jnp.einsum("rm,rmp->rp", jnp.einsum("rmp,rp->rm", q_RxMxP, w_RxP),
-                                       q_RxMxP)
+        w_RxP = orth(w_RxP)
         beta_R = jnp.linalg.norm(w_RxP, axis=1)
         broken_R = beta_R <= _BREAKDOWN * jnp.maximum(scale_R, 1e-30)
-        # Streams past the start vectors' (0 .. R - 1): one fresh vector per step and run.
-        streams_R = ((jnp.asarray(j, jnp.uint32) + 1) * jnp.uint32(r)
-                     + jnp.arange(r, dtype=jnp.uint32) + jnp.uint32(1 << 20))
-        fresh_RxP = jax.vmap(lambda i: _rademacher(seed, i, p))(streams_R)
-        for _ in range(2):
-            fresh_RxP = fresh_RxP - jnp.einsum(
-                "rm,rmp->rp", jnp.einsum("rmp,rp->rm", q_RxMxP, fresh_RxP), q_RxMxP)
-        nxt_RxP = _normalize(jnp.where(broken_R[:, None], fresh_RxP, w_RxP))
+
+        def fresh(w_RxP):
+            # Streams past the start vectors' (0 .. R - 1): one fresh vector per step and run.
+            streams_R = ((jnp.asarray(j, jnp.uint32) + 1) * jnp.uint32(r)
+                         + jnp.arange(r, dtype=jnp.uint32) + jnp.uint32(1 << 20))
+            fresh_RxP = orth(jax.vmap(lambda i: _rademacher(seed, i, p))(streams_R))
+            return jnp.where(broken_R[:, None], fresh_RxP, w_RxP)
+        # Breakdowns are rare: fresh vectors (as dear as the re-orthogonalisation) only then.
+        nxt_RxP = _normalize(jax.lax.cond(broken_R.any(), fresh, lambda w: w, w_RxP))
         beta_R = jnp.where(broken_R, 0.0, beta_R)
         row = jnp.minimum(j + 1, m - 1)
         keep_RxP = jnp.where(j + 1 < m, nxt_RxP, q_RxMxP[:, row])
         q_RxMxP = q_RxMxP.at[:, row].set(keep_RxP)
         return q_RxMxP, a_RxM.at[:, j].set(alpha_R), b_RxM.at[:, j].set(beta_R)
 
+    q_RxMxP = jnp.zeros((r, m, p), jnp.float32).at[:, 0].set(v_RxP)
     init = (q_RxMxP, jnp.zeros((r, m), jnp.float32), jnp.zeros((r, m), jnp.float32))
     _, a_RxM, b_RxM = jax.lax.fori_loop(0, m, step, init)
     return a_RxM, b_RxM
 
 
-def _lanczos_host(matvec: Callable, v_RxP: np.ndarray, m: int, seed: int,
-                  runs: int) -> tuple[np.ndarray, np.ndarray]:
-    """`_lanczos_core` driven from the host: m steps for R rows at once (alpha_RxM, beta_RxM).
+def _lanczos_host(op: _HostOperator, coefs_GxK: np.ndarray | None, v_GxSxP: np.ndarray, m: int,
+                  seed: int, runs: int, basis: bool = False) -> tuple[np.ndarray, ...]:
+    """`_lanczos_core` driven from the host: m steps for R = G x S rows at once.
 
-    Rows are independent Lanczos runs; `runs` sets their fresh-vector streams as
-    `_lanczos_core` does (rows beyond `runs` repeat them, for eigenvalue maps whose points
-    all start from the same vector). Only the filled part of the basis is re-orthogonalised
-    against, so step j costs O(j P) instead of O(m P).
+    Each step is one product (`op.device_at`: S vectors at each of the G points `coefs`, None
+    for theta alone) and the vector updates in numpy, as `_lanczos_core` does them except that
+    only the filled part of the basis is re-orthogonalised against (step j costs O(j P), not
+    O(m P): the full preallocated basis, updated by a compiled call per step, made a 5 x 5
+    map 3x slower). Rows beyond `runs` repeat the fresh-vector streams (eigenvalue-map points
+    share one start). Returns (alpha_RxM, beta_RxM), and with `basis`
+    the orthonormal basis `q_RxMxP` too (for Ritz vectors).
     """
-    r, p = v_RxP.shape
+    g, s_, p = v_GxSxP.shape
+    r = g * s_
     q_RxMxP = np.zeros((r, m, p), np.float32)
-    q_RxMxP[:, 0] = v_RxP
+    q_RxMxP[:, 0] = v_GxSxP.reshape(r, p)
     a_RxM, b_RxM = np.zeros((r, m), np.float32), np.zeros((r, m), np.float32)
+    matvec = op.device_at(coefs_GxK)
+    scale = np.float32(1.0 / op.n)
 
     def orth(w_RxP, basis_RxJxP):
         # Full re-orthogonalisation, twice, a row at a time: two matrix-vector products per
@@ -744,7 +765,8 @@ def _lanczos_host(matvec: Callable, v_RxP: np.ndarray, m: int, seed: int,
 
     for j in range(m):
         v_RxP = q_RxMxP[:, j]
-        w_RxP = np.asarray(matvec(v_RxP), np.float32)
+        w_RxP = np.asarray(sh.fetch(matvec(op.put_points(v_RxP.reshape(g, s_, p)))),
+                           np.float32).reshape(r, p) * scale
         a_RxM[:, j] = np.sum(w_RxP * v_RxP, axis=1)
         scale_R = np.linalg.norm(w_RxP, axis=1)
         w_RxP = orth(w_RxP, q_RxMxP[:, : j + 1])
@@ -757,7 +779,7 @@ def _lanczos_host(matvec: Callable, v_RxP: np.ndarray, m: int, seed: int,
                 w_RxP = np.where(broken_R[:, None], fresh_RxP, w_RxP)
             q_RxMxP[:, j + 1] = _np_normalize(w_RxP)
         b_RxM[:, j] = np.where(broken_R, 0.0, beta_R)
-    return a_RxM, b_RxM
+    return (a_RxM, b_RxM, q_RxMxP) if basis else (a_RxM, b_RxM)
 
 
 def _build_lanczos(fn: Callable, has_state: bool, padded: bool, m: int, runs: int) -> Callable:
@@ -789,7 +811,7 @@ def _run_lanczos(fn, params, data, steps, runs, batch_size, model_state, seed, l
     if loop == "host":
         op = _HostOperator(fn, params, data, batch_size, model_state)
         v_RxP = _np_normalize(_np_rademacher(seed, np.arange(runs), op.p))
-        return _lanczos_host(op.one_point, v_RxP, m, int(seed), int(runs))
+        return _lanczos_host(op, None, v_RxP[None], m, int(seed), int(runs))
     prog = _cached("lanczos", fn, (*static, m, int(runs)),
                    lambda: _build_lanczos(fn, *static, m, int(runs)))
     a_RxM, b_RxM = prog(*args, np.uint32(seed))
@@ -960,10 +982,10 @@ def hessian_directions(fn: Callable, params: PyTree, data: Batch, k: int = 2, *,
 def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
     total = _batch_total(fn, has_state, padded)
 
-    def run(params, dirs, state, batches, mask_NBxB, n, seed, coords_CxK):
+    def run(params, dirs, state, batches, mask_NBxB, n, seed, v_P, coords_CxK):
         flat_P, unravel = _flat(params)
         dirs_KxP = jnp.stack([_flat(d)[0] for d in dirs])
-        v_1xP = _normalize(_rademacher(seed, 0, flat_P.shape[0])[None])
+        v_1xP = v_P[None]
 
         def point(coef_K):
             at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP
@@ -978,6 +1000,25 @@ def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
 
 
 MAP_METRICS = ("lambda_max", "lambda_min", "ratio")
+MAP_STARTS = ("theta", "random")
+
+
+def _map_start(op: _HostOperator | None, p: int, m: int, seed: int, start: str) -> np.ndarray:
+    """The Lanczos start vector shared by every point of an eigenvalue map, unit norm.
+
+    "random": the Rademacher vector of `seed`. "theta": that vector plus the extreme Ritz
+    vectors (lambda_max's and lambda_min's) of m Lanczos steps at theta itself, from that vector.
+    The extreme eigenvectors change slowly over the plane, so a start that already leans
+    towards theta's converges in fewer steps at the other points, at the cost of one point's
+    products; the random part keeps every eigenvector reachable where they have turned away.
+    """
+    v_1xP = _np_normalize(_np_rademacher(seed, 0, p))
+    if start == "random":
+        return v_1xP[0]
+    a_1xM, b_1xM, q_1xMxP = _lanczos_host(op, None, v_1xP[None], m, int(seed), 1, basis=True)
+    _, y_MxM = np.linalg.eigh(_tridiagonal(a_1xM[0], b_1xM[0]))
+    ritz_2xP = (y_MxM[:, [0, -1]].T @ q_1xMxP[0].astype(np.float64)).astype(np.float32)
+    return _np_normalize((v_1xP[0] + ritz_2xP[0] + ritz_2xP[1])[None])[0]
 
 
 def _map_chunk(run: Callable, coords_CxK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1007,18 +1048,11 @@ def _check_map_args(params: PyTree, directions: Sequence[PyTree], axes: Sequence
     return directions, axes
 
 
-def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int | None,
-                     model_state: PyTree | None, directions: list, m: int,
-                     seed: int, mesh) -> Callable:
+def _map_runner_host(op: _HostOperator, v_P: np.ndarray, m: int, seed: int) -> Callable:
     """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk's Lanczos runs in lockstep on the host."""
-    op = _HostOperator(fn, params, data, batch_size, model_state, directions, mesh)
-    v_P = _np_normalize(_np_rademacher(seed, 0, op.p))[0]
-
     def run(coords_CxK):
         c = len(coords_CxK)
-        matvec = op.at(coords_CxK)
-        a_CxM, b_CxM = _lanczos_host(lambda v_CxP: matvec(v_CxP[:, None])[:, 0],
-                                     np.tile(v_P, (c, 1)), m, int(seed), 1)
+        a_CxM, b_CxM = _lanczos_host(op, coords_CxK, np.tile(v_P, (c, 1, 1)), m, int(seed), 1)
         hi, lo = [], []
         for a_M, b_M in zip(a_CxM, b_CxM):
             theta_M = np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
@@ -1029,7 +1063,7 @@ def _map_runner_host(fn: Callable, params: PyTree, data: Batch, batch_size: int 
 
 
 def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tuple, m: int,
-                       seed: int, mesh) -> Callable:
+                       seed: int, v_P: np.ndarray, mesh) -> Callable:
     """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk as one compiled call.
 
     Each device of the mesh's grid axis runs `lax.map` over its share of the chunk's points.
@@ -1037,16 +1071,16 @@ def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tupl
     def build():
         run = _build_map(fn, *static, m)
         rep = P()
-        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(rep,) * 7 + (P(GRID_AXIS),),
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(rep,) * 8 + (P(GRID_AXIS),),
                                      out_specs=P(GRID_AXIS), check_vma=False))
     prog = _cached("map", fn, (*static, m, mesh), build)
     place = placer(mesh)
-    replicated = place((*args, directions, np.uint32(seed)), P())
+    replicated = place((*args, directions, np.uint32(seed), v_P), P())
     points = NamedSharding(mesh, P(GRID_AXIS))
 
     def run(coords_CxK):
-        params_, state, batches, mask_NBxB, n_, dirs, seed_ = replicated
-        hi_C, lo_C = sh.fetch(prog(params_, dirs, state, batches, mask_NBxB, n_, seed_,
+        params_, state, batches, mask_NBxB, n_, dirs, seed_, v_P_ = replicated
+        hi_C, lo_C = sh.fetch(prog(params_, dirs, state, batches, mask_NBxB, n_, seed_, v_P_,
                                    sh.put(np.asarray(coords_CxK, np.float32), points)))
         return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
     return run
@@ -1080,7 +1114,7 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
                    points_per_call: int = 64, path: str | None = None,
                    settings: Mapping[str, Any] | None = None,
                    info: Mapping[str, Any] | None = None, seed: int = 0,
-                   loop: str = "auto", mesh=None):
+                   start: str = "theta", loop: str = "auto", mesh=None):
     """lambda_max and lambda_min of the full Hessian at every grid point (Li et al., Figure 6).
 
     At theta + sum_k c_k d_k for every point c of the grid, `steps` Lanczos steps over the
@@ -1101,11 +1135,21 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
 
     Accuracy: Ritz values approach the extreme eigenvalues from inside the spectrum, and
     lambda_min (often one of a cluster of negative eigenvalues) converges much more slowly than
-    lambda_max. On `benchmarks/curvature.py --map 5` (an MLP, 6,922 parameters), errors
-    relative to lambda_max against converged eigenvalues were, worst / median over the 25
-    points: 20 steps, lambda_max 1.4e-6, lambda_min 1.7e-2 / 1.7e-3; 28 steps, lambda_min
-    1.3e-2 / 2.0e-4; 36 steps, 1.1e-2 / 5.4e-6; the reference's `eigsh(tol=1e-2)` twice per
-    point, 3.4e-3 / 1.2e-4. Raise `steps` when the map of lambda_min (or of the ratio) matters.
+    lambda_max. Every point starts from one vector (`start`): by default a random one plus
+    the extreme Ritz vectors at theta, computed first with `steps` products at theta alone;
+    the points' extreme eigenvectors lean towards theta's, so this start saves steps. On
+    `benchmarks/curvature.py --map 5` (an MLP, 6,922 parameters), errors relative to
+    lambda_max against converged eigenvalues were, worst / median over the 25 points:
+
+        steps  start   lambda_max  lambda_min
+        20     theta   8e-7        8.8e-3 / 2.3e-4
+        24     theta   7e-8        2.2e-3 / 5.4e-5
+        20     random  1.5e-6      1.7e-2 / 1.7e-3
+        28     random  3e-8        1.3e-2 / 2.0e-4
+
+    and for the reference's `eigsh(tol=1e-2)` twice per point, 5e-6 and 3.0e-3 to 1.9e-2 /
+    6.6e-5 to 4.0e-4 over four runs (ARPACK's random start moves them). Raise `steps` when the
+    map of lambda_min (or of the ratio) matters.
 
     Args:
         fn: `fn(params, batch) -> loss_B`, the same function `evaluate_grid` takes.
@@ -1122,7 +1166,10 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
             `lambda_max`, `lambda_min` and `ratio` (|lambda_min / lambda_max|).
         settings: extra settings to record in the file (compared on resume).
         info: descriptive metadata to record (not compared).
-        seed: seed of the Lanczos start vector (the same at every point).
+        seed: seed of the random part of the Lanczos start vector.
+        start: the start vector, the same at every point: "theta" (the default) adds to the
+            random vector the extreme Ritz vectors of `steps` Lanczos steps at theta, which
+            the points' extreme eigenvectors lean towards; "random" is the random vector alone.
         loop: "auto" (host on CPU, device elsewhere), "host" or "device".
         mesh: a ("grid", "data") mesh from `research.sharding.make_mesh` whose data axis is 1;
             default one device (one process) or all devices (several processes).
@@ -1134,11 +1181,14 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
 
     loop = _resolve_loop(loop)
     directions, axes = _check_map_args(params, directions, axes, steps, points_per_call)
+    if start not in MAP_STARTS:
+        raise ValueError(f"start: must be one of {MAP_STARTS}, got {start!r}")
     args, static = _prepare(fn, params, data, batch_size, model_state)
     m = min(int(steps), _num_params(params))
     n = int(args[-1])
 
     all_settings = {"kind": "hessian_eigenvalue_map", "lanczos_steps": m, "seed": int(seed),
+                    "lanczos_start": start,
                     "params_fingerprint": fingerprint(params),
                     "directions_fingerprint": [fingerprint(d) for d in directions],
                     "data_fingerprint": fingerprint(dict(data)),
@@ -1156,11 +1206,19 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     if todo.size == 0:
         return surface
     host_mesh = None if n_grid == 1 and jax.process_count() == 1 else mesh
+    op = None
+    if loop == "host" or start != "random":
+        # The start is computed at theta on this process's default device alone (one point
+        # cannot be split over the grid axis); every process gets the same vector.
+        op = _HostOperator(fn, params, data, batch_size, model_state, directions)
+    v_P = _map_start(op, _num_params(params), m, seed, start)
     if loop == "host":
-        run = _map_runner_host(fn, params, data, batch_size, model_state, directions, m, seed,
-                               host_mesh)
+        if host_mesh is not None:
+            op = _HostOperator(fn, params, data, batch_size, model_state, directions, host_mesh)
+        run = _map_runner_host(op, v_P, m, seed)
     else:
-        run = _map_runner_device(fn, directions, args, static, m, seed, mesh)
+        op = None  # frees its copy of the data before the device loop puts its own
+        run = _map_runner_device(fn, directions, args, static, m, seed, v_P, mesh)
     _fill_map(surface, run, todo, chunk_size(todo.size, points_per_call, n_grid), path)
     return surface
 
