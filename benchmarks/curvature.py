@@ -31,15 +31,16 @@ before jax is imported; torch gets `torch.set_num_threads(threads)`, and with on
 CPU client is told `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`.
 
 Eigenvalue maps (`--map N`, Li et al. Figure 6): lambda_max and lambda_min at N x N grid points of
-the MLP over the whole split: `hessian.eigenvalue_map` (`--map-steps` Lanczos steps per point, 20
-and 28 by default, all points in one chunk) against two loops in the style of the reference
-(tomgoldstein/loss-landscape `plot_hessian_eigen.py`): per point, `scipy.sparse.linalg.eigsh(k=1,
-tol=1e-2)` on a `LinearOperator` of Hessian-vector products, then again on `H - 0.51 lambda_max`
-for lambda_min. The first loop's product is a jitted JAX HVP compiled once outside the timing (the
-method compared, not the framework); the second is the reference's own code path, PyTorch's double
-backward (`eval_hess_vec_prod`) after `set_weights`. Median of three alternating rounds. Every
-side's lambda_max and lambda_min are compared with converged ones (`eigsh` to machine precision at
-both ends, outside the timing), errors relative to lambda_max at the point.
+the MLP over the whole split: `hessian.eigenvalue_map` (`--map-steps` Lanczos steps per point, 16,
+20 and 24 by default, each with both `--map-starts`, all points in one chunk) against two loops in
+the style of the reference (tomgoldstein/loss-landscape `plot_hessian_eigen.py`): per point,
+`scipy.sparse.linalg.eigsh(k=1, tol=1e-2)` on a `LinearOperator` of Hessian-vector products, then
+again on `H - 0.51 lambda_max` for lambda_min. The first loop's product is a jitted JAX HVP
+compiled once outside the timing (the method compared, not the framework); the second is the
+reference's own code path, PyTorch's double backward (`eval_hess_vec_prod`) after `set_weights`.
+Median of three alternating rounds. Every side's lambda_max and lambda_min are compared with
+converged ones (`eigsh` to machine precision at both ends, outside the timing), errors relative to
+lambda_max at the point.
 
 `--loop host|device` picks where our iterations run (default auto: host on the CPU; see
 `research.landscape.hessian._resolve_loop`). Later calls alternate with PyHessian's, round by
@@ -76,23 +77,37 @@ PyHessian 0.1, 1 thread each; 3.5 minutes):
         product slower, 62 ms), the pooling and ReLU selects (15 ms) and layout transposes
         for the kernel gradients (8 ms). With `--pool reduce_window` the product is 137 ms
         and later calls 0.6x.
-    Eigenvalue map 5 x 5, MLP (`--map 5 --map-steps 20 28`, 1 thread; later run, after the
-        host loop's re-orthogonalisation went to per-row BLAS): accuracy decides the
-        comparison, so every side is checked against converged eigenvalues (eigsh to machine
-        precision at both ends), errors relative to lambda_max, worst / median over the 25
-        points. The reference loop on PyTorch products: 2.48 s, 1,180 products, lambda_max
-        2e-7, lambda_min 1.0e-2 / 2.0e-4 (ARPACK's random start moves these: 3.4e-3 to
-        1.1e-2 / 1.2e-4 to 2.6e-4 over runs). Ours with 20 steps: 0.33 s (7.5x; 8.2-8.5x in
-        other runs), lambda_max 1.4e-6, but lambda_min 1.7e-2 / 1.7e-3, ten times the
-        reference's median error; with 28 steps, where the median error matches the
-        reference's: 0.43 s (5.7x), lambda_min 1.3e-2 / 2.0e-4. Against eigsh on our own jitted
-        product (0.92 s) that is 2.8x and 2.1x. The target (10x against the reference loop) is
-        not met at equal accuracy. Lanczos approaches lambda_min slowly (it sits in a cluster
-        of negative eigenvalues; one point of the 25 converges late on both sides), and a full
-        Krylov run uses its products as well as any restart can, so the gain is the
-        product's cost (0.41 ms batched over 25 points against PyTorch's 2.1 ms, about 35
-        GFLOP/s on one core) times the ratio of products (28 against about 48 per point).
-        Before the per-row re-orthogonalisation, 28 steps took 0.47 s.
+    Eigenvalue map 5 x 5, MLP (`python -m benchmarks.curvature --threads 1 --models --map 5`,
+        which skips the PyHessian rows; four runs): accuracy decides the comparison, so every
+        side is checked against converged eigenvalues (eigsh to machine precision at both
+        ends), errors relative to lambda_max, worst / median over the 25 points. The
+        reference loop on PyTorch products: 2.3-3.1 s, 1,150-1,250 products, lambda_max 1e-6
+        to 1e-5, lambda_min 3.0e-3 to 1.9e-2 / 6.6e-5 to 4.0e-4 (ARPACK's random start moves
+        these). Ours, start "theta" (the default: theta's extreme Ritz vectors plus the random
+        vector, 20 or 24 products at theta first):
+
+            steps  start   time           lambda_max  lambda_min       vs PyTorch loop
+            16     theta   0.24-0.29 s    2.8e-4      1.1e-2 / 1.1e-3  10.0-11.9x
+            20     theta   0.31-0.34 s    8e-7        8.8e-3 / 2.3e-4  7.4-9.2x
+            24     theta   0.33-0.39 s    7e-8        2.2e-3 / 5.4e-5  7.0-7.9x
+            20     random  0.25-0.32 s    1.5e-6      1.7e-2 / 1.7e-3  9.3-10.1x
+            24     random  0.31-0.38 s    7e-8        1.4e-2 / 5.4e-4  7.8-8.2x
+
+        With 20 steps from theta's vectors lambda_min is about as accurate as the reference's
+        (a random start needed 28 steps for that, 5.7x in session 5), with 24 more accurate on
+        every measure; 16 steps are 10x but with a median error ten times the reference's.
+        Against eigsh on our own jitted product (0.85-0.97 s) the speed-ups are 2.5-3.3x.
+        The 10x target is not met at equal accuracy. Lanczos approaches lambda_min slowly (it
+        sits in a cluster of negative eigenvalues), a full Krylov run uses its products as well
+        as any restart can, and the product is near this core's speed for matrices this small
+        (0.42 ms per point and product batched over 25 points, about 50 GFLOP/s; numpy's
+        256 x 64 x 64 matmul reaches 31, a large sgemm 80). What the start buys is products:
+        the points' extreme eigenvectors lean towards theta's (overlaps 0.3-0.9 near theta on
+        this map). Tried and not kept: re-orthogonalising once instead of twice, or against
+        the last two vectors only (same errors to 28 steps, time within the noise); the basis
+        and its updates kept on the device, one compiled update per step (3x slower: it
+        re-orthogonalises against the whole preallocated basis every step); more of theta's
+        Ritz vectors in the start (3, 5 or 10 of each end: less accurate than one).
 """
 
 from __future__ import annotations
