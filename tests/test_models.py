@@ -122,6 +122,14 @@ def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides)
     g_ref = jax.grad(lambda x: jnp.sum(_pool_ref(x, window, strides) * w))(x)
     g = jax.grad(lambda x: jnp.sum(max_pool(x, window, strides) * w))(x)
     np.testing.assert_array_equal(g, g_ref)
+    # Second order, forward over reverse (the curvature tools' product), on a loss that
+    # curves: sum(w * pool(x)^2).
+    v = jax.random.normal(jax.random.PRNGKey(2), shape)
+
+    def hvp(pool):
+        grad = jax.grad(lambda x: jnp.sum(pool(x, window, strides) ** 2 * w))
+        return jax.jvp(grad, (x,), (v,))[1]
+    np.testing.assert_allclose(hvp(max_pool), hvp(_pool_ref), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_nn_max_pool():
