@@ -60,23 +60,23 @@ PyHessian 0.1, 1 thread each; 3.5 minutes):
     MLP first calls: top-3 1.83 s vs 0.68 s (2.7x slower; a fresh process, so both sides pay
         their framework's start-up; two programs compiled), then trace 0.063 s vs 0.144 s and
         density 0.084 s vs 0.568 s (the same two programs, nothing more to compile).
-    CNN (1,418 params), 256 examples, later calls, two runs of `--repeats 5`: top-3 1.68 /
-        1.55 s vs PyHessian 1.94 / 1.54 s (1.15x / 0.99x; 25 vs 41 / 25 products), trace 6.92
-        / 6.47 s vs 6.44 / 5.95 s (0.93x / 0.92x), density 6.76 / 6.36 s vs 6.54 / 6.79 s
-        (0.97x / 1.07x); first calls within 2x (3.4-3.9 s vs 2.1-2.2 s, then 5.8 vs 6.1 s,
-        6.0-7.2 vs 6.0-6.2 s). So parity within this VM's noise, not the clear lead the
-        target asks for (before the change below: 0.84x / 0.82x / 0.80x). One product (the
-        tangent half of the linearised gradient) takes 51 ms against PyHessian's 55-65 ms.
-        The change: the Hessian-vector product's forward tangent of the one-channel first
-        convolution (`x * v`, 20 ms as a library convolution) now takes the shift form, as
-        the primal does (see `research.models.ops`). What is left (`jax.profiler`, one
-        core): the four 8 -> 16-channel convolutions of the product's tangent (about 29
-        ms: XLA:CPU gives a convolution whose channels are all 16 or fewer to its generic
-        path, not to YNNPACK, whose kernel-gradient convolutions here run nearly twice as
-        fast per FLOP; padding the kernel to 17 output channels to reach YNNPACK made the
-        product slower, 62 ms), the pooling and ReLU selects (15 ms) and layout transposes
-        for the kernel gradients (8 ms). With `--pool reduce_window` the product is 137 ms
-        and later calls 0.6x.
+    CNN (1,418 params), 256 examples, later calls, two runs of `--repeats 5 --models cnn`
+        (after max pooling's derivative became a one-hot `custom_jvp`, `research.models.ops`):
+        top-3 1.45 / 1.38 s vs PyHessian 2.03 / 2.01 s (1.40x / 1.46x; 25 vs 31 / 35
+        products), trace 5.65 / 5.59 s vs 5.81 / 6.67 s (1.03x / 1.19x), density 5.42 / 6.17
+        s vs 6.03 / 6.78 s (1.11x / 1.10x); first calls 1.9x PyHessian's for top-3 (4.7-4.8 vs
+        2.4-2.5 s: compiling), then 0.92-0.99x. Before that change (session 5): 1.15x / 0.99x,
+        0.93x / 0.92x, 0.97x / 1.07x, and before the outer tangent's shift form below: 0.84x /
+        0.82x / 0.80x. The outer tangent's shift form: the Hessian-vector product's forward
+        tangent of the one-channel first convolution (`x * v`, 20 ms as a library
+        convolution) takes the shift form, as the primal does (see `research.models.ops`).
+        What is left (`jax.profiler`, one core, session 5): the four 8 -> 16-channel
+        convolutions of the product's tangent (about 29 ms: XLA:CPU gives a convolution whose
+        channels are all 16 or fewer to its generic path, not to YNNPACK, whose kernel-gradient
+        convolutions here run nearly twice as fast per FLOP; padding the kernel to 17 output
+        channels to reach YNNPACK made the product slower, 62 ms) and layout transposes for the
+        kernel gradients (8 ms). With `--pool reduce_window` the product is 137 ms and later
+        calls 0.6x.
     Eigenvalue map 5 x 5, MLP (`python -m benchmarks.curvature --threads 1 --models --map 5`,
         which skips the PyHessian rows; four runs): accuracy decides the comparison, so every
         side is checked against converged eigenvalues (eigsh to machine precision at both

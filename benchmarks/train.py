@@ -85,6 +85,21 @@ Both frameworks gain about 1.35x at batch 128, so the ratios stay where they wer
 PyTorch as it runs by default, our step as the experiments run it is 1.10x at batch 128 on
 one thread (1353 vs 1230) and 0.88x on two (1482 vs 1676).
 
+Max pooling's derivative as a one-hot `custom_jvp` (`research.models.ops`; its gradient one
+fused select instead of nested selects and a pad-and-add per window position): paired runs of
+`--threads 1 --batch 128 --sides jax-step torch-eager`, old then new code, 1,115 / 1,164 ->
+1,265 / 1,274 samples/s (+9-13%), batch 32 +4%, compilation 3.6 -> 3.0 s. Four runs after it,
+one thread, jax-step against torch-eager in the same rounds: batch 32 1.06-1.10x, batch 128
+0.86x / 0.88x / 0.92x / 0.96x (1,265-1,368 samples/s; the VM's noise); two threads (`--rounds 3
+--sides jax-step jax-loop torch-eager`): 0.77x / 0.63x (1,534 / 1,451 against 2,019 / 2,344).
+Where a batch-128 step's 97 ms go now (`jax.profiler`, one core): YNNPACK convolutions about 59
+ms (the 16 -> 32 convolution's forward, input gradient and kernel gradient 10.3 / 10.1 / 9.2 ms,
+about 37 GFLOP/s), the pooling-and-ReLU gradient and ReLU masks 13 ms (the first stage's
+full-size one 6.2 ms, about a read and a write of 21 MB), layout transposes for the kernel
+gradients 12 ms (the first stage's 6 ms), BatchNorm's backward reductions 6 ms. Computing the
+activation after the pooling (the same values for a non-decreasing activation, a quarter of the
+elements) made the step slower (0.66x against 0.87x at batch 128), so it was not kept.
+
 Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
 for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
 2 threads).
