@@ -98,7 +98,8 @@ about 37 GFLOP/s), the pooling-and-ReLU gradient and ReLU masks 13 ms (the first
 full-size one 6.2 ms, about a read and a write of 21 MB), layout transposes for the kernel
 gradients 12 ms (the first stage's 6 ms), BatchNorm's backward reductions 6 ms. Computing the
 activation after the pooling (the same values for a non-decreasing activation, a quarter of the
-elements) made the step slower (0.66x against 0.87x at batch 128), so it was not kept.
+elements) made the step slower with either pooling derivative (0.66x against 0.87x before the
+one-hot one, 0.55x against 0.86-0.96x after it, batch 128), so it was not kept.
 
 Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
 for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
