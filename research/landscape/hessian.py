@@ -72,6 +72,8 @@ _CACHE: collections.OrderedDict = collections.OrderedDict()
 _CACHE_SIZE = 64
 # Relative size under which a Lanczos residual counts as a breakdown (an invariant subspace).
 _BREAKDOWN = 1e-6
+# Relative size under which a fresh random vector counts as lying in the basis's span.
+_SPANNED = 1e-3
 
 
 def hvp(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, v: PyTree) -> PyTree:
@@ -715,7 +717,16 @@ def _lanczos_core(matvec: Callable, v_RxP: jax.Array, m: int,
             # Streams past the start vectors' (0 .. R - 1): one fresh vector per step and run.
             streams_R = ((jnp.asarray(j, jnp.uint32) + 1) * jnp.uint32(r)
                          + jnp.arange(r, dtype=jnp.uint32) + jnp.uint32(1 << 20))
-            fresh_RxP = orth(jax.vmap(lambda i: _rademacher(seed, i, p))(streams_R))
+            raw_RxP = jax.vmap(lambda i: _rademacher(seed, i, p))(streams_R)
+            fresh_RxP = orth(raw_RxP)
+            # In a small space the random vector can lie in the basis's span; then the unit
+            # vector the basis covers least (its complement's largest diagonal entry, at
+            # least (P - j) / P) is used instead.
+            unit_RxP = jax.nn.one_hot(jnp.argmax(1.0 - jnp.sum(q_RxMxP**2, axis=1), axis=1), p,
+                                      dtype=jnp.float32)
+            spanned_R = (jnp.linalg.norm(fresh_RxP, axis=1)
+                         < _SPANNED * jnp.linalg.norm(raw_RxP, axis=1))
+            fresh_RxP = jnp.where(spanned_R[:, None], orth(unit_RxP), fresh_RxP)
             return jnp.where(broken_R[:, None], fresh_RxP, w_RxP)
         # Breakdowns are rare: fresh vectors (as dear as the re-orthogonalisation) only then.
         nxt_RxP = _normalize(jax.lax.cond(broken_R.any(), fresh, lambda w: w, w_RxP))
@@ -775,7 +786,14 @@ def _lanczos_host(op: _HostOperator, coefs_GxK: np.ndarray | None, v_GxSxP: np.n
         if j + 1 < m:
             if broken_R.any():  # a fresh random vector, as `_lanczos_core`
                 streams_R = (j + 1) * runs + np.arange(r) % runs + (1 << 20)
-                fresh_RxP = orth(_np_rademacher(seed, streams_R, p), q_RxMxP[:, : j + 1])
+                basis_RxJxP = q_RxMxP[:, : j + 1]
+                raw_RxP = _np_rademacher(seed, streams_R, p)
+                fresh_RxP = orth(raw_RxP, basis_RxJxP)
+                unit_RxP = np.eye(p, dtype=np.float32)[
+                    np.argmax(1.0 - np.sum(basis_RxJxP**2, axis=1), axis=1)]
+                spanned_R = (np.linalg.norm(fresh_RxP, axis=1)
+                             < _SPANNED * np.linalg.norm(raw_RxP, axis=1))
+                fresh_RxP = np.where(spanned_R[:, None], orth(unit_RxP, basis_RxJxP), fresh_RxP)
                 w_RxP = np.where(broken_R[:, None], fresh_RxP, w_RxP)
             q_RxMxP[:, j + 1] = _np_normalize(w_RxP)
         b_RxM[:, j] = np.where(broken_R, 0.0, beta_R)
