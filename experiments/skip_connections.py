@@ -53,8 +53,8 @@ and the deeper ResNets' ratios are the larger ones (mean 4.2 / 7.3 against 3.0 /
 the maps: 20 Lanczos steps agree with 50 at the 3 x 3 central points of every model to 5e-4
 in the ratio (lambda_max to 1e-12, lambda_min to 4e-4 of lambda_max; the top eigenvalues of
 these Hessians are well separated), so these are not artefacts of the map (an earlier run
-with 10 steps, other trained weights, is superseded). Re-run with the maps' start from
-theta's Ritz vectors (`eigenvalue_map`'s default since): every figure above the same to three
+with 10 steps, other trained weights, is superseded). Re-run with the maps started from
+theta's Ritz vectors (now `eigenvalue_map`'s default): every figure above the same to three
 digits, lambda_min at theta* further converged where it had not (depth 0: -1.87 against -1.82;
 ResNet depth 2: -3.37 against -3.09). The paper's chaotic surfaces appear with
 56-110 layers and full-size ResNets; this preset has at most 39 narrow layers trained for 25
