@@ -76,11 +76,16 @@ def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int],
     return _pool_blocks(x_BxHxWxC[:, :ho * kh, :wo * kw, :].reshape(b, ho, kh, wo, kw, c))
 
 
+def _position_dtype(positions: int):
+    """The smallest integer type for window positions 0 .. positions - 1 (int8 up to 128)."""
+    return jnp.int8 if positions <= 128 else jnp.int32
+
+
 def _max_and_first(x_BxHoxKhxWoxKwxC):
     """The window maxima and the row-major position of each window's first maximum."""
     kh, kw = x_BxHoxKhxWoxKwxC.shape[2], x_BxHoxKhxWoxKwxC.shape[4]
     out_BxHoxWoxC = x_BxHoxKhxWoxKwxC[:, :, 0, :, 0, :]
-    first_BxHoxWoxC = jnp.zeros(out_BxHoxWoxC.shape, jnp.int8)
+    first_BxHoxWoxC = jnp.zeros(out_BxHoxWoxC.shape, _position_dtype(kh * kw))
     for i in range(kh):
         for j in range(kw):
             if i == j == 0:
@@ -90,7 +95,7 @@ def _max_and_first(x_BxHoxKhxWoxKwxC):
             # select_and_scatter); `s != s` lets a NaN through, as lax.max does.
             take = (s_BxHoxWoxC > out_BxHoxWoxC) | (s_BxHoxWoxC != s_BxHoxWoxC)
             out_BxHoxWoxC = jnp.where(take, s_BxHoxWoxC, out_BxHoxWoxC)
-            first_BxHoxWoxC = jnp.where(take, jnp.int8(i * kw + j), first_BxHoxWoxC)
+            first_BxHoxWoxC = jnp.where(take, i * kw + j, first_BxHoxWoxC)
     return out_BxHoxWoxC, first_BxHoxWoxC
 
 
@@ -108,10 +113,10 @@ def _pool_blocks_jvp(primals, tangents):
     (x_BxHoxKhxWoxKwxC,), (t_BxHoxKhxWoxKwxC,) = primals, tangents
     out_BxHoxWoxC, first_BxHoxWoxC = _max_and_first(x_BxHoxKhxWoxKwxC)
     kh, kw = x_BxHoxKhxWoxKwxC.shape[2], x_BxHoxKhxWoxKwxC.shape[4]
-    pos_1x1xKhx1xKwx1 = jnp.arange(kh * kw, dtype=jnp.int8).reshape(1, 1, kh, 1, kw, 1)
+    pos_1x1xKhx1xKwx1 = jnp.arange(kh * kw, dtype=first_BxHoxWoxC.dtype).reshape(
+        1, 1, kh, 1, kw, 1)
     hot = first_BxHoxWoxC[:, :, None, :, None, :] == pos_1x1xKhx1xKwx1
-    t_out = jnp.sum(jnp.where(hot, t_BxHoxKhxWoxKwxC, 0), axis=(2, 4))
-    return out_BxHoxWoxC, t_out.astype(t_BxHoxKhxWoxKwxC.dtype)
+    return out_BxHoxWoxC, jnp.sum(jnp.where(hot, t_BxHoxKhxWoxKwxC, 0), axis=(2, 4))
 
 
 def _shift_conv_value(x_BxHxWx1, k_KhxKwx1xO, pads):
