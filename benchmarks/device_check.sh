@@ -17,6 +17,11 @@
 #     bash benchmarks/device_check.sh quick   # at most 5 min: front end, landscape, versions, tests
 #     bash benchmarks/device_check.sh main    # at most 9 min: make run PRESET=gpu, timed
 #
+# and, when a session has the minutes (or instead of `quick` once its figures are on record):
+#
+#     bash benchmarks/device_check.sh train   # at most 2 min: the training step on the GPU, our
+#                                             # operations against Flax's own, and PyTorch eager
+#
 # Both together need about 15 minutes with machine starts; with less, run `main` first (its
 # 10-minute target is the one most at risk), `quick` later. `quick` also runs the curvature and
 # eigenvalue-map tests, whose device loops (`loop="device"`) are the default off the CPU.
@@ -65,8 +70,15 @@ optax.__version__, 'torch', torch.__version__, jax.devices())" | tee "$out/versi
         step main_gpu 540 python3 -m experiments.main --preset gpu --workdir /tmp/runs
         cp /tmp/runs/main/report.md /tmp/runs/main/results.json "$out/" 2> /dev/null
         ;;
+    train)
+        # Issue 11: research.models.ops must not make the GPU step slower than Flax's and lax's
+        # own operations (jax-library). JAX and PyTorch share the GPU, one process each.
+        XLA_PYTHON_CLIENT_PREALLOCATE=false step train 120 python3 -m benchmarks.train \
+            --threads 8 --batch 32 128 --rounds 3 --sides jax-step jax-library torch-eager \
+            --json "$out/train.json"
+        ;;
     *)
-        echo "usage: $0 quick|main" >&2
+        echo "usage: $0 quick|main|train" >&2
         exit 2
         ;;
 esac

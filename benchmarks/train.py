@@ -13,9 +13,17 @@ same data, with SGD + momentum 0.9 and softmax cross-entropy:
   and the loop's compiled step (`research.train.steps.compile_train_steps`) data-parallel over
   them (the batch split, BatchNorm statistics and gradients summed across devices), called as
   `jax-step` is; with one thread it is one device;
+- `jax-library`: `jax-step` with the model built from Flax's and lax's own operations
+  (`nn.max_pool`, `nn.BatchNorm`, `lax.conv_general_dilated`) instead of `research.models.ops`,
+  which replaces them with the same values and gradients: what those replacements gain on
+  this backend (issue 11 asks that they stay fast on a GPU too; `benchmarks/device_check.sh`
+  runs this comparison there);
 - `torch-eager`: `zero_grad`, forward, loss, `backward`, `step`, the batch a tensor in memory;
 - `torch-compile`: the same with `torch.compile(model)` (compiled per batch shape); when it cannot
   compile here (no C compiler, an unsupported platform), the reason is printed.
+
+Devices: JAX runs on its default backend and PyTorch on CUDA when it has it, else on the CPU
+(the table's first line names each side's device); `jax-devices` is skipped off the CPU.
 
 Threads: each side runs in its own child process pinned with `os.sched_setaffinity` to the first
 `--threads` CPUs before anything is imported; PyTorch also gets `torch.set_num_threads`. Thread
@@ -103,7 +111,10 @@ one-hot one, 0.55x against 0.86-0.96x after it, batch 128), so it was not kept.
 
 Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
 for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
-2 threads).
+2 threads). The `jax-library` side measures that in the same run (`--threads 1 --rounds 3
+--sides jax-step jax-library torch-eager`, idle machine): 589 / 613 samples/s against
+jax-step's 1,439 / 1,381 at batch 32 / 128 (2.4x / 2.3x; 0.44x / 0.40x PyTorch eager, jax-step
+1.07x / 0.90x).
 """
 
 from __future__ import annotations
@@ -116,7 +127,7 @@ import statistics
 import sys
 import time
 
-SIDES = ("jax-step", "jax-loop", "jax-devices", "torch-eager", "torch-compile")
+SIDES = ("jax-step", "jax-loop", "jax-devices", "jax-library", "torch-eager", "torch-compile")
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -169,6 +180,23 @@ def _train_flops(args) -> float:
     return 3.0 * (total + 2 * cin * args.classes)
 
 
+def _use_library_ops() -> None:
+    """Build `research.models.CNN` from Flax's and lax's own operations in this process.
+
+    `nn.max_pool`, `nn.BatchNorm` and `lax.conv_general_dilated` in place of the ones in
+    `research.models.ops`, which replace them with the same values and gradients; as
+    `tests/test_models.py` swaps them to check that.
+    """
+    import flax.linen as nn
+    from jax import lax
+
+    import research.models.cnn as cnn
+
+    cnn.max_pool = lambda x, window: nn.max_pool(x, tuple(window), strides=tuple(window))
+    cnn.BatchNorm = nn.BatchNorm
+    cnn.conv_general_dilated = lax.conv_general_dilated
+
+
 def _jax_side(side, args, conn):
     import jax
 
@@ -185,10 +213,20 @@ def _jax_side(side, args, conn):
     from research.train.state import TrainState
     from research.train.steps import compile_train_steps, state_sharding, train_step_jit
 
+    if side == "jax-devices" and jax.default_backend() != "cpu":
+        conn.send({"error": f"host devices are a CPU side (JAX runs on "
+                            f"{jax.default_backend()} here)"})
+        return
+    if side == "jax-library":
+        _use_library_ops()
+
     x, y = _data(args)
     model = CNN(channels=tuple(args.channels), num_outputs=args.classes, pool=(2, 2),
                 batch_norm=True)
     variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]), train=False)
+    if side == "jax-library":  # the swap took: Flax's pooling is a reduce_window
+        text = str(jax.make_jaxpr(lambda v: model.apply(v, x[:2]))(variables))
+        assert "reduce_window_max" in text, "jax-library: the model does not use nn.max_pool"
     conn.send({"variables": jax.tree_util.tree_map(np.asarray, variables),
                "threads_seen": os.cpu_count(), "device": str(jax.devices()[0])})
     tx = optax.sgd(args.lr, momentum=0.9)
@@ -222,8 +260,8 @@ def _jax_side(side, args, conn):
         def bare(steps, box=box, batch=batch, step=step):
             state = box["state"]
             for _ in range(steps):
-                state, metrics = step(state, batch, key)
-            jax.block_until_ready(metrics)
+                state, _ = step(state, batch, key)
+            jax.block_until_ready(state)
             box["state"] = state
 
         def loop(steps, box=box, b=b):
@@ -250,7 +288,7 @@ def _jax_side(side, args, conn):
         run = loop if side == "jax-loop" else bare
         run(args.warmup)
         runners[b] = (run, first, first_loss)
-    _serve(conn, runners)
+    _serve(conn, runners, str(jax.devices()[0]))
 
 
 def _torch_side(side, args, variables, threads, conn):
@@ -262,6 +300,7 @@ def _torch_side(side, args, variables, threads, conn):
         conn.send({"error": f"torch is not importable ({e}); pip install torch to include it"})
         return
     torch.set_num_threads(threads)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x, y = _data(args)
     params, stats = variables["params"], variables["batch_stats"]
     channels = args.channels
@@ -296,7 +335,7 @@ def _torch_side(side, args, variables, threads, conn):
             net.fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(
                 params["Dense_0"]["kernel"].T)))
             net.fc.bias.copy_(torch.from_numpy(params["Dense_0"]["bias"]))
-        return net.train()
+        return net.to(dev).train()
 
     criterion = nn.CrossEntropyLoss()
     runners = {}
@@ -306,8 +345,8 @@ def _torch_side(side, args, variables, threads, conn):
         fwd = net
         if side == "torch-compile":
             fwd = torch.compile(net, dynamic=False)
-        xb = torch.from_numpy(np.ascontiguousarray(np.transpose(x[:b], (0, 3, 1, 2))))
-        yb = torch.from_numpy(y[:b].astype(np.int64))
+        xb = torch.from_numpy(np.ascontiguousarray(np.transpose(x[:b], (0, 3, 1, 2)))).to(dev)
+        yb = torch.from_numpy(y[:b].astype(np.int64)).to(dev)
 
         def step(fwd=fwd, opt=opt, xb=xb, yb=yb):
             opt.zero_grad(set_to_none=True)
@@ -332,12 +371,13 @@ def _torch_side(side, args, variables, threads, conn):
 
         run(args.warmup)
         runners[b] = (run, first, first_loss)
-    _serve(conn, runners)
+    _serve(conn, runners, str(dev))
 
 
-def _serve(conn, runners):
+def _serve(conn, runners, device: str):
     """Tell the parent the first-call figures, then time rounds on request until told to stop."""
-    conn.send({"first": {b: (first, loss) for b, (_, first, loss) in runners.items()}})
+    conn.send({"first": {b: (first, loss) for b, (_, first, loss) in runners.items()},
+               "device": device})
     while True:
         msg = conn.recv()
         if msg is None:
@@ -396,7 +436,8 @@ def _measure(args, threads: int, ctx) -> dict:
             proc.join(5)
             continue
         procs[side], conns[side] = proc, parent
-        out[side] = {b: {"first_call_s": f, "first_loss": loss, "rates": [], "cpu_per_wall": []}
+        out[side] = {b: {"first_call_s": f, "first_loss": loss, "rates": [], "cpu_per_wall": [],
+                         "device": first["device"]}
                      for b, (f, loss) in first["first"].items()}
     timed = [s for s in conns if s in args.sides]
     for r in range(args.rounds):
@@ -441,6 +482,7 @@ def main(argv=None) -> dict:
             if "error" in r:
                 print(f"{side}: skipped: {r['error']}")
         ok = {s: r for s, r in res.items() if "error" not in r}
+        print("devices: " + ", ".join(f"{s} {r[args.batch[0]]['device']}" for s, r in ok.items()))
         print(f"{'side':<14} {'batch':>5} {'median/s':>9} {'worst/s':>8} {'GFLOP/s':>8} "
               f"{'CPU/wall':>8} {'first s':>8} {'first loss':>10} {'vs eager':>8} "
               f"{'worst':>6}")

@@ -10,18 +10,21 @@ def test_train_benchmark_runs_tiny_and_prints_every_side():
     cmd = [sys.executable, "-m", "benchmarks.train", "--batch", "4", "--threads", "1",
            "--rounds", "2", "--steps", "2", "--warmup", "1", "--height", "8", "--width", "8",
            "--channels", "2", "--examples", "8", "--sides", "jax-step", "jax-loop",
-           "jax-devices", "torch-eager"]
+           "jax-devices", "jax-library", "torch-eager"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "pinned with os.sched_setaffinity" in out
     assert "jax-step" in out and "loop overhead per step" in out
+    assert "devices: jax-step cpu" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("jax-", "torch-"))]
+    losses = {row[0]: float(row[7]) for row in rows}
+    # Flax's and lax's own operations train the same model: the same first loss.
+    assert abs(losses["jax-library"] - losses["jax-step"]) < 1e-5, out
     if importlib.util.find_spec("torch") is None:
         assert "torch-eager: skipped: torch is not importable" in out
     else:
-        rows = [line.split() for line in out.splitlines() if line.startswith(("jax-", "torch-"))]
         # Same weights and data on both sides: the first step's loss agrees.
-        losses = {row[0]: float(row[7]) for row in rows}
         assert abs(losses["jax-step"] - losses["torch-eager"]) < 1e-4, out
         assert abs(losses["jax-devices"] - losses["jax-step"]) < 1e-5, out
         assert "vs eager" in out
@@ -38,4 +41,6 @@ def test_train_benchmark_without_torch_skips_the_torch_sides(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torch-eager: skipped: torch is not importable" in proc.stdout
-    assert "jax-step" in proc.stdout
+    assert "jax-step: skipped" not in proc.stdout  # --warmup 0 used to crash it
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("jax-step ")]
+    assert len(rows) == 1 and float(rows[0][2]) > 0, proc.stdout
