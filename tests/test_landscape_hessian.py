@@ -323,16 +323,23 @@ def test_eigenvalue_map_sharded_over_devices_equals_one_device(tmp_path, monkeyp
     one = H.eigenvalue_map(_loss_B, params, dirs, axes, data, **kw)
     mesh = make_mesh()  # the 4 host devices of tests/conftest.py along the grid axis
     assert mesh.shape["grid"] == 4
-    seen = []
-    real = H._map_chunk
+    seen, built = [], []
+    real, real_op = H._map_chunk, H._HostOperator
 
     def spy(run, coords):
         seen.append(len(coords))
         return real(run, coords)
+
+    def spy_op(*args, **kwargs):
+        built.append(args[-1] if len(args) > 6 else kwargs.get("mesh"))
+        return real_op(*args, **kwargs)
     monkeypatch.setattr(H, "_map_chunk", spy)
+    monkeypatch.setattr(H, "_HostOperator", spy_op)
     four = H.eigenvalue_map(_loss_B, params, dirs, axes, data, mesh=mesh,
                             path=str(tmp_path / "eig.npz"), **kw)
     assert seen == [4, 4, 4]  # chunks of at most 5 points, a multiple of the 4 devices
+    # theta's start and the host loop share one operator over the mesh: the data put once
+    assert built == [mesh]
     for name in ("lambda_max", "lambda_min"):
         np.testing.assert_allclose(four.values[name], one.values[name], rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="data axis"):

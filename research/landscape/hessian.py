@@ -1021,7 +1021,8 @@ MAP_METRICS = ("lambda_max", "lambda_min", "ratio")
 MAP_STARTS = ("theta", "random")
 
 
-def _map_start(op: _HostOperator | None, p: int, m: int, seed: int, start: str) -> np.ndarray:
+def _map_start(op: _HostOperator | None, p: int, m: int, seed: int, start: str,
+               copies: int = 1) -> np.ndarray:
     """The Lanczos start vector shared by every point of an eigenvalue map, unit norm.
 
     "random": the Rademacher vector of `seed`. "theta": that vector plus the extreme Ritz
@@ -1029,13 +1030,17 @@ def _map_start(op: _HostOperator | None, p: int, m: int, seed: int, start: str) 
     The extreme eigenvectors change slowly over the plane, so a start that already leans
     towards theta's converges in fewer steps at the other points, at the cost of one point's
     products; the random part keeps every eigenvector reachable where they have turned away.
+    With `copies` > 1 (an operator over that many grid devices, which cannot split one point)
+    theta runs once on each, the same numbers everywhere, and the first copy is used.
     """
     v_1xP = _np_normalize(_np_rademacher(seed, 0, p))
     if start == "random":
         return v_1xP[0]
-    a_1xM, b_1xM, q_1xMxP = _lanczos_host(op, None, v_1xP[None], m, int(seed), 1, basis=True)
-    _, y_MxM = np.linalg.eigh(_tridiagonal(a_1xM[0], b_1xM[0]))
-    ritz_2xP = (y_MxM[:, [0, -1]].T @ q_1xMxP[0].astype(np.float64)).astype(np.float32)
+    coefs_GxK = None if copies == 1 else np.zeros((copies, op.k), np.float32)
+    a_GxM, b_GxM, q_GxMxP = _lanczos_host(op, coefs_GxK, np.tile(v_1xP[None], (copies, 1, 1)),
+                                          m, int(seed), 1, basis=True)
+    _, y_MxM = np.linalg.eigh(_tridiagonal(a_GxM[0], b_GxM[0]))
+    ritz_2xP = (y_MxM[:, [0, -1]].T @ q_GxMxP[0].astype(np.float64)).astype(np.float32)
     return _np_normalize((v_1xP[0] + ritz_2xP[0] + ritz_2xP[1])[None])[0]
 
 
@@ -1226,13 +1231,12 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     host_mesh = None if n_grid == 1 and jax.process_count() == 1 else mesh
     op = None
     if loop == "host" or start != "random":
-        # The start is computed at theta on this process's default device alone (one point
-        # cannot be split over the grid axis); every process gets the same vector.
-        op = _HostOperator(fn, params, data, batch_size, model_state, directions)
-    v_P = _map_start(op, _num_params(params), m, seed, start)
+        # One operator, so the data are on the devices once, for theta's start and the host
+        # loop's grid points.
+        op = _HostOperator(fn, params, data, batch_size, model_state, directions, host_mesh)
+    v_P = _map_start(op, _num_params(params), m, seed, start,
+                     copies=1 if host_mesh is None else n_grid)
     if loop == "host":
-        if host_mesh is not None:
-            op = _HostOperator(fn, params, data, batch_size, model_state, directions, host_mesh)
         run = _map_runner_host(op, v_P, m, seed)
     else:
         op = None  # frees its copy of the data before the device loop puts its own
