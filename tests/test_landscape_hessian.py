@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from research.landscape import evaluate_grid
 from research.landscape import hessian as H
-from research.models import MLP
+from research.models import CNN, MLP
 
 N = 13  # with batch_size 4: three whole batches and a ragged one of a single example
 MODEL = MLP(widths=(4,), num_outputs=1, activation="tanh")
@@ -396,3 +396,70 @@ def test_eigenvalue_map_plots(tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="metric"):
         plot_eigenvalue_map(s, "loss")
+
+
+def _cnn_with_batchnorm():
+    """Our CNN with BatchNorm through `model_state`: fn(params, state, batch), eval mode."""
+    from research.landscape.evaluate import linen_functions
+    from research.losses import Loss
+
+    model = CNN(channels=(2,), num_outputs=2, batch_norm=True)
+    x = np.asarray(jax.random.normal(jax.random.key(5), (6, 4, 4, 1)), np.float32)
+    variables = model.init(jax.random.key(6), x)
+    # Statistics that are not the initial zeros and ones: one training-mode pass.
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    fn, _ = linen_functions(model.apply, Loss("softmax_ce", num_classes=2), with_state=True)
+    data = {"x": x, "y": np.array([0, 1, 1, 0, 1, 0], np.int32)}
+    return fn, variables["params"], data, {"model_state": updates["batch_stats"]}
+
+
+def _nnx_with_batchnorm():
+    """A user's NNX model with BatchNorm, bound to its statistics, and an optax loss."""
+    import optax
+    from flax import nnx
+
+    from research import adapters as A
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(3, 4, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
+            self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.bn(self.l1(x))))
+
+    x = np.asarray(jax.random.normal(jax.random.key(7), (7, 3)), np.float32)
+    model, params, state = A.nnx(Net(nnx.Rngs(0)))
+    _, state = model(params, state, x, train=True)  # moves the statistics off their init
+    fn = A.per_example_fn(model, optax.softmax_cross_entropy_with_integer_labels, state)
+    return fn, params, {"x": x, "y": np.array([0, 1, 1, 0, 1, 0, 1], np.int32)}, {}
+
+
+@pytest.mark.parametrize("make", [_cnn_with_batchnorm, _nnx_with_batchnorm])
+def test_curvature_of_foreign_models_with_batchnorm_state_matches_dense(make):
+    fn, params, data, kw = make()
+    flat, unravel = ravel_pytree(params)
+    state = kw.get("model_state")
+
+    def mean_loss(f):
+        out = fn(unravel(f), state, data) if state is not None else fn(unravel(f), data)
+        return jnp.mean(out["loss"] if isinstance(out, dict) else out)
+
+    hessian = jax.jit(jax.hessian(mean_loss))
+
+    def dense(at_P):
+        w = np.linalg.eigvalsh(np.asarray(hessian(at_P), np.float64))
+        return w, np.abs(w).max()
+
+    w, scale = dense(flat)
+    top = H.top_eigenvalues(fn, params, data, k=1, batch_size=4, max_iter=3000, tol=1e-7, **kw)
+    assert top.values[0] == pytest.approx(w[np.argmax(np.abs(w))], abs=1e-3 * scale)
+    d = unravel(jnp.asarray(np.random.default_rng(8).normal(size=flat.shape), jnp.float32) * 0.2)
+    p = flat.shape[0]
+    s = H.eigenvalue_map(fn, params, [d], [np.array([0.0, 1.0])], data, steps=p, batch_size=4,
+                         **kw)
+    for i, a in enumerate([0.0, 1.0]):
+        w, scale = dense(flat + a * ravel_pytree(d)[0])
+        assert s.values["lambda_max"][i] == pytest.approx(w[-1], abs=1e-3 * scale)
+        assert s.values["lambda_min"][i] == pytest.approx(w[0], abs=1e-3 * scale)
