@@ -174,3 +174,81 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path, problem):
     assert not stale.exists()
     assert live.exists()
     assert L.load_surface(str(tmp_path / "s.npz")).complete
+
+
+# A loss surface or an eigenvalue map computed one point per chunk (a save after each), in a
+# process of its own; PATH and KIND come from the command line. Each chunk is paced by 30 ms
+# so that the parent, polling the file, kills it well before the end even on a loaded machine.
+_KILLED_JOB = """
+import sys
+import time
+import jax
+import jax.numpy as jnp
+import numpy as np
+from research import landscape as L
+from research.landscape import hessian as H
+
+KIND, PATH = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+x = rng.normal(size=(40, 3)).astype(np.float32)
+y = rng.normal(size=40).astype(np.float32)
+theta = {"w": np.array([0.5, -1.0, 2.0], np.float32), "b": np.float32(0.1)}
+dirs = [{"w": rng.normal(size=3).astype(np.float32), "b": np.float32(1.0)},
+        {"w": rng.normal(size=3).astype(np.float32), "b": np.float32(-0.5)}]
+
+def fn(p, batch):
+    return (jnp.tanh(batch["x"] @ p["w"]) + p["b"] - batch["y"]) ** 2
+
+axes = [np.linspace(-1, 1, 7), np.linspace(-1, 1, 6)]
+new = []
+if KIND == "grid":
+    L.evaluate_grid(fn, theta, dirs, axes, {"x": x, "y": y}, batch_size=8, points_per_call=1,
+                    path=PATH, on_chunk=lambda s, n: (new.append(n), time.sleep(0.03)))
+else:
+    real = H._map_chunk
+    H._map_chunk = lambda run, coords: (time.sleep(0.03), real(run, coords))[1]
+    H.eigenvalue_map(fn, theta, dirs, axes, {"x": x, "y": y}, steps=4, batch_size=8,
+                     points_per_call=1, path=PATH)
+print("computed", sum(new), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["grid", "eigen"])
+def test_sigkilled_computation_resumes_to_the_uninterrupted_file(tmp_path, kind):
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def start(path):
+        return subprocess.Popen([sys.executable, "-c", _KILLED_JOB, kind, str(path)], cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    ref = start(tmp_path / "ref.npz")
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out[-3000:]
+    path = tmp_path / "killed.npz"
+    proc, done = start(path), 0
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # until a few points are saved
+        if path.exists():
+            done = int(L.load_surface(str(path)).done.sum())
+            if done >= 5:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-chunk or mid-save, wherever it is now
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and 5 <= done < 42, (done, out[-3000:])
+    part = L.load_surface(str(path))  # the last complete save, whatever the kill interrupted
+    assert part.done.sum() >= done and not part.complete
+    resumed = start(path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    if kind == "grid":  # only the missing points were computed
+        assert f"computed {42 - int(part.done.sum())}" in out, out
+    a, b = L.load_surface(str(path)), L.load_surface(str(tmp_path / "ref.npz"))
+    assert a.complete and a.settings == b.settings and a.info == b.info
+    for k in b.values:
+        np.testing.assert_array_equal(a.values[k], b.values[k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.npz", "ref.npz"]  # no temps
