@@ -17,8 +17,12 @@ timing variants of the whole step):
 - The first convolution has one input channel, which XLA:CPU does not hand to its fast
   convolution library: its forward pass alone took a fifth of the step. `conv_general_dilated`
   computes that case as `kh * kw` shifted multiply-adds (one fused elementwise loop, 10 to 15
-  times faster) and keeps the convolution for the derivatives (a `custom_jvp` whose tangent
-  is the ordinary convolution, so the kernel gradient is the usual fast one). Values agree
+  times faster) and keeps a convolution for the derivatives (a `custom_jvp` whose tangent is
+  a library convolution, so the kernel gradient is one too). That tangent convolves the batch
+  stacked into one tall image, each image with its own padding rows (`_stacked_conv`): its
+  transpose, the kernel gradient, is then a convolution of batch 1, which needs none of the
+  layout transposes of the batch-as-feature form (13 ms of a 83 ms batch-128 step before,
+  6.5 ms after; the whole step 1.1x faster in paired rounds, batch 32 unchanged). Values agree
   with `lax.conv_general_dilated` to float32 rounding (about 1e-6 relative: the sum runs in
   another order). Forward mode and higher derivatives work (no custom VJP), so the
   forward-over-reverse Hessian-vector products of `research.landscape.hessian` still apply;
@@ -139,6 +143,29 @@ def _shift_conv(x_BxHxWx1, k_KhxKwx1xO, pads, precision):
     return _shift_conv_value(x_BxHxWx1, k_KhxKwx1xO, pads)
 
 
+def _stacked_conv(x_BxHxWx1, k_KhxKwx1xO, pads, precision):
+    """`_library_conv` over the batch's images stacked along the height into one tall image.
+
+    Each image keeps its own padding rows, so no window spans two images and the values are the
+    library convolution's. What changes is its transpose, the kernel gradient of training: a
+    convolution of batch 1, which XLA lays out without transposing the output gradient (the
+    library form contracts over the batch as a feature axis: at batch 128, 7 ms of layout
+    transposes and a 6 ms convolution, now 2.5 ms of padding and a 4 ms convolution).
+    """
+    b, h, w, _ = x_BxHxWx1.shape
+    kh = k_KhxKwx1xO.shape[0]
+    (top, bottom), (left, right) = pads
+    hp = h + top + bottom
+    p_BxHpxWpx1 = jnp.pad(x_BxHxWx1, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    # kh - 1 zero rows after the last image: the output then has hp rows per image.
+    tall_1xRxWpx1 = jnp.pad(p_BxHpxWpx1.reshape(1, b * hp, w + left + right, 1),
+                            ((0, 0), (0, kh - 1), (0, 0), (0, 0)))
+    out_1xRxWoxO = lax.conv_general_dilated(tall_1xRxWpx1, k_KhxKwx1xO, (1, 1), "VALID",
+                                            precision=precision,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out_1xRxWoxO.reshape(b, hp, out_1xRxWoxO.shape[2], -1)[:, :hp - kh + 1]
+
+
 def _library_conv(x, k, pads, precision):
     return lax.conv_general_dilated(x, k, (1, 1), pads, precision=precision,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -159,10 +186,11 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
     # differentiated again, and this rule runs nested in itself for the outer one. That outer
     # tangent `x * dk` is evaluated forward, never transposed, so it takes the shift form too
     # (a fifth of a CNN's Hessian-vector product with the library convolution, which XLA:CPU
-    # runs slowly for one input channel). The first level keeps the library convolution,
-    # whose transpose is the fast kernel gradient of training. Reverse over reverse would
-    # transpose the nested form (slower, same values); a rule traced apart from its caller
-    # (inside `scan` or `remat`) sees depth 0 and keeps the library convolution.
+    # runs slowly for one input channel). The first level keeps a library convolution, over
+    # the batch stacked into one image (`_stacked_conv`), whose transpose is the fast kernel
+    # gradient of training. Reverse over reverse would transpose the nested form (slower,
+    # same values); a rule traced apart from its caller (inside `scan` or `remat`) sees depth
+    # 0 and keeps the library convolution.
     depth = getattr(_jvp_depth, "n", 0)
     _jvp_depth.n = depth + 1
     try:
@@ -176,7 +204,7 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
         if depth > 0:
             dk_out = _shift_conv(x, dk, pads, precision)
         else:
-            dk_out = _library_conv(x, dk, pads, precision)
+            dk_out = _stacked_conv(x, dk, pads, precision)
         tangent = dk_out if tangent is None else tangent + dk_out
     if tangent is None:
         tangent = jnp.zeros_like(out)
