@@ -109,12 +109,25 @@ activation after the pooling (the same values for a non-decreasing activation, a
 elements) made the step slower with either pooling derivative (0.66x against 0.87x before the
 one-hot one, 0.55x against 0.86-0.96x after it, batch 128), so it was not kept.
 
+The one-channel first convolution's kernel gradient over the batch stacked into one tall image
+(`research.models.ops._stacked_conv`; session 7): a batch-1 convolution, without the layout
+transposes of the output gradient that the batch-as-feature form needs. Where a batch-128 step
+went (`jax.profiler`, one core): that kernel gradient 13 ms (a 6.5 ms transpose-and-compute of
+the output gradient, a 5.7 ms YNNPACK convolution) of 83 ms, now 6.5 ms (2.5 ms writing the
+padded gradient, a 3.8 ms convolution) of 64-71 ms; in paired rounds in one process the step
+was 1.1x faster at batch 128 (74.0 against 82.9 ms, median of 8), unchanged at batch 32. Four
+runs afterwards, one thread (`--threads 1 --rounds 5 --sides jax-step torch-eager`, idle
+machine; the VM's rate moving by 25% between runs): batch 32 1.09-1.12x, batch 128 0.99x,
+1.01x, 0.89x, 1.00x PyTorch eager (1,427-1,803 samples/s); two threads (`--threads 2 --rounds 3
+--sides jax-step jax-devices torch-eager`): jax-step 0.72x / 0.69x, jax-devices 0.73x / 0.86x
+(batch 32 / 128).
+
 Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
 for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
-2 threads). The `jax-library` side measures that in the same run (`--threads 1 --rounds 3
---sides jax-step jax-library torch-eager`, idle machine): 589 / 613 samples/s against
-jax-step's 1,439 / 1,381 at batch 32 / 128 (2.4x / 2.3x; 0.44x / 0.40x PyTorch eager, jax-step
-1.07x / 0.90x).
+2 threads). The `jax-library` side measures that in the same run (`--threads 1 --rounds 5
+--sides jax-step jax-library torch-eager`, idle machine, with the stacked kernel gradient): 759
+/ 714 samples/s against jax-step's 1,928 / 1,803 at batch 32 / 128 (2.5x / 2.5x; 0.42x / 0.39x
+PyTorch eager, jax-step 1.09x / 1.00x).
 """
 
 from __future__ import annotations
