@@ -146,11 +146,14 @@ def test_data_parallel_step_matches_one_device_with_global_batch_norm():
 
 
 def test_k_steps_per_call_equal_single_steps():
+    # Up to float rounding: XLA:CPU compiles the convolutions inside the scan of K steps on
+    # another path than those of a single step (at real sizes the library convolutions differed
+    # in the last bits before the one-channel kernel gradient became a stacked convolution).
     s1, l1, _ = _sharded_run(2, 1)
     s4, l4, _ = _sharded_run(2, 4)
-    np.testing.assert_array_equal(l4, l1)
+    np.testing.assert_allclose(l4, l1, rtol=1e-6)
     for a, b in zip(*(jax.tree_util.tree_leaves(s.to_tree()) for s in (s1, s4))):
-        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
 
 def test_batch_not_dividing_the_devices_is_named():
