@@ -20,9 +20,11 @@ Run time: cpu preset 1.9 minutes wall on an idle 2-core CPU (2.4 CPU-minutes): t
 Expected result (cpu preset, measured with the validation split carved from training): the two
 CNNs reach test accuracy 0.890 and 0.875. Along the straight line the training loss rises from
 0.40 / 0.38 at the ends (BatchNorm statistics recomputed) to 2.01 at t = 0.5 (barrier 1.62;
-test 0.52 / 0.49 to 1.96, barrier 1.45), and accuracy falls to 0.25 (test 0.28). Along the
+test 0.52 / 0.49 to 1.96, barrier 1.45), and accuracy falls to 0.25 (test 0.29). Along the
 trained Bezier curve the training loss never exceeds the chord between the end losses (barrier
-0.000; test barrier 0.005) and accuracy stays >= 0.91 (test >= 0.87).
+0.000; test barrier 0.008) and accuracy stays >= 0.90 (test >= 0.86). (Re-run in session 7
+after the first convolution's kernel gradient changed its float rounding: before, test barrier
+0.005, accuracy >= 0.91 / 0.87, line test accuracy 0.28; 1.5 minutes wall.)
 """
 
 from __future__ import annotations
