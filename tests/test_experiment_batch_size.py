@@ -82,3 +82,14 @@ def test_batch_size_end_to_end(tmp_path):
         assert np.isfinite(row["top_eigenvalue"]) and 1 <= row["hessian_iters_used"] <= 5
         assert row["accuracy_gap"] == pytest.approx(row["train_accuracy"] - row["test_accuracy"])
     assert "| batch4 |" in (out / "results.md").read_text()
+
+
+def test_cpu_preset_large_batch_fits_its_training_split():
+    # The validation split, once carved from training, left 230 clips for a batch of 256: the
+    # command stopped after training the small batch.
+    from research.data import load_dataset
+
+    cfg = batch_size.run_config(batch_size.PRESETS["cpu"], 1)
+    data = load_dataset(cfg.data)
+    assert cfg.train.batch_size <= len(data.x_train)
+    assert len(data.x_val) > 0 and len(data.x_test) > 0
