@@ -12,7 +12,8 @@ Command (the default `cpu` preset: spiral, two hidden layers of 8 ReLU units, Ad
     python -m experiments.playground --data.dataset circle --model.activation relu \
         --optim.name sgd --optim.learning-rate 0.03 --train.loss mse --name circle_relu
 Run time: about 20 s on a 2-core CPU (cpu preset), a few seconds with `--preset tiny`.
-Expected result: test accuracy of about 0.99 on the noise-free spiral.
+Expected result: test accuracy of about 0.96 on the noise-free spiral (0.964 measured in
+session 7; 0.996 before a validation split was carved from the 250 training points).
 """
 
 from __future__ import annotations
