@@ -190,7 +190,7 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
     # the batch stacked into one image (`_stacked_conv`), whose transpose is the fast kernel
     # gradient of training. Reverse over reverse would transpose the nested form (slower,
     # same values); a rule traced apart from its caller (inside `scan` or `remat`) sees depth
-    # 0 and keeps the library convolution.
+    # 0 and takes the first level's stacked convolution (same values again).
     depth = getattr(_jvp_depth, "n", 0)
     _jvp_depth.n = depth + 1
     try:

@@ -16,14 +16,14 @@ BatchNorm statistics are over the whole global batch, as on one device. The same
 on 4 devices gives the same parameters up to float32 summation order. `TrainConfig.
 steps_per_call` = K runs K steps per compiled `lax.scan`, each batch gathered on the device from
 the resident training split; a call is cut short at every epoch end, checkpoint, trajectory
-save and stop, so K changes the results only by float rounding (XLA:CPU compiles the convolutions
-of a loop body on another path: after 4 steps of a 16/32/32 CNN at batch 16 the parameters
-agree to 5e-6 of each array's largest value), and a run resumes bit for bit with the same K.
-Evaluation splits each
-batch along `data` too (the last batch padded with mask 0) and scans over the batches of a
-split kept on the device. With `Config.distributed`, `jax.distributed.initialize()` runs first,
-every process builds the same data and feeds its devices' shards, all processes take part in
-the checkpoints (orbax), and process 0 alone writes every other file and the progress bar.
+save and stop, so K changes the results only by float rounding (XLA:CPU compiles the
+convolutions of a loop body on another path: after 4 steps of a 16/32/32 CNN at batch 16 the
+parameters agree to 5e-6 of each array's largest value), and a run resumes bit for bit with
+the same K. Evaluation splits each batch along `data` too (the last batch padded with mask 0)
+and scans over the batches of a split kept on the device. With `Config.distributed`,
+`jax.distributed.initialize()` runs first, every process builds the same data and feeds its
+devices' shards, all processes take part in the checkpoints (orbax), and process 0 alone
+writes every other file and the progress bar.
 
 metrics.jsonl holds one JSON record per line, each with `step`, `epoch` and `split`:
 `train_steps` (means of the epoch's step metrics: loss, objective, grad_norm, learning_rate,
