@@ -24,42 +24,46 @@ and the share above `threshold`. Writes `contours`, `surfaces_3d`, `convexity_ma
 Command:
     python -m experiments.skip_connections --preset cpu
     python -m experiments.skip_connections --preset cpu --depths 0 2 4 6   # the table below
-Run time (measured): 22 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
+Run time (measured): 14 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
 7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 20 Lanczos
-steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on a 2-core CPU, mostly
-idle; the deepest models took about 5 minutes each, most of it the eigenvalue map, so the
-default depths 0 / 2 / 4 (5 models) take about 10. Re-running reuses the trained runs and
-both surfaces.
-Measured (depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the depth-0 net is shared):
-    test accuracy         ResNet 0.558 / 0.665 / 0.562 / 0.408   plain 0.558 / 0.508 / 0.438 / 0.446
-    train accuracy        ResNet 0.778 / 0.930 / 0.817 / 0.704   plain 0.778 / 0.643 / 0.565 / 0.596
+steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on an idle 2-core CPU (22
+minutes in an earlier session, under load); the deepest models take the longest, most of it the
+eigenvalue map, so the default depths 0 / 2 / 4 (5 models) take about 8. Re-running reuses
+the trained runs and both surfaces.
+Measured (session 7, fresh run; depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the
+depth-0 net is shared):
+    test accuracy         ResNet 0.558 / 0.627 / 0.604 / 0.504   plain 0.558 / 0.504 / 0.477 / 0.385
+    train accuracy        ResNet 0.778 / 0.887 / 0.774 / 0.726   plain 0.778 / 0.643 / 0.578 / 0.513
     plane curvature (2x2 Hessian of the plotted surface):
-      non-convex share    ResNet 0.75 / 0.82 / 0.67 / 0.72       plain 0.75 / 0.64 / 0.63 / 0.61
-      mean ratio          ResNet 0.65 / 0.75 / 0.55 / 0.60       plain 0.65 / 0.55 / 0.54 / 0.51
+      non-convex share    ResNet 0.75 / 0.74 / 0.78 / 0.69       plain 0.75 / 0.64 / 0.58 / 0.63
+      mean ratio          ResNet 0.65 / 0.65 / 0.66 / 0.57       plain 0.65 / 0.55 / 0.47 / 0.55
     full Hessian (the paper's measure), |lambda_min / lambda_max|:
-      at theta*           ResNet 0.006 / 0.005 / 0.052 / 0.037  plain 0.006 / 0.029 / 0.117 / 0.079
-      mean over plane     ResNet 1.07 / 2.30 / 4.24 / 7.34       plain 1.07 / 2.48 / 3.00 / 2.50
-      mean outside centre ResNet 1.02 / 3.07 / 3.55 / 10.3       plain 1.02 / 3.02 / 4.40 / 3.38
-      share > 0.1         ResNet 0.96 / 0.96 / 0.96 / 0.92       plain 0.96 / 0.96 / 1.00 / 0.92
-      lambda_max at theta* ResNet 309 / 645 / 360 / 534          plain 309 / 281 / 474 / 495
+      at theta*           ResNet 0.006 / 0.008 / 0.092 / 0.086  plain 0.006 / 0.023 / 0.083 / 0.176
+      mean over plane     ResNet 1.07 / 3.92 / 5.15 / 2.68       plain 1.07 / 2.25 / 6.03 / 1.50
+      mean outside centre ResNet 1.02 / 5.25 / 5.38 / 3.39       plain 1.02 / 2.43 / 8.33 / 1.54
+      share > 0.1         ResNet 0.96 / 0.88 / 0.92 / 0.96       plain 0.96 / 0.96 / 0.84 / 0.76
+      lambda_max at theta* ResNet 309 / 541 / 368 / 726          plain 309 / 261 / 245 / 246
 The paper's finding does NOT reproduce at this size. Skip connections help training at depth
-(plain nets fit worse from depth 2 on: train 0.64 / 0.57 / 0.60 vs 0.93 / 0.82 / 0.70). At
-theta* the paper's measure points its way: every minimum is nearly convex, the plain nets'
-less so (ratio 0.03 / 0.12 / 0.08 against the ResNets' 0.005 / 0.05 / 0.04). Away from
-theta* it does not: every model, the ResNets included, has |lambda_min| of the order of
-lambda_max or larger on most of the plane (out where the loss plateaus near chance level),
-and the deeper ResNets' ratios are the larger ones (mean 4.2 / 7.3 against 3.0 / 2.5 at depth
-4 / 6); the plane-curvature measure also finds the ResNets' planes no more convex. Accuracy of
-the maps: 20 Lanczos steps agree with 50 at the 3 x 3 central points of every model to 5e-4
-in the ratio (lambda_max to 1e-12, lambda_min to 4e-4 of lambda_max; the top eigenvalues of
-these Hessians are well separated), so these are not artefacts of the map (an earlier run
-with 10 steps, other trained weights, is superseded). Re-run with the maps started from
-theta's Ritz vectors (now `eigenvalue_map`'s default): every figure above the same to three
-digits, lambda_min at theta* further converged where it had not (depth 0: -1.87 against -1.82;
-ResNet depth 2: -3.37 against -3.09). The paper's chaotic surfaces appear with
-56-110 layers and full-size ResNets; this preset has at most 39 narrow layers trained for 25
-epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv layers like the paper's ResNet-20/56/110,
-channels 16/32/64, 51 x 51 planes over 2000 examples; not run here) for a closer test.
+(plain nets fit worse from depth 2 on: train 0.64 / 0.58 / 0.51 vs 0.89 / 0.77 / 0.73). At
+theta* the paper's measure points its way only in part: every minimum is nearly convex, the
+plain nets' less so at depth 2 and 6 (ratio 0.02 / 0.18 against the ResNets' 0.008 / 0.09) but
+not at depth 4 (0.08 against 0.09). Away from theta* it does not: every model, the ResNets
+included, has |lambda_min| of the order of lambda_max or larger on most of the plane (out where
+the loss plateaus near chance level), and the ResNets' ratios are the larger ones at depth 2
+and 6 (mean 3.9 / 2.7 against 2.3 / 1.5); the plane-curvature measure also finds the ResNets'
+planes no more convex. Accuracy of the maps (checked in session 5 on the earlier weights): 20
+Lanczos steps agree with 50 at the 3 x 3 central points of every model to 5e-4 in the ratio
+(lambda_max to 1e-12, lambda_min to 4e-4 of lambda_max), so these are not artefacts of the map.
+History: the table before this one (session 6, on weights trained in an earlier session and
+reused) had the same depth-0 figures and differed at depth 2 to 6 (test accuracy ResNet 0.665
+/ 0.562 / 0.408, plain 0.508 / 0.438 / 0.446; ratio at theta* ResNet 0.005 / 0.052 / 0.037,
+plain 0.029 / 0.117 / 0.079): the deep nets' 175 steps amplify any change of float rounding
+(here the first convolution's kernel gradient, now a stacked convolution), and with 230
+training clips a single run of each is only one sample. The verdict is the same in both. The
+paper's chaotic surfaces appear with 56-110 layers and full-size ResNets; this preset has at
+most 39 narrow layers trained for 25 epochs. Use the `gpu` preset (3 / 21 / 57 / 111 conv
+layers like the paper's ResNet-20/56/110, channels 16/32/64, 51 x 51 planes over 2000
+examples; not run here) for a closer test.
 """
 
 from __future__ import annotations
