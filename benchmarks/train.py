@@ -119,9 +119,8 @@ was 1.1x faster at batch 128 (74.0 against 82.9 ms, median of 8), unchanged at b
 runs afterwards, one thread (`--threads 1 --rounds 5 --sides jax-step torch-eager`, one of them
 with `--rounds 3`; idle machine, the VM's rate moving by 25% between runs): batch 32 1.09-1.12x,
 batch 128 0.99x, 1.01x, 0.89x, 1.00x PyTorch eager (1,427-1,803 samples/s); two threads
-(`--threads 2 --rounds 3
---sides jax-step jax-devices torch-eager`): jax-step 0.72x / 0.69x, jax-devices 0.73x / 0.86x
-(batch 32 / 128).
+(`--threads 2 --rounds 3 --sides jax-step jax-devices torch-eager`): jax-step 0.72x / 0.69x,
+jax-devices 0.73x / 0.86x (batch 32 / 128).
 
 Before the model changes of that issue (`nn.max_pool`, `nn.BatchNorm`, the library convolution
 for the one-channel input) the jitted step ran at 0.42x / 0.37x PyTorch eager (batch 32 / 128,
