@@ -76,6 +76,19 @@ Eigen convolutions instead of YNNPACK's; 1.7-1.9 CPUs busy) jax-step ran on 2 th
 same rounds that is 0.85-1.11x at batch 32 and 0.67-1.01x at batch 128 over six runs (the VM's
 rate moves by 20% between runs). On one thread Eigen's convolutions are slower (0.99x / 0.61x
 PyTorch eager against YNNPACK's 1.14x / 0.80x), so the option only acts from 2 CPUs on.
+With it, the first convolution's kernel gradient (a batch-1 convolution of the batch stacked
+into one tall image, 4 ms single-threaded in a 50-60 ms step) is now one tall image per core,
+which XLA:CPU runs at once: 5-13% off the batch-128 step and 5-10% off batch 32 in paired
+rounds in one process (session 8); two benchmark runs afterwards gave 0.83x / 0.80x and 0.88x /
+0.99x PyTorch eager (batch 32 / 128), so still not reliably at parity on 2 threads.
+
+Also measured on 2 CPUs and not kept (session 8): a YNNPACK convolution stays single-threaded
+whatever its size (a 1.4 s one at 1.00 CPUs busy), and the oneDNN / XNNPACK fusion flags of jax
+0.10 leave convolutions as they are (the compiled program has no such fusion); splitting every
+multi-channel convolution into two half-batch ones (1.36 CPUs busy on one convolution, but
+0.70x / 0.59x against 0.76x / 0.69x for the whole step); two processes of one core each
+(`jax.distributed`, gloo): 700 / 1,311 samples/s, because a gloo all-reduce of 4 KB on
+loopback takes 1 ms (4 ms with each process pinned) and a step has seven.
 
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step

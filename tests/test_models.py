@@ -232,6 +232,30 @@ def test_one_channel_conv_second_derivatives_match_lax_in_every_order_and_batch(
     assert _conv_outputs(jax.grad(ours, 1), x, k, inputs=True) == [((1, 26, 10, 1), k.shape)]
 
 
+@pytest.mark.parametrize("cpus,flags,parts", [(2, True, 2), (3, True, 2), (1, True, 1),
+                                              (2, False, 1)])
+def test_kernel_gradient_stacks_one_image_per_core_only_with_eigen_convolutions(
+        cpus, flags, parts, monkeypatch):
+    import research.sharding as sh
+
+    monkeypatch.setattr(sh, "usable_cpus", lambda: cpus)
+    monkeypatch.setenv("XLA_FLAGS", sh.EIGEN_CONVOLUTIONS if flags else "")
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 8, 1))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
+    w = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 8, 4))
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))) * w)
+    grad = jax.grad(loss(conv_general_dilated), 1)
+    np.testing.assert_allclose(grad(x, k), jax.grad(loss(
+        lambda *a, **kw: _conv_ref(*a[:2], "SAME")), 1)(x, k), rtol=1e-5, atol=1e-5)
+    # 4 images of 6 + 2 padding rows in `parts` tall images (batch 4 does not split in 3), each
+    # with 2 zero rows after its last image; the library convolution's batch-1 kernel gradient.
+    rows = 4 // parts * 8 + 2
+    assert _conv_outputs(grad, x, k, inputs=True) == [((1, rows, 10, 1), k.shape)] * parts
+
+
 def test_conv_with_several_input_channels_is_the_library_convolution():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2))
