@@ -89,6 +89,15 @@ multi-channel convolution into two half-batch ones (1.36 CPUs busy on one convol
 0.70x / 0.59x against 0.76x / 0.69x for the whole step); two processes of one core each
 (`jax.distributed`, gloo): 700 / 1,311 samples/s, because a gloo all-reduce of 4 KB on
 loopback takes 1 ms (4 ms with each process pinned) and a step has seven.
+`--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED`: no consistent change in two
+runs. The lead left for later: XLA:CPU runs every elementwise fusion single-threaded too (a
+trace of the 2-core step has one thread busy 53-75% of the time; the stage-1 pooling gradient,
+5.7 ms, is one event on one thread). A stand-alone copy of the model whose batch runs as two
+independent halves through the whole network (BatchNorm sums combined across them) was 18-23%
+faster on 2 cores with YNNPACK (b128 1,940 vs 1,582 samples/s, b32 2,170 vs 1,807; unchanged
+on one core, and no gain with Eigen convolutions), yet the executor overlapped the halves only
+21% of the time (1.48 CPUs busy): about 0.85x PyTorch eager, with float rounding that depends
+on the number of halves. Not built into `research.models.CNN`.
 
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
