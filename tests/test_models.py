@@ -194,15 +194,22 @@ def _conv_outputs(fun, *args, inputs=False):
     return shapes
 
 
+def _tanh_loss(conv, w):
+    """sum(tanh(conv(x, k)) * w) with a SAME NHWC convolution `conv`."""
+    return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))) * w)
+
+
+def _lax_same(x, k, *args, **kwargs):
+    return _conv_ref(x, k, "SAME")
+
+
 def test_one_channel_conv_second_derivatives_match_lax_in_every_order_and_batch():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 8, 1))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
     w = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 8, 4))
 
-    def loss(conv):
-        return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME",
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))) * w)
-    ours, theirs = loss(conv_general_dilated), loss(lambda *a, **kw: _conv_ref(*a[:2], "SAME"))
+    ours, theirs = _tanh_loss(conv_general_dilated, w), _tanh_loss(_lax_same, w)
     v_VxK = jax.random.normal(jax.random.PRNGKey(3), (5,) + k.shape)
     dx = jax.random.normal(jax.random.PRNGKey(4), x.shape)
 
@@ -244,12 +251,9 @@ def test_kernel_gradient_stacks_one_image_per_core_only_with_eigen_convolutions(
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
     w = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 8, 4))
 
-    def loss(conv):
-        return lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME",
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))) * w)
-    grad = jax.grad(loss(conv_general_dilated), 1)
-    np.testing.assert_allclose(grad(x, k), jax.grad(loss(
-        lambda *a, **kw: _conv_ref(*a[:2], "SAME")), 1)(x, k), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(_tanh_loss(conv_general_dilated, w), 1)
+    np.testing.assert_allclose(grad(x, k), jax.grad(_tanh_loss(_lax_same, w), 1)(x, k),
+                               rtol=1e-5, atol=1e-5)
     # 4 images of 6 + 2 padding rows in `parts` tall images (batch 4 does not split in 3), each
     # with 2 zero rows after its last image; the library convolution's batch-1 kernel gradient.
     rows = 4 // parts * 8 + 2
