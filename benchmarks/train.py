@@ -94,9 +94,9 @@ runs. The lead left for later: XLA:CPU runs every elementwise fusion single-thre
 trace of the 2-core batch-128 step with Eigen convolutions has exactly one thread in a traced
 operation 53% of the time; the stage-1 pooling gradient, 5.7 ms, is one event on one thread).
 A stand-alone copy of the model whose batch runs as two independent halves through the whole
-network (BatchNorm sums combined across them) was 18-23%
-faster on 2 cores with YNNPACK (b128 1,940 vs 1,582 samples/s, b32 2,170 vs 1,807; unchanged
-on one core, and no gain with Eigen convolutions), yet the executor overlapped the halves only
+network (BatchNorm sums combined across them) was 12-23% faster on 2 cores with YNNPACK (b128
+1,940 vs 1,582 and 1,744 vs 1,552 samples/s, b32 2,170 vs 1,807; unchanged on one core, and
+no gain with Eigen convolutions), yet the executor overlapped the halves only
 21% of the time (1.48 CPUs busy): about 0.85x PyTorch eager, with float rounding that depends
 on the number of halves. Not built into `research.models.CNN`.
 
