@@ -96,9 +96,9 @@ operation 53% of the time; the stage-1 pooling gradient, 5.7 ms, is one event on
 A stand-alone copy of the model whose batch runs as two independent halves through the whole
 network (BatchNorm sums combined across them) was 12-23% faster on 2 cores with YNNPACK (b128
 1,940 vs 1,582 and 1,744 vs 1,552 samples/s, b32 2,170 vs 1,807; unchanged on one core, and
-no gain with Eigen convolutions), yet the executor overlapped the halves only
-21% of the time (1.48 CPUs busy): about 0.85x PyTorch eager, with float rounding that depends
-on the number of halves. Not built into `research.models.CNN`.
+no gain with Eigen convolutions), yet the executor overlapped the halves only 21% of the time
+(1.48 CPUs busy): about 0.85x PyTorch eager, with float rounding that depends on the number of
+halves. Not built into `research.models.CNN`.
 
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
