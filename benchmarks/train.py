@@ -78,7 +78,7 @@ rate moves by 20% between runs). On one thread Eigen's convolutions are slower (
 PyTorch eager against YNNPACK's 1.14x / 0.80x), so the option only acts from 2 CPUs on.
 With it, the first convolution's kernel gradient (a batch-1 convolution of the batch stacked
 into one tall image, 4 ms single-threaded in a 50-60 ms step) is now one tall image per core,
-which XLA:CPU runs at once: 5-13% off the batch-128 step and 5-10% off batch 32 in paired
+which XLA:CPU runs at once: 6-13% off the batch-128 step and 5-10% off batch 32 in paired
 rounds in one process (session 8); two benchmark runs afterwards gave 0.83x / 0.80x and 0.88x /
 0.99x PyTorch eager (batch 32 / 128), so still not reliably at parity on 2 threads.
 

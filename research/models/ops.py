@@ -24,10 +24,10 @@ timing variants of the whole step):
   layout transposes of the batch-as-feature form (13 ms of a 83 ms batch-128 step before,
   6.5 ms after; the whole step 1.1x faster in paired rounds, batch 32 unchanged; with the
   multi-threaded Eigen convolutions of `research.sharding.configure_cpu_backend`, one tall
-  image per core, run at once). Values agree
-  with `lax.conv_general_dilated` to float32 rounding (about 1e-6 relative: the sum runs in
-  another order). Forward mode and higher derivatives work (no custom VJP), so the
-  forward-over-reverse Hessian-vector products of `research.landscape.hessian` still apply;
+  image per core, run at once). Values agree with `lax.conv_general_dilated` to float32
+  rounding (about 1e-6 relative: the sum runs in another order). Forward mode and higher
+  derivatives work (no custom VJP), so the forward-over-reverse Hessian-vector products of
+  `research.landscape.hessian` still apply;
   there the outer derivative's tangent `x * v`, evaluated forward and never transposed,
   takes the shift form too (it was a fifth of a small CNN's product; see `_shift_conv_jvp`).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
@@ -170,8 +170,8 @@ def _stack_parts(batch: int) -> int:
     A batch-1 kernel gradient is one convolution no library splits over threads (4 ms of a
     50-60 ms batch-128 step on 2 cores, single-threaded). With Eigen convolutions
     (`research.sharding.configure_cpu_backend`, multi-threaded) and several cores, one tall image
-    per core gives as many independent convolutions, which XLA:CPU runs at once: the step 9-13%
-    faster at batch 128 and 10% at batch 32 on 2 cores (paired rounds in one process). With
+    per core gives as many independent convolutions, which XLA:CPU runs at once: the step 6-13%
+    faster at batch 128 and 5-10% at batch 32 on 2 cores (paired rounds in one process). With
     YNNPACK's convolutions (the default) it made no difference on 2 cores and cost 1-2% on one,
     and the kernel gradient's float rounding would then depend on the core count, so the
     default keeps one image; so do accelerators.
