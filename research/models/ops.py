@@ -27,9 +27,9 @@ timing variants of the whole step):
   image per core, run at once). Values agree with `lax.conv_general_dilated` to float32
   rounding (about 1e-6 relative: the sum runs in another order). Forward mode and higher
   derivatives work (no custom VJP), so the forward-over-reverse Hessian-vector products of
-  `research.landscape.hessian` still apply;
-  there the outer derivative's tangent `x * v`, evaluated forward and never transposed,
-  takes the shift form too (it was a fifth of a small CNN's product; see `_shift_conv_jvp`).
+  `research.landscape.hessian` still apply; there the outer derivative's tangent `x * v`,
+  evaluated forward and never transposed, takes the shift form too (it was a fifth of a small
+  CNN's product; see `_shift_conv_jvp`).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
