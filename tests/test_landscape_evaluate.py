@@ -1,6 +1,8 @@
 """Grid evaluation against independent references: direct evaluation, a brute-force loop, an
 analytic quadratic surface, hand-computed BatchNorm statistics, and one device vs a mesh."""
 
+import threading
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -341,7 +343,8 @@ def test_second_surface_of_the_same_model_compiles_nothing():
         assert second.values["loss"][i] == pytest.approx(want, rel=1e-5)
 
 
-def test_chunks_are_fitted_to_the_grid(setup):
+def test_chunks_are_fitted_to_the_grid(setup, monkeypatch):
+    monkeypatch.setattr(L.evaluate, "MAX_CPU_CALLS", 1)  # one call at a time: see below
     assert L.evaluate.chunk_size(9, 32) == 9  # a 3x3 grid costs 9 points, not 32
     assert L.evaluate.chunk_size(121, 32) == 31  # 4 equal chunks, 3 padded points
     assert L.evaluate.chunk_size(15, 4, unit=4) == 4
@@ -353,6 +356,39 @@ def test_chunks_are_fitted_to_the_grid(setup):
                     model_state=s["stats"], batch_size=BATCH, points_per_call=32,
                     on_chunk=lambda surface, n: sizes.append(n))
     assert sizes == [9]
+
+
+def test_chunks_run_at_once_on_one_cpu_device_with_the_same_numbers(monkeypatch):
+    # Each point's evaluation waits at a two-party barrier: two calls pass it only if they run
+    # at the same time, one call at a time would time out.
+    theta, data = _line_problem()
+    barrier = threading.Barrier(2, timeout=20)
+
+    def meet(x):
+        barrier.wait()
+        return x
+
+    def fn(p, batch):
+        loss_B = (batch["x"] @ p["w"] - batch["y"]) ** 2
+        return jax.pure_callback(meet, jax.ShapeDtypeStruct(loss_B.shape, loss_B.dtype), loss_B)
+
+    monkeypatch.setattr("research.sharding.usable_cpus", lambda: 2)
+    assert L.evaluate.concurrent_calls(L.evaluate.single_device_mesh()) == 2
+    assert L.evaluate.concurrent_calls(make_mesh(grid=2)) == 1  # several devices: one call
+    axes, d = [np.linspace(-1, 1, 9)], [L.gaussian_direction(theta, 0)]
+    sizes = []
+    both = L.evaluate_grid(fn, theta, d, axes, data, batch_size=BATCH,
+                           on_chunk=lambda surface, n: sizes.append(n))
+    assert sizes == [5, 4]  # 9 points in two chunks, one per call, stored in grid order
+    monkeypatch.setattr(L.evaluate, "MAX_CPU_CALLS", 1)
+    barrier = threading.Barrier(1)  # one call at a time no longer meets anyone
+    one = L.evaluate_grid(fn, theta, d, axes, data, batch_size=BATCH)
+    np.testing.assert_array_equal(both.values["loss"], one.values["loss"])
+    x64 = data["x"].astype(np.float64)
+    for i, a in enumerate(axes[0]):
+        w = np.asarray(theta["w"], np.float64) + a * np.asarray(d[0]["w"], np.float64)
+        assert both.values["loss"][i] == pytest.approx(np.mean((x64 @ w - data["y"]) ** 2),
+                                                       rel=1e-5)
 
 
 def test_huge_grid_is_refused_before_allocating():

@@ -25,7 +25,9 @@ Design (measured in `benchmarks/landscape.py`):
   the grid axis, each batch across the data axis, partial sums added with `psum`. The numbers equal
   the single-device ones up to float32 summation order.
 - Chunks are dispatched one ahead, so the host writes the surface file of chunk i while the device
-  computes chunk i + 1.
+  computes chunk i + 1. On a single CPU device, `concurrent_calls` chunks (one per usable core, up
+  to `MAX_CPU_CALLS`) are computed at once from host threads: XLA:CPU runs a small model's
+  convolutions on one core, but two executions at the same time on two.
 - Several processes (`jax.distributed.initialize()`, e.g. under `mpirun`): the mesh spans the
   devices of every process (`make_mesh` uses `jax.devices()`, all of them; so does the default
   mesh then), every process runs the same calls on its share of the grid and of each batch, the
@@ -56,6 +58,7 @@ import collections
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -535,9 +538,37 @@ def chunk_size(num_points: int, points_per_call: int, unit: int = 1) -> int:
     return math.ceil(math.ceil(num_points / num_chunks) / unit) * unit
 
 
+# XLA:CPU runs a small model's convolutions and elementwise fusions on one core, but two
+# executions started from two host threads run at the same time (two calls of a convolution loop
+# from two threads took 1.15x one call's time on 2 cores, from one thread 2x). So on a single CPU
+# device chunks are computed this many at once, up to the usable cores.
+MAX_CPU_CALLS = 4
+
+
+def concurrent_calls(mesh) -> int:
+    """How many chunks `evaluate_grid` computes at once on this mesh.
+
+    Args:
+        mesh: the ("grid", "data") mesh of the evaluation.
+
+    Returns:
+        The usable cores (at most `MAX_CPU_CALLS`) for a single CPU device in a single process;
+        1 otherwise (accelerators and meshes already keep their devices busy, and calls of
+        several processes must stay in one order).
+    """
+    devices = np.ravel(mesh.devices)
+    if jax.process_count() > 1 or devices.size > 1 or devices[0].platform != "cpu":
+        return 1
+    return max(1, min(sh.usable_cpus(), MAX_CPU_CALLS))
+
+
 def _run_chunks(compiled, args: tuple, put, surface: Surface, todo: np.ndarray, chunk: int,
-                path: str | None, progress: bool, on_chunk) -> None:
-    """Evaluate the points `todo` (flat grid indices), storing each chunk as it arrives."""
+                calls: int, path: str | None, progress: bool, on_chunk) -> None:
+    """Evaluate the points `todo` (flat grid indices), storing each chunk as it arrives.
+
+    `calls` chunks are in flight at a time: with 1, one call is dispatched ahead (asynchronous);
+    with more, each runs in a host thread of its own so that XLA:CPU runs them at once.
+    """
     coords_GxK = surface.coords()
     names = surface.metrics
     bar = None
@@ -548,20 +579,24 @@ def _run_chunks(compiled, args: tuple, put, surface: Surface, todo: np.ndarray, 
         bar = tqdm(total=int(todo.size), unit="pt", desc="landscape",
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} points "
                               "[{elapsed}<{remaining}, {rate_fmt}]")
+    pool = ThreadPoolExecutor(calls) if calls > 1 else None
 
     def dispatch(idx):
         # Pad a short chunk by repeating a point: one compiled shape, identical numbers.
         padded = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        return idx, compiled(*args, put(coords_GxK[padded].astype(np.float32), P(GRID_AXIS)))
+        coords = put(coords_GxK[padded].astype(np.float32), P(GRID_AXIS))
+        if pool is None:
+            return idx, compiled(*args, coords)
+        return idx, pool.submit(lambda: jax.block_until_ready(compiled(*args, coords)))
 
     chunks = [todo[i:i + chunk] for i in range(0, todo.size, chunk)]
     try:
-        pending = dispatch(chunks[0])
+        pending = collections.deque(dispatch(c) for c in chunks[:calls])
         for i in range(len(chunks)):
-            idx, out = pending
-            if i + 1 < len(chunks):
-                pending = dispatch(chunks[i + 1])
-            host = sh.fetch(out)  # gathered from every process (a collective)
+            idx, out = pending.popleft()
+            if i + calls < len(chunks):
+                pending.append(dispatch(chunks[i + calls]))
+            host = sh.fetch(out if pool is None else out.result())  # a collective: see fetch
             for k in names:
                 surface.values[k].reshape(-1)[idx] = host[k][: idx.size]
             surface.done.reshape(-1)[idx] = True
@@ -572,6 +607,8 @@ def _run_chunks(compiled, args: tuple, put, surface: Surface, todo: np.ndarray, 
             if on_chunk is not None:
                 on_chunk(surface, int(idx.size))
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
 
@@ -623,7 +660,8 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         on_chunk: called as `on_chunk(surface, n_new)` after each chunk is stored.
         max_memory_bytes: refuse to run (before computing anything) if the compiled call needs
             more device scratch memory than this, per device (XLA's own estimate); lower
-            `batch_size` or `points_per_step` then.
+            `batch_size` or `points_per_step` then. With it, chunks are computed one at a
+            time (see `concurrent_calls`), so that the bound holds.
         **legacy_bn: the BatchNorm keyword arguments listed under `batch_norm`.
 
     Returns:
@@ -661,12 +699,16 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
             put(batches, P(None, DATA_AXIS)), put(mask, P(None, DATA_AXIS)),
             put(bn_full, P()), put(bn_tail, P()), put(np.float32(n_examples), P()),
             put(np.float32(max(bn_examples, 1)), P()))
-    chunk = chunk_size(todo.size, points_per_call, n_grid * points_per_step)
+    # A memory bound holds for one call, so with one the calls run one at a time.
+    calls = concurrent_calls(mesh) if max_memory_bytes is None else 1
+    # At least `calls` chunks, so that every concurrent call has one.
+    chunk = chunk_size(todo.size, min(points_per_call, math.ceil(todo.size / calls)),
+                       n_grid * points_per_step)
     static = (fn, bn.has_state, names, scalar, bn.kind, bn.update_fn, dtype, mesh,
               points_per_step)
     compiled = _compiled_evaluator(static, args, chunk, len(axes))
     surface.info["scratch_bytes_per_device"] = _check_scratch(compiled, max_memory_bytes)
-    _run_chunks(compiled, args, put, surface, todo, chunk, path, progress, on_chunk)
+    _run_chunks(compiled, args, put, surface, todo, chunk, calls, path, progress, on_chunk)
     return surface
 
 
