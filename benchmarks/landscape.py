@@ -65,9 +65,18 @@ and resumes after a kill. Against PyTorch's loop the engine is 2.30x with reuse 
 `--cpu-devices 2` the engine ran at 12,830 (1.85x naive steady, 1.27x whole, 2.11x on a second
 surface, 3.92x PyTorch).
 
-So the second-surface target (2x the naive loop with its compilation) is met with the cores
+So the second-surface target (2x the naive loop with its compilation) was met with the cores
 exposed as devices or with Eigen convolutions; on one device with YNNPACK's a point's compile
-(0.3-0.6 s) is less than half of what the engine saves on a 25-point surface. Under load (load
+(0.3-0.6 s) is less than half of what the engine saves on a 25-point surface.
+
+Since session 9, on a single CPU device the engine computes its chunks at once from host threads,
+one per usable core (`research.landscape.evaluate.concurrent_calls`): XLA:CPU runs one call's
+convolutions on one core, but two executions started from two threads in parallel (a probe: two
+calls of a convolution loop from two threads in 1.15x one call's time, from one thread 2x). A
+5x5 grid is then two chunks of 13 points. Same command (one device, idle machine, load average
+0.0, with reuse): engine 14,610 steady, 9,827 whole call, 14,540 second surface against the naive
+loop's 8,536 / 6,927 / 6,973: 1.71x steady, 1.42x whole, 2.09x on a second surface, and 3.94x
+the PyTorch loop (3,706, 2 threads); the surfaces agree exactly (max relative difference 0). Under load (load
 average ~10): one device steady 1.45x, second surface 1.48x. One point per compiled call
 (`--points-per-call 1`): 1.00x naive steady, so `lax.map` is kept (on a small MLP a Python loop
 of calls is 3x slower, per-call overhead; on accelerators it would add host work per point).

@@ -90,7 +90,15 @@ multi-channel convolution into two half-batch ones (1.36 CPUs busy on one convol
 (`jax.distributed`, gloo): 700 / 1,311 samples/s, because a gloo all-reduce of 4 KB on
 loopback takes 1 ms (4 ms with each process pinned) and a step has seven.
 `--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED`: no consistent change in two
-runs. The lead left for later: XLA:CPU runs every elementwise fusion single-threaded too (a
+runs. Session 9, jax-step against PyTorch eager at batch 128 in one run each (baseline 0.63-0.69x
+in three runs): `--xla_cpu_use_xnnpack=true
+--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY` 0.66-0.92x over three
+runs (0.68-0.70x at batch 32 against 0.66-0.70x: no gain in paired runs),
+`--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_ELTWISE` 0.73x (1.52 CPUs busy, but
+a slower step), `--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME` 0.64x,
+`--xla_cpu_use_fusion_emitters=false` 0.64x (half the compile time). Two executions of one
+program from two host threads do run in parallel (what the grid engine now uses, see
+`benchmarks/landscape.py`), but a training step's BatchNorm couples the whole batch. The lead left for later: XLA:CPU runs every elementwise fusion single-threaded too (a
 trace of the 2-core batch-128 step with Eigen convolutions has exactly one thread in a traced
 operation 53% of the time; the stage-1 pooling gradient, 5.7 ms, is one event on one thread).
 A stand-alone copy of the model whose batch runs as two independent halves through the whole
