@@ -98,9 +98,10 @@ runs (0.68-0.70x at batch 32 against 0.66-0.70x: no gain in paired runs),
 a slower step), `--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME` 0.64x,
 `--xla_cpu_use_fusion_emitters=false` 0.64x (half the compile time). Two executions of one
 program from two host threads do run in parallel (what the grid engine now uses, see
-`benchmarks/landscape.py`), but a training step's BatchNorm couples the whole batch. The lead left for later: XLA:CPU runs every elementwise fusion single-threaded too (a
-trace of the 2-core batch-128 step with Eigen convolutions has exactly one thread in a traced
-operation 53% of the time; the stage-1 pooling gradient, 5.7 ms, is one event on one thread).
+`benchmarks/landscape.py`), but a training step's BatchNorm couples the whole batch.
+The lead left for later: XLA:CPU runs every elementwise fusion single-threaded too (a trace of the
+2-core batch-128 step with Eigen convolutions has exactly one thread in a traced operation 53% of
+the time; the stage-1 pooling gradient, 5.7 ms, is one event on one thread).
 A stand-alone copy of the model whose batch runs as two independent halves through the whole
 network (BatchNorm sums combined across them) was 12-23% faster on 2 cores with YNNPACK (b128
 1,940 vs 1,582 and 1,744 vs 1,552 samples/s, b32 2,170 vs 1,807; unchanged on one core, and
