@@ -699,7 +699,7 @@ def evaluate_grid(fn: Callable, params: PyTree, directions: Sequence[PyTree],
             put(batches, P(None, DATA_AXIS)), put(mask, P(None, DATA_AXIS)),
             put(bn_full, P()), put(bn_tail, P()), put(np.float32(n_examples), P()),
             put(np.float32(max(bn_examples, 1)), P()))
-    # A memory bound holds for one call, so with one the calls run one at a time.
+    # max_memory_bytes bounds one call, so with it the calls run one at a time.
     calls = concurrent_calls(mesh) if max_memory_bytes is None else 1
     # At least `calls` chunks, so that every concurrent call has one.
     chunk = chunk_size(todo.size, min(points_per_call, math.ceil(todo.size / calls)),
