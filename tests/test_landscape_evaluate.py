@@ -321,6 +321,14 @@ def _line_problem(seed=4):
     return theta, {"x": x, "y": y}
 
 
+def _line_reference(theta, d, axis, data) -> np.ndarray:
+    """Mean squared error of the line problem at theta + a d for each a, in float64."""
+    x64 = data["x"].astype(np.float64)
+    return np.array([np.mean((x64 @ (np.asarray(theta["w"], np.float64)
+                                     + a * np.asarray(d["w"], np.float64)) - data["y"]) ** 2)
+                     for a in axis])
+
+
 def test_second_surface_of_the_same_model_compiles_nothing():
     theta, data = _line_problem()
     traces = []
@@ -336,11 +344,8 @@ def test_second_surface_of_the_same_model_compiles_nothing():
     d = L.gaussian_direction(theta, 1)
     second = L.evaluate_grid(fn, theta, [d], [np.linspace(-3, 2, 7)], data, batch_size=BATCH)
     assert len(traces) == before  # new directions and coordinates, same shapes: no trace
-    x64 = data["x"].astype(np.float64)
-    for i, a in enumerate(np.linspace(-3, 2, 7)):
-        w = np.asarray(theta["w"], np.float64) + a * np.asarray(d["w"], np.float64)
-        want = np.mean((x64 @ w - data["y"]) ** 2)
-        assert second.values["loss"][i] == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(second.values["loss"],
+                               _line_reference(theta, d, np.linspace(-3, 2, 7), data), rtol=1e-5)
 
 
 def test_chunks_are_fitted_to_the_grid(setup, monkeypatch):
@@ -384,11 +389,8 @@ def test_chunks_run_at_once_on_one_cpu_device_with_the_same_numbers(monkeypatch)
     barrier = threading.Barrier(1)  # one call at a time no longer meets anyone
     one = L.evaluate_grid(fn, theta, d, axes, data, batch_size=BATCH)
     np.testing.assert_array_equal(both.values["loss"], one.values["loss"])
-    x64 = data["x"].astype(np.float64)
-    for i, a in enumerate(axes[0]):
-        w = np.asarray(theta["w"], np.float64) + a * np.asarray(d[0]["w"], np.float64)
-        assert both.values["loss"][i] == pytest.approx(np.mean((x64 @ w - data["y"]) ** 2),
-                                                       rel=1e-5)
+    np.testing.assert_allclose(both.values["loss"], _line_reference(theta, d[0], axes[0], data),
+                               rtol=1e-5)
 
 
 def test_huge_grid_is_refused_before_allocating():
