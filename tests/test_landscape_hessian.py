@@ -4,6 +4,8 @@ The reference is the dense Hessian of the mean loss over all examples of the spl
 split-averaged tools (padded batches, a ragged last batch masked) must match it exactly.
 """
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -346,6 +348,76 @@ def test_eigenvalue_map_sharded_over_devices_equals_one_device(tmp_path, monkeyp
         H.eigenvalue_map(_loss_B, params, dirs, axes, data, mesh=make_mesh(grid=2, data=2), **kw)
 
 
+def test_eigenvalue_map_parts_run_at_once_on_one_cpu_device(monkeypatch):
+    # Each part of a chunk waits at a two-party barrier: two parts pass it only if they run at
+    # the same time, one part at a time would time out.
+    params, data, dirs, axes = _map_problem()  # 12 points
+    kw = {"steps": 6, "batch_size": 4, "points_per_call": 5}
+    barrier, sizes, real = threading.Barrier(2, timeout=20), [], H._map_runner_device
+
+    def meeting(*args, **kwargs):
+        run = real(*args, **kwargs)
+
+        def meet(coords_CxK):
+            sizes.append(len(coords_CxK))
+            barrier.wait()
+            return run(coords_CxK)
+        return meet
+    monkeypatch.setattr(H, "_map_runner_device", meeting)
+    monkeypatch.setattr("research.sharding.usable_cpus", lambda: 2)
+    both = H.eigenvalue_map(_loss_B, params, dirs, axes, data, **kw)  # no convolution: device
+    assert sizes == [2] * 6  # chunks of 4 (at most 5, a multiple of 2), two parts at once
+    sizes.clear()
+    monkeypatch.setattr("research.landscape.evaluate.MAX_CPU_CALLS", 1)
+    barrier = threading.Barrier(1)  # one part at a time no longer meets anyone
+    one = H.eigenvalue_map(_loss_B, params, dirs, axes, data, **kw)
+    assert sizes == [4, 4, 4]
+    for name in H.MAP_METRICS:
+        np.testing.assert_allclose(both.values[name], one.values[name], rtol=1e-5, atol=1e-7)
+
+
+def test_map_runs_convolutions_on_the_host_one_point_at_a_time(monkeypatch):
+    params, data, dirs, _ = _map_problem()
+    assert not H._convolves(_loss_B, *H._prepare(_loss_B, params, data, None, None))
+    fn, cnn_params, cnn_data, kw = _cnn_with_batchnorm()
+    assert not H._convolves(fn, *H._prepare(fn, cnn_params, cnn_data, None, kw["model_state"]))
+    fn, cnn_params, cnn_data, kw = _cnn_with_batchnorm(channels=(2, 2))
+    assert H._convolves(fn, *H._prepare(fn, cnn_params, cnn_data, None, kw["model_state"]))
+
+    def hidden(p, batch):  # a convolution inside a jit inside a scan
+        conv = jax.jit(lambda x: jax.lax.conv_general_dilated(x, p["k"], (1,), "SAME"))
+        _, y = jax.lax.scan(lambda c, x: (c, conv(x[None])[0]), 0.0, batch["x"])
+        return jnp.sum(y**2, axis=(1, 2))
+    conv_args = H._prepare(hidden, {"k": jnp.ones((1, 1, 3))}, {"x": np.ones((2, 1, 5))}, None,
+                           None)
+    assert H._convolves(hidden, *conv_args)
+    assert H._map_loop("auto", True) == "host" and H._map_loop("auto", False) == "device"
+    assert H._map_loop("device", True) == "device"
+
+    seen, real = [], H._lanczos_host
+
+    def spy(op, coefs, v_GxSxP, *args, **kwargs):
+        seen.append(v_GxSxP.shape[0])
+        return real(op, coefs, v_GxSxP, *args, **kwargs)
+    monkeypatch.setattr(H, "_lanczos_host", spy)
+    flat, unravel = ravel_pytree(cnn_params)
+    d_P = jnp.asarray(np.random.default_rng(9).normal(size=flat.shape), jnp.float32) * 0.2
+    alphas = np.linspace(0, 1, 4)
+    s = H.eigenvalue_map(fn, cnn_params, [unravel(d_P)], [alphas], cnn_data, steps=flat.size,
+                         **kw)
+    assert seen == [1] * 5  # theta's start, then each of the 4 points on its own
+    hessian = jax.jit(jax.hessian(
+        lambda f: jnp.mean(fn(unravel(f), kw["model_state"], cnn_data)["loss"])))
+    for i, a in enumerate(alphas):
+        w = np.linalg.eigvalsh(np.asarray(hessian(flat + a * d_P), np.float64))
+        assert s.values["lambda_max"][i] == pytest.approx(w[-1], abs=1e-3 * np.abs(w).max())
+        assert s.values["lambda_min"][i] == pytest.approx(w[0], abs=1e-3 * np.abs(w).max())
+    seen.clear()
+    H.eigenvalue_map(_loss_B, params, dirs[:1], [np.linspace(0, 1, 4)], data, steps=3,
+                     loop="host", points_per_call=4)
+    assert max(seen) > 1  # no convolution: a chunk's points in lockstep
+
+
 def test_map_start_leans_towards_theta_extreme_eigenvectors_and_is_recorded(tmp_path):
     from research.landscape.surface import SurfaceMismatchError
 
@@ -398,12 +470,16 @@ def test_eigenvalue_map_plots(tmp_path):
         plot_eigenvalue_map(s, "loss")
 
 
-def _cnn_with_batchnorm():
-    """Our CNN with BatchNorm through `model_state`: fn(params, state, batch), eval mode."""
+def _cnn_with_batchnorm(channels=(2,)):
+    """Our CNN with BatchNorm through `model_state`: fn(params, state, batch), eval mode.
+
+    Its first convolution (one input channel) is shifts and products (`research.models.ops`),
+    not a convolution primitive; a second layer is one.
+    """
     from research.landscape.evaluate import linen_functions
     from research.losses import Loss
 
-    model = CNN(channels=(2,), num_outputs=2, batch_norm=True)
+    model = CNN(channels=channels, num_outputs=2, batch_norm=True)
     x = np.asarray(jax.random.normal(jax.random.key(5), (6, 4, 4, 1)), np.float32)
     variables = model.init(jax.random.key(6), x)
     # Statistics that are not the initial zeros and ones: one training-mode pass.

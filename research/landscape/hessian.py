@@ -42,6 +42,11 @@ run is the `loop` argument of every tool (`_resolve_loop` has the measurements):
   basis `[m, P]` with full re-orthogonalisation, Hutchinson probes and SLQ runs batched with
   `vmap`. On XLA:CPU this is slow for convolutions (jax-ml/jax#12868: convolutions inside
   control flow miss the fast path, measured 7x), hence the host loop there.
+- `eigenvalue_map` picks its own default (`_map_loop`): the device loop on the CPU too unless
+  the loss has a convolution, since a map is many Lanczos runs whose per-step host work the
+  device loop saves. On a single CPU device it also computes parts of each chunk at once from
+  host threads, and its host loop runs one point at a time where `vmap` over points would
+  group convolutions.
 
 Both loops draw the same probes and start vectors (a counter-based hash, bit-identical in
 numpy and JAX) and agree to float32 rounding.
@@ -51,10 +56,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +70,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import sharding as sh
-from research.landscape.evaluate import chunk_size, num_examples, open_surface_once, placer
+from research.landscape.evaluate import (
+    chunk_size,
+    concurrent_calls,
+    num_examples,
+    open_surface_once,
+    placer,
+)
 from research.sharding import GRID_AXIS, make_mesh, mesh_axis_sizes, single_device_mesh
 
 PyTree = Any
@@ -421,6 +435,11 @@ class _HostOperator:
         self.masks = [put(mask_NBxB[i]) for i in range(nb)]
         self._centre = None
 
+    @property
+    def sharded(self) -> bool:
+        """Whether grid points are split over the devices of a mesh."""
+        return self._points is not None
+
     def put_points(self, x: np.ndarray) -> jax.Array:
         """An array whose leading axis is the grid points, on the device(s)."""
         x = np.asarray(x, np.float32)
@@ -475,6 +494,37 @@ class _HostOperator:
         if self._centre is None:
             self._centre = self.at()
         return self._centre(np.asarray(v_SxP)[None])[0]
+
+
+def _has_convolution(jaxpr) -> bool:
+    """Whether `jaxpr` (or any jaxpr inside it: jit, scan, cond, custom rules) convolves."""
+    return any(eqn.primitive.name == "conv_general_dilated"
+               or any(_has_convolution(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+               for eqn in jaxpr.eqns)
+
+
+def _convolves(fn: Callable, args: tuple, static: tuple) -> bool:
+    """Whether the loss over one batch contains a convolution (traced once, not compiled)."""
+    params, state, batches, mask_NBxB, _ = args
+    first = jax.tree_util.tree_map(lambda a: a[0], (batches, mask_NBxB))
+    return _has_convolution(jax.make_jaxpr(_batch_total(fn, *static))(params, state, *first).jaxpr)
+
+
+def _map_loop(loop: str, convolves: bool) -> str:
+    """`_resolve_loop` for `eigenvalue_map`: "auto" is "device" on the CPU too if no convolution.
+
+    The reason for the host loop on the CPU is convolutions inside control flow (the
+    benchmark's CNN, a 3 x 3 map at 20 steps: 76 s on the device loop, 6 s on the host loop);
+    without them the device loop (each point's whole Lanczos run inside one compiled call,
+    `lax.map` over points) needs no host round trip per step and keeps one point's basis in
+    the cache. A 5 x 5 map of the benchmark's MLP at 20 steps took 0.174 s against the host
+    loop's 0.218 s (one thread), an 11 x 11 map of a wider MLP (85,000 parameters, 1,024
+    examples) 18 s against 31 s (two threads). It compiles a larger program (once per shapes
+    and settings): first calls 2.9 against 1.9 s and 20 against 36 s.
+    """
+    if loop != "auto" or jax.default_backend() != "cpu":
+        return _resolve_loop(loop)
+    return "host" if convolves else "device"
 
 
 # ----------------------------------------------------------------------------- power iteration
@@ -1026,10 +1076,7 @@ def _build_map(fn: Callable, has_state: bool, padded: bool, m: int) -> Callable:
             at_P = flat_P + coef_K.astype(jnp.float32) @ dirs_KxP
             matvec = _matvec(total, at_P, unravel, state, batches, mask_NBxB, n)
             a_1xM, b_1xM = _lanczos_core(matvec, v_1xP, m, seed)
-            t_MxM = (jnp.diag(a_1xM[0]) + jnp.diag(b_1xM[0, :-1], 1)
-                     + jnp.diag(b_1xM[0, :-1], -1))
-            theta_M = jnp.linalg.eigvalsh(t_MxM)
-            return theta_M[-1], theta_M[0]
+            return a_1xM[0], b_1xM[0]
         return jax.lax.map(point, coords_CxK)
     return run
 
@@ -1088,18 +1135,50 @@ def _check_map_args(params: PyTree, directions: Sequence[PyTree], axes: Sequence
     return directions, axes
 
 
-def _map_runner_host(op: _HostOperator, v_P: np.ndarray, m: int, seed: int) -> Callable:
-    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk's Lanczos runs in lockstep on the host."""
-    def run(coords_CxK):
+def _map_runner_host(op: _HostOperator, v_P: np.ndarray, m: int, seed: int,
+                     lockstep: bool) -> Callable:
+    """`run(coords_CxK) -> (hi_C, lo_C)`: a chunk's Lanczos runs, driven from the host.
+
+    With `lockstep` the chunk's runs advance together, each product one call for all its
+    points (`vmap`; over a mesh, the points split over the devices). Otherwise each point runs
+    on its own: `vmap` over points turns a convolution with each point's own kernel into a
+    grouped convolution, which XLA:CPU runs far more slowly (the CNN of
+    `benchmarks/curvature.py`: 52 ms a product at one point, 297 per point for two at once,
+    415 for five; a 3 x 3 map at 20 steps took 6 s instead of 38).
+    """
+    def run_points(coords_CxK):
         c = len(coords_CxK)
-        a_CxM, b_CxM = _lanczos_host(op, coords_CxK, np.tile(v_P, (c, 1, 1)), m, int(seed), 1)
-        hi, lo = [], []
-        for a_M, b_M in zip(a_CxM, b_CxM):
-            theta_M = np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
-            hi.append(theta_M[-1])
-            lo.append(theta_M[0])
-        return np.array(hi), np.array(lo)
+        return _lanczos_host(op, coords_CxK, np.tile(v_P, (c, 1, 1)), m, int(seed), 1)
+
+    def run(coords_CxK):
+        if lockstep:
+            return _extremes(*run_points(coords_CxK))
+        ab = [run_points(coords_CxK[i:i + 1]) for i in range(len(coords_CxK))]
+        return _extremes(*(np.concatenate(x) for x in zip(*ab)))
     return run
+
+
+def _extremes(a_CxM: np.ndarray, b_CxM: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest and the smallest Ritz value of each of C Lanczos runs (float64)."""
+    theta_CxM = np.array([np.linalg.eigvalsh(_tridiagonal(a_M, b_M))
+                          for a_M, b_M in zip(a_CxM, b_CxM)])
+    return theta_CxM[:, -1], theta_CxM[:, 0]
+
+
+def _concurrently(run: Callable, calls: int) -> Callable:
+    """`run` over equal parts of a chunk (as many of `calls` as divide it), each in its own thread.
+
+    XLA:CPU runs a small model's product on one core, but two executions started from two host
+    threads at once (see `evaluate.concurrent_calls`).
+    """
+    def split(coords_CxK):
+        parts = math.gcd(len(coords_CxK), calls)
+        if parts == 1:
+            return run(coords_CxK)
+        with ThreadPoolExecutor(parts) as pool:
+            done = list(pool.map(run, np.split(coords_CxK, parts)))
+        return tuple(np.concatenate(x) for x in zip(*done))
+    return split
 
 
 def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tuple, m: int,
@@ -1120,9 +1199,9 @@ def _map_runner_device(fn: Callable, directions: list, args: tuple, static: tupl
 
     def run(coords_CxK):
         params_, state, batches, mask_NBxB, n_, dirs, seed_, v_P_ = replicated
-        hi_C, lo_C = sh.fetch(prog(params_, dirs, state, batches, mask_NBxB, n_, seed_, v_P_,
-                                   sh.put(np.asarray(coords_CxK, np.float32), points)))
-        return np.asarray(hi_C, np.float64), np.asarray(lo_C, np.float64)
+        a_CxM, b_CxM = sh.fetch(prog(params_, dirs, state, batches, mask_NBxB, n_, seed_, v_P_,
+                                     sh.put(np.asarray(coords_CxK, np.float32), points)))
+        return _extremes(a_CxM, b_CxM)
     return run
 
 
@@ -1159,11 +1238,12 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
 
     At theta + sum_k c_k d_k for every point c of the grid, `steps` Lanczos steps over the
     whole split give the extreme Ritz values (see `extreme_eigenvalues`). Points run in equal
-    chunks of at most `points_per_call`: with `loop="host"` (the CPU default) the chunk's
-    Lanczos runs advance in lockstep, each Hessian-vector step one compiled call for all points
-    of the chunk (`vmap` over points); with `loop="device"` a chunk is one compiled call
-    (`lax.map`). Either way the program is compiled once per shapes and settings, and the last
-    chunk is padded to the same shape.
+    chunks of at most `points_per_call`: with `loop="host"` the chunk's Lanczos runs advance
+    in lockstep, each Hessian-vector step one compiled call for all points of the chunk (`vmap`
+    over points); with `loop="device"` a chunk is one compiled call (`lax.map`). Either way the
+    program is compiled once per shapes and settings, and the last chunk is padded to the same
+    shape. On a single CPU device a chunk is split into equal parts computed at once from host
+    threads, one per usable core (`evaluate.concurrent_calls`; each part the same program).
 
     Sharded like the loss grid: the points of a chunk are split over the grid axis of `mesh`
     (each device runs its points' Lanczos products; chunks are a multiple of that axis), and
@@ -1210,7 +1290,8 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
         start: the start vector, the same at every point: "theta" (the default) adds to the
             random vector the extreme Ritz vectors of `steps` Lanczos steps at theta, which
             the points' extreme eigenvectors lean towards; "random" is the random vector alone.
-        loop: "auto" (host on CPU, device elsewhere), "host" or "device".
+        loop: "auto" (device, except "host" on the CPU when the loss has a convolution; see
+            `_map_loop`), "host" or "device".
         mesh: a ("grid", "data") mesh from `research.sharding.make_mesh` whose data axis is 1;
             default one device (one process) or all devices (several processes).
 
@@ -1219,11 +1300,12 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     """
     from research.io import fingerprint
 
-    loop = _resolve_loop(loop)
     directions, axes = _check_map_args(params, directions, axes, steps, points_per_call)
     if start not in MAP_STARTS:
         raise ValueError(f"start: must be one of {MAP_STARTS}, got {start!r}")
     args, static = _prepare(fn, params, data, batch_size, model_state)
+    convolves = _convolves(fn, args, static)
+    loop = _map_loop(loop, convolves)
     m = min(int(steps), _num_params(params))
     n = int(args[-1])
 
@@ -1254,11 +1336,16 @@ def eigenvalue_map(fn: Callable, params: PyTree, directions: Sequence[PyTree],
     v_P = _map_start(op, _num_params(params), m, seed, start,
                      copies=1 if host_mesh is None else n_grid)
     if loop == "host":
-        run = _map_runner_host(op, v_P, m, seed)
+        # One point at a time where convolutions would be grouped, unless a mesh splits them.
+        run = _map_runner_host(op, v_P, m, seed, lockstep=op.sharded or not convolves)
     else:
         op = None  # frees its copy of the data before the device loop puts its own
         run = _map_runner_device(fn, directions, args, static, m, seed, v_P, mesh)
-    _fill_map(surface, run, todo, chunk_size(todo.size, points_per_call, n_grid), path)
+    calls = concurrent_calls(mesh)
+    run = _concurrently(run, calls)
+    # Chunks a multiple of the concurrent calls, so that each runs an equal part.
+    unit = n_grid * (calls if points_per_call >= calls else 1)
+    _fill_map(surface, run, todo, chunk_size(todo.size, points_per_call, unit), path)
     return surface
 
 
