@@ -1,3 +1,7 @@
+"""Models and their fast operations: parameter counts; values and gradients against Flax, lax."""
+
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,9 @@ from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
 
 def _init(model, x):
-    return model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x)
+    # Compiled: one compilation instead of one per initializer operation.
+    return jax.jit(model.init)({"params": jax.random.PRNGKey(0),
+                                "dropout": jax.random.PRNGKey(1)}, x)
 
 
 def test_mlp_param_count_matches_hand_count():
@@ -120,8 +126,8 @@ def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides)
     assert out.shape == ref.shape
     np.testing.assert_array_equal(out, ref)
     w = jax.random.normal(jax.random.PRNGKey(1), ref.shape)
-    g_ref = jax.grad(lambda x: jnp.sum(_pool_ref(x, window, strides) * w))(x)
-    g = jax.grad(lambda x: jnp.sum(max_pool(x, window, strides) * w))(x)
+    g_ref = jax.jit(jax.grad(lambda x: jnp.sum(_pool_ref(x, window, strides) * w)))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(max_pool(x, window, strides) * w)))(x)
     np.testing.assert_array_equal(g, g_ref)
     # Second order, forward over reverse (the curvature tools' product), on a loss that
     # curves: sum(w * pool(x)^2).
@@ -129,6 +135,7 @@ def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides)
     if strides is None:  # tiling windows: one maximum per window gets the gradient
         assert np.count_nonzero(g) == ref.size
 
+    @functools.partial(jax.jit, static_argnums=0)
     def hvp(pool):
         grad = jax.grad(lambda x: jnp.sum(pool(x, window, strides) ** 2 * w))
         return jax.jvp(grad, (x,), (v,))[1]
@@ -170,11 +177,14 @@ def test_one_channel_conv_values_and_gradients_match_lax(kernel, padding):
     ours = loss(lambda x, k: conv_general_dilated(x, k, (1, 1), padding,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")))
     theirs = loss(lambda x, k: _conv_ref(x, k, padding))
-    for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(theirs, (0, 1))(x, k)):
+    for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, k),
+                    jax.jit(jax.grad(theirs, (0, 1)))(x, k)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # Forward over reverse (the Hessian-vector products of research.landscape.hessian).
     v = jax.random.normal(jax.random.PRNGKey(3), k.shape)
-    hvp = [jax.jvp(jax.grad(f, 1), (x, k), (jnp.zeros_like(x), v))[1] for f in (ours, theirs)]
+    hvp = [jax.jit(lambda x, k, f=f: jax.jvp(jax.grad(f, 1), (x, k),
+                                               (jnp.zeros_like(x), v))[1])(x, k)
+           for f in (ours, theirs)]
     np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-4, atol=1e-4)
 
 
@@ -287,11 +297,13 @@ def test_models_unchanged_against_nn_max_pool_and_lax_conv(model, shape, monkeyp
         (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
         return out, model.apply(variables, x, train=False), grads
 
-    fast = run()
+    # Compiled, so each side costs one compilation instead of one per operation; each jit
+    # traces at its call, after the swap for the reference.
+    fast = jax.jit(run)()
     monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
     monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
     monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
-    ref = run()
+    ref = jax.jit(run)()
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

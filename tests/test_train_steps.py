@@ -1,11 +1,14 @@
+"""The pure train and eval steps: learning, jit against eager, BatchNorm state, initialisation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from research.losses import Loss
-from research.models import CNN, MLP
+from research.models import CNN, MLP, PiczakCNN
 from research.train import TrainState, eval_step, train_step, train_step_jit
+from research.train.loop import init_variables
 
 
 def _state(model, x, loss, lr=0.1):
@@ -30,6 +33,20 @@ def test_overfits_one_batch():
     assert float(m["loss"]) < 0.2 * float(first["loss"])
     assert float(m["accuracy"]) == 1.0
     assert int(state.step) == 301
+
+
+def test_cheap_compiled_initialisation_gives_the_eager_values_bit_for_bit():
+    key = jax.random.fold_in(jax.random.PRNGKey(3), 0)
+    for model, shape in [(MLP(widths=(5, 4), activation="tanh"), (1, 2)),
+                         (CNN(channels=(2, 3), depth=1, residual=True, head=(4,)), (1, 12, 9, 1)),
+                         (PiczakCNN(filters=(2, 3), first_kernel=(5, 3), hidden=(4,)),
+                          (1, 12, 9, 1))]:
+        x = jnp.zeros(shape)
+        eager = model.init({"params": key, "dropout": key}, x, train=False)
+        fast = init_variables(model, key, x)
+        assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(eager)
+        for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(eager)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_jit_and_eager_agree():
