@@ -108,6 +108,15 @@ network (BatchNorm sums combined across them) was 12-23% faster on 2 cores with 
 no gain with Eigen convolutions), yet the executor overlapped the halves only 21% of the time
 (1.48 CPUs busy): about 0.85x PyTorch eager, with float rounding that depends on the number of
 halves. Not built into `research.models.CNN`.
+Session 11 rebuilt that probe as one jitted step (SGD with momentum, batch 128, the process
+pinned to both cores; `/tmp` probe) with the batch as K parts through the whole network: K = 1 /
+2 / 4 / 8 took 82.7 / 66.7 / 64.8 / 67.4 ms a step (1,547 / 1,919 / 1,976 / 1,899 samples/s,
+1.24-1.51 CPUs busy); either flag for the concurrency-optimised scheduler left K = 2 where it was
+(65.2 and 67.7 ms). A trace of K = 2: exactly one thread busy 71% of the step, and the two parts'
+YNNPACK convolutions mostly one after the other (a part's 2-5 ms input and kernel gradients ran
+with the other core idle). This benchmark right afterwards (`--threads 2 --rounds 3 --sides
+jax-step torch-eager`): PyTorch eager 2,485 samples/s at batch 128 and 2,273 at 32, jax-step
+1,505 (0.60x) and 1,575 (0.75x), so even K = 4 would be about 0.8x.
 
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
