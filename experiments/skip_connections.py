@@ -27,9 +27,12 @@ Command:
 Run time (measured): 14 minutes for `--depths 0 2 4 6` (7 trained models, 25 epochs each;
 7 planes of 11 x 11 points over 128 examples; 7 eigenvalue maps of 5 x 5 points, 20 Lanczos
 steps over 64 examples; 32 x 32 log-mel inputs, channels 8/16/16) on an idle 2-core CPU (22
-minutes in an earlier session, under load); the deepest models take the longest, most of it the
-eigenvalue map, so the default depths 0 / 2 / 4 (5 models) take about 8. Re-running reuses
-the trained runs and both surfaces.
+minutes in an earlier session, under load; 21 minutes in session 11, idle, as the VM's speed
+moves); the deepest models take the longest, most of it the eigenvalue map (session 11: 72 /
+141 / 224 s for a ResNet of depth 2 / 4 / 6, about 0.45 s a Hessian-vector product at depth
+6), so the default depths 0 / 2 / 4 (5 models) take 8-12. Re-running reuses the trained runs
+and both surfaces. Session 11's fresh run reproduced every figure below to the digits shown,
+except the ResNet's ratio at theta* at depth 4: 0.0915 (0.092 before).
 Measured (session 7, fresh run; depth 0 / 2 / 4 / 6 = 3 / 15 / 27 / 39 conv layers; the
 depth-0 net is shared):
     test accuracy         ResNet 0.558 / 0.627 / 0.604 / 0.504   plain 0.558 / 0.504 / 0.477 / 0.385
@@ -333,8 +336,10 @@ def _eigen_map(cfg: Config, state: Any, directions: list, data: Any, rc: RunConf
     fn, kwargs = state_loss_fn(state)
     sub = fixed_subset(data.x_train, data.y_train, cfg.eig_examples, cfg.seed)
     eaxis = L.parse_grid(cfg.eig_grid)
-    # One point per call: a vmap over points turns the convolutions into grouped ones, which
-    # XLA:CPU runs slower than the points one after another.
+    # One point per chunk, so the map is saved after every point (the deep models' maps take
+    # minutes). The host loop computes convolutional points one at a time in any case, and two
+    # points at once from two host threads were no faster (a 5 x 5 map at depth 2: 92 against
+    # 93 s on 2 cores, session 11).
     return hessian.eigenvalue_map(fn, state.params, directions, [eaxis, eaxis], sub,
                                   steps=cfg.eig_steps, batch_size=cfg.eval_batch_size,
                                   points_per_call=1, path=os.path.join(rc.run_dir(),
