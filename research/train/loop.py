@@ -78,8 +78,8 @@ def init_variables(model, key: jax.Array, x: jax.Array) -> dict:
     operation: XLA:CPU's default level spends about 1 s on each random-number program, level 1
     a fifth of that (a small CNN's initialisation 2.2-3.2 s eager or compiled at the default
     level, 0.7-0.9 s here). The program runs once, so its speed does not matter; its values
-    are those of eager initialisation, bit for bit, for our MLP, CNN and Piczak CNN
-    (`tests/test_train_steps.py` checks it).
+    are those of eager initialisation and of a default-level compile, bit for bit, for our
+    MLP, CNN and Piczak CNN (`tests/test_train_steps.py` checks the latter).
 
     Args:
         model: a Linen module whose `__call__` takes `train`.
