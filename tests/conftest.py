@@ -10,7 +10,9 @@ subprocesses they start, which inherit the environment):
   the last bits from a default build (LLVM may contract multiply-adds differently); every test
   compares against its own reference or its own other run, in the same setting;
 - share one persistent compilation cache, made for the run and removed at its end: a run
-  resumed after a kill, or an experiment run twice, loads the programs its first part compiled.
+  resumed after a kill, or an experiment run twice, loads the programs its first part compiled
+  (`test_train_loop.py` and `test_landscape_surface.py`, with their killed subprocesses, took
+  95-97 s with it and 147 s without, on 2 workers).
 """
 
 import os
