@@ -221,9 +221,17 @@ def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: b
     repl, st = sh.replicated(mesh), state_sharding(mesh, state)
     split = sh.batch_sharding(mesh, leading=1)
     donate_argnums = (0,) if donate else ()
+    # Traced under the mesh, so the model can see how the batch is split
+    # (`research.models.ops._stacked_conv`).
     if not resident:
-        return jax.jit(train_steps, in_shardings=(st, split, repl), out_shardings=(st, repl),
+        step = jax.jit(train_steps, in_shardings=(st, split, repl), out_shardings=(st, repl),
                        donate_argnums=donate_argnums)
+
+        def run_batches(state, batches, key):
+            with jax.set_mesh(mesh):
+                return step(state, batches, key)
+
+        return run_batches
     compiled: dict[int, Callable] = {}
 
     def run(state, x_N, y_N, order_SxB, start, key, k: int):
@@ -232,7 +240,8 @@ def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: b
                                    batch_sharding=sh.batch_sharding(mesh))
             compiled[k] = jax.jit(fn, in_shardings=(st, repl, repl, split, repl, repl),
                                   out_shardings=(st, repl), donate_argnums=donate_argnums)
-        return compiled[k](state, x_N, y_N, order_SxB, start, key)
+        with jax.set_mesh(mesh):
+            return compiled[k](state, x_N, y_N, order_SxB, start, key)
 
     return run
 
