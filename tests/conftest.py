@@ -41,10 +41,39 @@ import jax  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+# The experiments cache features under the relative `.cache/features` unless told otherwise; a
+# test that forgets to point them elsewhere reads and writes the checkout's cache (results of
+# earlier runs, and a fresh clone then runs slower than a used one). The process that starts the
+# workers checks that no test added a file there.
+_FEATURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache",
+                         "features")
+
+
+def _feature_files() -> set[str]:
+    try:
+        return set(os.listdir(_FEATURES))
+    except FileNotFoundError:
+        return set()
+
+
+_FEATURES_BEFORE = None if "PYTEST_XDIST_WORKER" in os.environ else _feature_files()
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Remove the run's compilation cache (in the process that made it, after the workers)."""
+    """Remove the run's compilation cache and fail the run if a test wrote into the checkout's
+    feature cache (in the process that started the workers, after them)."""
     if _CACHE is not None:
         shutil.rmtree(_CACHE, ignore_errors=True)
+    if _FEATURES_BEFORE is None:
+        return
+    added = sorted(_feature_files() - _FEATURES_BEFORE)
+    if added:
+        session.exitstatus = 1
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"FAILED: tests wrote {len(added)} file(s) into the checkout's feature cache "
+            f"{_FEATURES} (e.g. {added[0]}): give the experiment a cache_dir under tmp_path "
+            "(or run it in tmp_path), so tests neither read nor leave cached features there",
+            red=True)
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -4,7 +4,8 @@ import json
 from experiments import activations
 
 
-def test_activations_end_to_end(tmp_path):
+def test_activations_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the experiment caches features under the working folder
     cfg = dataclasses.replace(activations.PRESETS["tiny"], workdir=str(tmp_path))
     results = activations.main(cfg)
     assert set(results["xor"]) == {"tanh", "relu"}

@@ -90,6 +90,6 @@ def test_cpu_preset_large_batch_fits_its_training_split():
     from research.data import load_dataset
 
     cfg = batch_size.run_config(batch_size.PRESETS["cpu"], 1)
-    data = load_dataset(cfg.data)
+    data = load_dataset(dataclasses.replace(cfg.data, cache_dir=""))
     assert cfg.train.batch_size <= len(data.x_train)
     assert len(data.x_val) > 0 and len(data.x_test) > 0

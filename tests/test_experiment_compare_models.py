@@ -6,7 +6,8 @@ import pytest
 from experiments import compare_models
 
 
-def test_compare_models_end_to_end(tmp_path):
+def test_compare_models_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the experiment caches features under the working folder
     cfg = dataclasses.replace(compare_models.PRESETS["tiny"], workdir=str(tmp_path))
     out = compare_models.main(cfg)
     r = out["results"]["soundscapes"]

@@ -11,7 +11,10 @@ from research.landscape import load_surface
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("main")
-    cfg = dataclasses.replace(main_job.PRESETS["tiny"], workdir=str(root))
+    cfg = main_job.PRESETS["tiny"]
+    run = dataclasses.replace(cfg.run, data=dataclasses.replace(cfg.run.data,
+                                                                cache_dir=str(root / "cache")))
+    cfg = dataclasses.replace(cfg, workdir=str(root), run=run)
     return cfg, main_job.main(cfg), root / "main"
 
 
@@ -70,6 +73,7 @@ def test_main_job_runs_without_librosa_on_the_jax_front_end(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "experiments.main", "--preset", "tiny", "--workdir",
          str(tmp_path / "runs"), "--run.data.frontend", "jax", "--run.train.no-progress",
+         "--run.data.cache-dir", str(tmp_path / "cache"),
          "--landscape.no-progress"],
         capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -21,7 +21,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RESEARCH_WORKDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": ROOT}}).execute()
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
     assert images >= 2, "the notebook should show its figures"
