@@ -236,6 +236,24 @@ def test_k_steps_per_call_equal_single_steps():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
 
+def test_k_steps_of_a_convolutional_model_are_unrolled_on_the_cpu():
+    # XLA:CPU computes convolution gradients inside a loop body without its fast path (the
+    # benchmark CNN's K = 10 steps 30x slower than single steps), so K steps of a model with
+    # convolutions are unrolled there; a model without keeps the rolled loop.
+    from research.train.steps import train_steps
+
+    def lowered(model, x_Bx):
+        state = _state(model, x_Bx[:1], Loss("softmax_ce", 3))
+        batches = {"x": np.stack([x_Bx] * 3), "y": np.zeros((3, len(x_Bx)), np.int32)}
+        return jax.jit(train_steps).lower(state, batches, jax.random.PRNGKey(0)).as_text()
+
+    cnn = lowered(CNN(channels=(2,), num_outputs=3), np.ones((4, 5, 3, 1), np.float32))
+    mlp = lowered(MLP(widths=(4,), num_outputs=3), np.ones((4, 3), np.float32))
+    assert jax.default_backend() == "cpu"
+    assert "while" not in cnn and "convolution" in cnn
+    assert "while" in mlp
+
+
 def test_batch_not_dividing_the_devices_is_named():
     import pytest
 
