@@ -118,6 +118,33 @@ with the other core idle). This benchmark right afterwards (`--threads 2 --round
 jax-step torch-eager`): PyTorch eager 2,485 samples/s at batch 128 and 2,273 at 32, jax-step
 1,505 (0.60x) and 1,575 (0.75x), so even K = 4 would be about 0.8x.
 
+Session 12, the `jax-devices` side (2 cores as 2 host devices, data parallel):
+- It used to slice each call's metrics (`[K]`) to their first entry on every step: an eager
+  cross-device operation that cost the side 20% at batch 32 and 8% at batch 128 in paired
+  rounds. The loop never did that; the side now keeps the metrics as the loop does.
+- A trace (batch 128) showed three collective permutes per step: the one-channel first
+  convolution's kernel gradient, a convolution of the batch stacked into one tall image, was
+  split along the image's height, each device swapping edge rows with the other. Steps are now
+  traced under their mesh (`compile_train_steps`), so the model stacks one tall image per
+  device and the permutes are gone: +5% / +7.5% (batch 128 / 32) in paired rounds.
+- Left: in a trace both cores are busy 92% of the step; each device waits about 2.5 ms of a
+  51 ms step at the seven all-reduces (BatchNorm statistics, gradients), a multi-device call
+  returns only when it has finished (so about 1 ms between steps with nothing queued), and one
+  device can start 0-3 ms after the other. Per CPU second the two frameworks are even (2,521
+  samples/s on 1.73 CPUs against PyTorch's 2,892 on 1.98).
+- Runs (`--threads 2 --rounds 5 --sides jax-step jax-devices torch-eager`, the VM's rate
+  moving by 30% between them), jax-devices against PyTorch eager at batch 32 / 128: 1.03x /
+  0.88x (before the per-device images), then 0.94x / 0.96x, 0.71x / 0.78x, 0.79x / 0.88x and
+  0.98x / 0.98x (jax-step 0.64-0.81x / 0.62-0.69x; on one thread, last run, 1.08x / 1.02x).
+  Four host devices on the 2 cores (`--cpu-devices 4`): 0.77x / 0.88x. Two steps unrolled in
+  one call: +2% / +4%. Parity within the noise, not reliably above it.
+- Also tried: the first convolution's kernel gradient as a patch matrix and one matrix product
+  (41.5 -> 55.9 ms a step at batch 64 on one core).
+Any script gets this side's setting with `JAX_NUM_CPU_DEVICES=2` (or
+`XLA_FLAGS=--xla_force_host_platform_device_count=2`): training then splits the batch over the
+two devices. It does not speed `make run` up (training 14 s either way; the landscape 40 s
+against 33 s), so the default stays one device.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
