@@ -12,7 +12,10 @@ from research.landscape.surface import load_surface
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("mc")
-    cfg = dataclasses.replace(mc.PRESETS["tiny"], workdir=str(root))
+    cfg = mc.PRESETS["tiny"]
+    run = dataclasses.replace(cfg.run, data=dataclasses.replace(cfg.run.data,
+                                                                cache_dir=str(root / "cache")))
+    cfg = dataclasses.replace(cfg, workdir=str(root), run=run)
     return cfg, mc.main(cfg), root / "mode_connectivity"
 
 
