@@ -226,9 +226,9 @@ def test_data_parallel_kernel_gradient_moves_only_sums_between_devices():
 
 
 def test_k_steps_per_call_equal_single_steps():
-    # Up to float rounding: XLA:CPU compiles the convolutions inside the scan of K steps on
-    # another path than those of a single step (at real sizes the library convolutions differed
-    # in the last bits before the one-channel kernel gradient became a stacked convolution).
+    # Up to float rounding: on the CPU the K steps of this CNN are unrolled into one program,
+    # which XLA may fuse across steps (rolled, the loop body's convolutions took another path,
+    # and at real sizes differed in the last bits).
     s1, l1, _ = _sharded_run(2, 1)
     s4, l4, _ = _sharded_run(2, 4)
     np.testing.assert_allclose(l4, l1, rtol=1e-6)

@@ -141,14 +141,15 @@ def _scan(body, carry, xs, unroll_cpu_convolutions: bool = False):
     one-step scan ran the CNN step 10x slower than the same step outside a loop (0.23 s vs
     0.022 s), so K = 1 (the default) calls the step directly. K > 1 keeps the rolled loop, which
     is what accelerators want and gives the same bits as K = 1 (unrolling would not: XLA fuses
-    across the unrolled steps).
+    across the unrolled steps), except in the case below.
 
     With `unroll_cpu_convolutions` (the training steps), a body with convolutions is unrolled
     on the CPU: rolled, the benchmark CNN's K = 10 steps ran 30x slower than ten single steps
     (75 against 2,481 samples/s at batch 128 on 2 host devices; 50 against 1,656 on one), since
     the slow path takes the convolutions' gradients. Unrolled, K = 8 compiled in 4.7 s (one
     step 1.9 s) and ran 1.06x faster than K = 1 (batch 32, 2 cores): one call and one metric
-    fetch for K steps. Evaluation keeps the rolled loop (forward convolutions in a loop body ran
+    fetch for K steps. Finding the convolutions traces the body once more (once per compiled
+    length). Evaluation keeps the rolled loop (forward convolutions in a loop body ran
     as fast as outside one, and an evaluation's batches can be many).
     """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
