@@ -278,6 +278,63 @@ def test_conv_with_several_input_channels_is_the_library_convolution():
         x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
 
 
+@pytest.mark.parametrize("padding", ["SAME", ((0, 2), (1, 0))])
+def test_multi_channel_kernel_gradient_in_chunks_matches_lax(padding):
+    # Batch 37 and 35 output channels: chunks of 16, 16 and 5 examples and 16, 16 and 3
+    # channels, so uneven last chunks are covered too.
+    x = jax.random.normal(jax.random.PRNGKey(0), (37, 5, 6, 3))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 3, 35))
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def ours(x, k):
+        return conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=nhwc)
+
+    def theirs(x, k):
+        return _conv_ref(x, k, padding)
+
+    ref = theirs(x, k)
+    # The value is the library convolution itself.
+    np.testing.assert_array_equal(ours(x, k), lax.conv_general_dilated(
+        x, k, (1, 1), padding, dimension_numbers=nhwc))
+    w = jax.random.normal(jax.random.PRNGKey(2), ref.shape)
+    v = jax.random.normal(jax.random.PRNGKey(3), k.shape)
+    dx = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+
+    def derivatives(conv):
+        f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * w)  # noqa: E731
+        grads = jax.grad(f, (0, 1))(x, k)
+        fwd_rev = jax.jvp(jax.grad(f, (0, 1)), (x, k), (dx, v))[1]
+        rev_rev = jax.grad(lambda k: jnp.vdot(jax.grad(f, 1)(x, k), v))(k)
+        fwd = jax.jvp(conv, (x, k), (dx, v))[1]
+        return grads, fwd_rev, rev_rev, fwd
+
+    for a, b in zip(jax.tree_util.tree_leaves(jax.jit(lambda: derivatives(ours))()),
+                    jax.tree_util.tree_leaves(jax.jit(lambda: derivatives(theirs))())):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # Training's kernel gradient: nine convolutions of at most 16 examples and 16 output
+    # channels (what YNNPACK leaves to Eigen), the input gradient one of the whole batch.
+    shapes = _conv_outputs(jax.grad(lambda x, k: jnp.sum(ours(x, k) * w), (0, 1)), x, k,
+                           inputs=True)
+    kernel = sorted((i[0], o[-1]) for i, o in shapes if o[:3] == k.shape[:3])
+    assert kernel == sorted((b, c) for b in (16, 16, 5) for c in (16, 16, 3))
+    assert [o for _, o in shapes if o == x.shape] == [x.shape]
+
+
+def test_kernel_gradient_is_one_convolution_off_the_cpu_and_for_small_batches(monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 5, 6, 3))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 20))
+
+    def kernel_grad_convs(x):
+        conv = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return _conv_outputs(jax.grad(lambda k: jnp.sum(conv(x, k) ** 2)), k)
+
+    assert len(kernel_grad_convs(x[:16])) == 1 + 1  # the value and one kernel gradient
+    assert len(kernel_grad_convs(x)) == 1 + 3 * 2
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kernel_grad_convs(x) == [(40, 5, 6, 20), k.shape]
+
+
 @pytest.mark.parametrize("model,shape", [
     (CNN(channels=(4, 6, 5), num_outputs=3, head=(7,)), (4, 12, 18, 1)),
     (CNN(channels=(3, 4), num_outputs=2, padding="CIRCULAR", global_pool="none"), (2, 9, 10, 1)),

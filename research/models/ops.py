@@ -1,9 +1,9 @@
-"""Max pooling, a one-channel convolution and BatchNorm that are fast on XLA:CPU, same results.
+"""Max pooling, convolutions and BatchNorm that are fast on XLA:CPU, with the same results.
 
-All three are plain JAX with the values and gradients of the operations they replace, on every
-backend (no CPU-only branch); they exist because these operations dominated the CPU training
-step of a CNN 16/32/32 on 40x64 log-mels (batch 32, one core, measured with `jax.profiler` and by
-timing variants of the whole step):
+All are plain JAX with the values and gradients of the operations they replace; only the
+kernel gradient's chunks (below) are a CPU-only form. They exist because these operations
+dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured with
+`jax.profiler` and by timing variants of the whole step):
 
 - `flax.linen.max_pool` lowers to `reduce_window`, whose gradient is `select_and_scatter`, which
   XLA:CPU runs as a slow scalar loop: about two thirds of the step (78 ms with it, 24 ms
@@ -30,6 +30,17 @@ timing variants of the whole step):
   `research.landscape.hessian` still apply; there the outer derivative's tangent `x * v`,
   evaluated forward and never transposed, takes the shift form too (it was a fifth of a small
   CNN's product; see `_shift_conv_jvp`).
+- A convolution with several input channels keeps the library convolution for its value and
+  input gradient, but on the CPU its kernel gradient over more than 16 examples (per device)
+  is the sum of kernel gradients over chunks of at most 16 examples and 16 output channels
+  (`_chunked_conv`). That gradient is a convolution whose input features are the batch; for a
+  large batch XLA:CPU's YNNPACK ran it at 8-20 GFLOP/s on the 2-core AVX2 VM of session 13,
+  against 55-70 for the forward pass. YNNPACK leaves convolutions with at most 16 input and
+  output features to XLA's Eigen convolutions, which run the chunks at 45-60 GFLOP/s, on
+  every core: the batch-128 step 1.29-1.32x faster on one core and 1.6x on two, batch 64
+  1.18x / 1.37x, batch 32 unchanged on one core and 1.25x on two (paired rounds in one
+  process). Values agree with the library's to float32 rounding (the sum runs in another
+  order). Accelerators keep the one library kernel gradient (not measured there).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
@@ -58,6 +69,9 @@ from jax import lax
 # The shifted multiply-add form pays off for few taps; a tall kernel (Piczak's 57x6) keeps the
 # library convolution.
 _MAX_SHIFT_TAPS = 25
+# YNNPACK (jax 0.10's XLA:CPU) hands a convolution with at most this many input and output
+# features to Eigen; the kernel gradient's chunks are this small (`_chunked_conv`).
+_KERNEL_GRAD_CHUNK = 16
 
 
 def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int],
@@ -267,15 +281,73 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
     return out, tangent
 
 
+def _chunk_kernel_gradient(batch: int) -> bool:
+    """Whether `_chunked_conv` pays: on the CPU, more than one chunk of examples per device."""
+    devices = _data_devices()
+    per_device = batch // devices if batch % devices == 0 else batch
+    return jax.default_backend() == "cpu" and per_device > _KERNEL_GRAD_CHUNK
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _chunked_conv(x_BxHxWxC, k_KhxKwxCxO, pads, precision):
+    """The library convolution; its kernel gradient over chunks of examples and channels."""
+    return _library_conv(x_BxHxWxC, k_KhxKwxCxO, pads, precision)
+
+
+@functools.partial(_chunked_conv.defjvp, symbolic_zeros=True)
+def _chunked_conv_jvp(pads, precision, primals, tangents):
+    # Linear in (dx, dk): reverse mode transposes the dk term chunk by chunk, so the kernel
+    # gradient is a sum of small convolutions (Eigen's on the CPU, see the module docstring).
+    # Forward mode and higher derivatives differentiate plain convolutions.
+    x, k = primals
+    dx, dk = tangents
+    out = _chunked_conv(x, k, pads, precision)
+    tangent = None
+    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+        tangent = _library_conv(dx, k, pads, precision)
+    if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+        dk_out = _kernel_tangent_in_chunks(x, dk, pads, precision)
+        tangent = dk_out if tangent is None else tangent + dk_out
+    if tangent is None:
+        tangent = jnp.zeros_like(out)
+    return out, tangent
+
+
+def _kernel_tangent_in_chunks(x_BxHxWxC, dk_KhxKwxCxO, pads, precision):
+    """`conv(x, dk)` as convolutions of at most 16 examples per device and 16 output channels.
+
+    Under a data mesh of D devices (as in `_stacked_conv`) each chunk takes the same examples
+    from every device's part of the batch, so the chunks split over the devices like the batch
+    and nothing moves between them.
+    """
+    b = x_BxHxWxC.shape[0]
+    devices = _data_devices()
+    devices = devices if b % devices == 0 else 1
+    per_device, o = b // devices, dk_KhxKwxCxO.shape[-1]
+    step = _KERNEL_GRAD_CHUNK
+    x_DxNx = x_BxHxWxC.reshape(devices, per_device, *x_BxHxWxC.shape[1:])
+    chunks = []
+    for start in range(0, per_device, step):
+        part = x_DxNx[:, start:start + step]
+        part = part.reshape(-1, *x_BxHxWxC.shape[1:])
+        out = jnp.concatenate([_library_conv(part, dk_KhxKwxCxO[..., c:c + step], pads, precision)
+                               for c in range(0, o, step)], axis=-1)
+        chunks.append(out.reshape(devices, -1, *out.shape[1:]))
+    out_DxNx = jnp.concatenate(chunks, axis=1)
+    return out_DxNx.reshape(b, *out_DxNx.shape[2:])
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
     """`lax.conv_general_dilated`, with a fast path for one-channel NHWC inputs.
 
     A drop-in for `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: the parameters and
-    results stay those of `nn.Conv`. The fast path (see the module docstring) takes 2D NHWC/HWIO
-    convolutions with one input channel, unit strides and dilations, one group and at most 25
-    kernel taps; everything else goes to `lax.conv_general_dilated` unchanged.
+    results stay those of `nn.Conv`. The fast paths (see the module docstring) take 2D
+    NHWC/HWIO convolutions with unit strides and dilations and one group: with one input
+    channel and at most 25 kernel taps, the shifted multiply-adds; with several input channels
+    on the CPU and more than 16 examples per device, the chunked kernel gradient. Everything
+    else goes to `lax.conv_general_dilated` unchanged.
 
     Args:
         lhs: inputs.
@@ -305,11 +377,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     kh, kw, cin, _ = rhs.shape
     unit = (1, 1)
-    if (dims != nhwc or cin != 1 or lhs.shape[-1] != 1 or kh * kw > _MAX_SHIFT_TAPS
-            or tuple(window_strides) != unit or tuple(lhs_dilation or unit) != unit
-            or tuple(rhs_dilation or unit) != unit or feature_group_count != 1
-            or batch_group_count != 1 or preferred_element_type is not None
-            or lhs.dtype != rhs.dtype):
+    if (dims != nhwc or cin != lhs.shape[-1] or tuple(window_strides) != unit
+            or tuple(lhs_dilation or unit) != unit or tuple(rhs_dilation or unit) != unit
+            or feature_group_count != 1 or batch_group_count != 1
+            or preferred_element_type is not None or lhs.dtype != rhs.dtype):
         return library()
     if isinstance(padding, str):
         pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), unit, padding)
@@ -318,7 +389,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         return library()
-    return _shift_conv(lhs, rhs, pads, precision)
+    if cin == 1 and kh * kw <= _MAX_SHIFT_TAPS:
+        return _shift_conv(lhs, rhs, pads, precision)
+    if cin > 1 and _chunk_kernel_gradient(lhs.shape[0]):
+        return _chunked_conv(lhs, rhs, pads, precision)
+    return library()
 
 
 class BatchNorm(nn.Module):
