@@ -145,6 +145,39 @@ Any script gets this side's setting with `JAX_NUM_CPU_DEVICES=2` (or
 two devices. It does not speed `make run` up (training 14 s either way; the landscape 40 s
 against 33 s), so the default stays one device.
 
+Session 13 ran on another 2-core AMD EPYC VM, with AVX2 but no AVX-512, where YNNPACK's
+convolutions behave differently: a profile of the batch-128 step on one core (145 ms) had 50 ms
+in one convolution, the kernel gradient of the 16 -> 32 convolution (755 MFLOP, 15 GFLOP/s),
+against 13-14 ms for its forward pass and input gradient (55-70 GFLOP/s); the kernel gradient is
+a convolution whose input features are the batch, and its cost per example grew with the batch
+(at 8-32 examples 22-32 ms per 128, at 128 examples 61 ms). Eigen runs the same kernel gradient
+at 45-60 GFLOP/s, and YNNPACK leaves convolutions with at most 16 input and output features to
+Eigen, so `research.models.ops` now computes it on the CPU as convolutions of at most 16 examples
+and 16 output channels (`_chunked_conv`). Paired rounds in one process (`/tmp` probe, the
+benchmark's model and step), one library kernel gradient -> chunks, samples/s:
+
+    CPUs  devices  batch
+    1     1        128     1,003 -> 1,324 and 867 -> 1,122 in another run (1.29-1.32x)
+    1     1        64      1,185 -> 1,398 (1.18x)
+    1     1        32      1,220 -> 1,231 (1.01x)
+    2     1        128     962 -> 1,560 and 841 -> 1,410 (1.62-1.68x)
+    2     1        64      1,154 -> 1,580 (1.37x)
+    2     1        32      999 -> 1,251 (1.25x)
+    2     2        128     1,556 -> 1,620 and 1,565 -> 1,742 (1.04-1.11x)
+
+This benchmark on that VM (`--threads 1 2 --batch 32 128 --sides jax-step jax-devices
+torch-eager --rounds 5`), before / after, against PyTorch eager in the same rounds at batch 32 /
+128: one thread, jax-step 1.05x / 1.01x after; two threads, jax-step 0.64x / 0.49x before and
+0.91x / 0.83x after, jax-devices 0.82x / 0.76x before and 0.86x / 0.85x after (CPU/wall 1.53 for
+jax-step, 1.59-1.67 for jax-devices, 1.98 for PyTorch). With `--eigen-convolutions` (before
+the chunks; every convolution Eigen's): jax-step 0.86x / 0.85x, jax-devices 0.82x / 1.01x. The
+same step from one run to the next took 55-88 ms (2 devices, batch 128): the VM's rate moves by
+60% within minutes, so only ratios within a run mean anything. Where the 2 threads still go
+(`jax.profiler`, batch 128, one device): YNNPACK's forward and input-gradient convolutions, 40 of
+84 ms, single-threaded. With 2 host devices, the single-threaded Eigen flag
+(`--xla_cpu_multi_thread_eigen=false`, so the two devices' Eigen kernel gradients do not compete
+for the same two threads) was 4-8% faster in two unpaired runs; not made a default.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a

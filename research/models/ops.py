@@ -38,9 +38,11 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   against 55-70 for the forward pass. YNNPACK leaves convolutions with at most 16 input and
   output features to XLA's Eigen convolutions, which run the chunks at 45-60 GFLOP/s, on
   every core: the batch-128 step 1.29-1.32x faster on one core and 1.6x on two, batch 64
-  1.18x / 1.37x, batch 32 unchanged on one core and 1.25x on two (paired rounds in one
-  process). Values agree with the library's to float32 rounding (the sum runs in another
-  order). Accelerators keep the one library kernel gradient (not measured there).
+  1.18x / 1.37x, batch 32 unchanged on one core and 1.25x on two, 1.04-1.11x with the two
+  cores as two data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired
+  rounds in one process; `benchmarks/train.py` has the table). Values agree with the library's
+  to float32 rounding (the sum runs in another order). Accelerators keep the one library
+  kernel gradient (not measured there: chunks would only add launches).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
