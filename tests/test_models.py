@@ -320,7 +320,8 @@ def test_multi_channel_kernel_gradient_in_chunks_matches_lax(padding):
     assert [o for _, o in shapes if o == x.shape] == [x.shape]
 
 
-def test_kernel_gradient_is_one_convolution_off_the_cpu_and_for_small_batches(monkeypatch):
+def test_kernel_gradient_is_one_convolution_off_the_cpu_for_small_batches_and_bfloat16(
+        monkeypatch):
     x = jax.random.normal(jax.random.PRNGKey(0), (40, 5, 6, 3))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 20))
 
@@ -331,6 +332,11 @@ def test_kernel_gradient_is_one_convolution_off_the_cpu_and_for_small_batches(mo
 
     assert len(kernel_grad_convs(x[:16])) == 1 + 1  # the value and one kernel gradient
     assert len(kernel_grad_convs(x)) == 1 + 3 * 2
+    # bfloat16 keeps the library's one sum (chunks would round each partial sum to it).
+    k16 = k.astype(jnp.bfloat16)
+    assert len(_conv_outputs(jax.grad(lambda k: jnp.sum(conv_general_dilated(
+        x.astype(jnp.bfloat16), k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        .astype(jnp.float32))), k16)) == 2
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert kernel_grad_convs(x) == [(40, 5, 6, 20), k.shape]
 

@@ -31,18 +31,18 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   evaluated forward and never transposed, takes the shift form too (it was a fifth of a small
   CNN's product; see `_shift_conv_jvp`).
 - A convolution with several input channels keeps the library convolution for its value and
-  input gradient, but on the CPU its kernel gradient over more than 16 examples (per device)
-  is the sum of kernel gradients over chunks of at most 16 examples and 16 output channels
-  (`_chunked_conv`). That gradient is a convolution whose input features are the batch; for a
-  large batch XLA:CPU's YNNPACK ran it at 8-20 GFLOP/s on the 2-core AVX2 VM of session 13,
-  against 55-70 for the forward pass. YNNPACK leaves convolutions with at most 16 input and
-  output features to XLA's Eigen convolutions, which run the chunks at 45-60 GFLOP/s, on
-  every core: the batch-128 step 1.29-1.32x faster on one core and 1.6x on two, batch 64
-  1.18x / 1.37x, batch 32 unchanged on one core and 1.25x on two, 1.04-1.11x with the two
-  cores as two data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired
-  rounds in one process; `benchmarks/train.py` has the table). Values agree with the library's
-  to float32 rounding (the sum runs in another order). Accelerators keep the one library
-  kernel gradient (not measured there: chunks would only add launches).
+  input gradient, but on the CPU its float32 kernel gradient over more than 16 examples (per
+  device) is the sum of kernel gradients over chunks of at most 16 examples and 16 output
+  channels (`_chunked_conv`). That gradient is a convolution whose input features are the batch;
+  for a large batch XLA:CPU's YNNPACK ran it at 8-20 GFLOP/s on the 2-core AVX2 VM of session
+  13, against 55-70 for the forward pass. YNNPACK leaves convolutions with at most 16 input and
+  output features to XLA's Eigen convolutions, which run the chunks at 45-60 GFLOP/s, on every
+  core: the batch-128 step 1.29-1.32x faster on one core and 1.6x on two, batch 64 1.18x /
+  1.37x, batch 32 unchanged on one core and 1.25x on two, 1.04-1.11x with the two cores as two
+  data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired rounds in one
+  process; `benchmarks/train.py` has the table). Values agree with the library's to float32
+  rounding (the sum runs in another order). Accelerators keep the one library kernel gradient
+  (not measured there: chunks would only add launches).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
@@ -348,8 +348,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     results stay those of `nn.Conv`. The fast paths (see the module docstring) take 2D
     NHWC/HWIO convolutions with unit strides and dilations and one group: with one input
     channel and at most 25 kernel taps, the shifted multiply-adds; with several input channels
-    on the CPU and more than 16 examples per device, the chunked kernel gradient. Everything
-    else goes to `lax.conv_general_dilated` unchanged.
+    in float32 on the CPU and more than 16 examples per device, the chunked kernel gradient.
+    Everything else goes to `lax.conv_general_dilated` unchanged.
 
     Args:
         lhs: inputs.
@@ -393,7 +393,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         return library()
     if cin == 1 and kh * kw <= _MAX_SHIFT_TAPS:
         return _shift_conv(lhs, rhs, pads, precision)
-    if cin > 1 and _chunk_kernel_gradient(lhs.shape[0]):
+    # float32 only: in a narrower type each chunk's partial sum would be rounded to it.
+    if cin > 1 and lhs.dtype == jnp.float32 and _chunk_kernel_gradient(lhs.shape[0]):
         return _chunked_conv(lhs, rhs, pads, precision)
     return library()
 
