@@ -13,14 +13,17 @@ training and finished grid points are not recomputed.
 Command:
     make run                                   # = python -m experiments.main --preset cpu
     python -m experiments.main --preset gpu    # larger CNN, more data, the paper's grids
-Run time: 1.5 minutes on a 2-core CPU in a clean clone with a cold feature cache (cpu preset:
-data and features 6 s, training 16 s, landscapes 54 s), plus about 70 s for the first install;
+Run time: 1.4 minutes on a 2-core CPU in a clean clone with a cold feature cache (cpu preset:
+data and features 6 s, training 18 s, landscapes 49 s), plus about 90 s for the first install;
 under a minute with --preset tiny. The gpu preset computes its features with the JAX front end
 on the device.
 Expected result (cpu preset, measured): on the ten soundscape classes (720 training, 80
 validation, 200 test clips), test accuracy 0.890 for the final state and 0.880 for the best state
-on validation (step 242; validation accuracy 0.850), train 0.94; a bowl-shaped filter-normalised
-plane around the trained weights (cosine of the two random directions -0.003); the first two
+on validation (step 242; validation accuracy 0.850), train 0.94 (session 12's VM). On session
+13's 2-core VM (AVX2, no AVX-512) the same run gives 0.885 and 0.890 (step 286), with or without
+that session's chunked kernel gradients: CPU kernels round differently on other processors. A
+bowl-shaped filter-normalised plane around the trained weights (cosine of the two random
+directions -0.003); the first two
 principal components of the trajectory explain 81% + 14% of its movement, and checkpoints lie up
 to 1.9 off that plane.
 """
