@@ -17,15 +17,14 @@ Run time: 1.4 minutes on a 2-core CPU in a clean clone with a cold feature cache
 data and features 6 s, training 18 s, landscapes 49 s), plus about 90 s for the first install;
 under a minute with --preset tiny. The gpu preset computes its features with the JAX front end
 on the device.
-Expected result (cpu preset, measured): on the ten soundscape classes (720 training, 80
-validation, 200 test clips), test accuracy 0.890 for the final state and 0.880 for the best state
-on validation (step 242; validation accuracy 0.850), train 0.94 (session 12's VM). On session
-13's 2-core VM (AVX2, no AVX-512) the same run gives 0.885 and 0.890 (step 286), with or without
-that session's chunked kernel gradients: CPU kernels round differently on other processors. A
-bowl-shaped filter-normalised plane around the trained weights (cosine of the two random
-directions -0.003); the first two
-principal components of the trajectory explain 81% + 14% of its movement, and checkpoints lie up
-to 1.9 off that plane.
+Expected result (cpu preset, measured): on the ten soundscape classes (720 training, 80 validation,
+200 test clips), test accuracy 0.890 for the final state and 0.880 for the best state on validation
+(step 242; validation accuracy 0.850), train 0.94 (session 12's VM). On session 13's 2-core VM
+(AVX2, no AVX-512) the same run gives 0.885 and 0.890 (step 286), with or without that session's
+chunked kernel gradients: CPU kernels round differently on other processors. A bowl-shaped
+filter-normalised plane around the trained weights (cosine of the two random directions -0.003);
+the first two principal components of the trajectory explain 81% + 14% of its movement, and
+checkpoints lie up to 1.9 off that plane.
 """
 
 from __future__ import annotations
