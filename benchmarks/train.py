@@ -174,9 +174,11 @@ the chunks; every convolution Eigen's): jax-step 0.86x / 0.85x, jax-devices 0.82
 same step from one run to the next took 55-88 ms (2 devices, batch 128): the VM's rate moves by
 60% within minutes, so only ratios within a run mean anything. Where the 2 threads still go
 (`jax.profiler`, batch 128, one device): YNNPACK's forward and input-gradient convolutions, 40 of
-84 ms, single-threaded. With 2 host devices, the single-threaded Eigen flag
-(`--xla_cpu_multi_thread_eigen=false`, so the two devices' Eigen kernel gradients do not compete
-for the same two threads) was 4-8% faster in two unpaired runs; not made a default.
+84 ms, single-threaded. `--xla_cpu_multi_thread_eigen=false` does nothing in jax 0.10 (an
+Eigen convolution kept 1.86 CPUs busy with it, 1.88 without), yet a copy of the jax-devices side
+with it, measured in the same runs, came out 9% / 15% and 4% / 5% faster (batch 32 / 128) than
+the side without it: two identical configurations differ by that much within one run, so
+ratios closer to each other than about 15% do not tell the configurations apart.
 
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
