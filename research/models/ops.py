@@ -42,7 +42,7 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired rounds in one
   process; `benchmarks/train.py` has the table). Values agree with the library's to float32
   rounding (the sum runs in another order). Accelerators keep the one library kernel gradient
-  (not measured there: chunks would only add launches).
+  (not measured there).
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
@@ -342,7 +342,7 @@ def _kernel_tangent_in_chunks(x_BxHxWxC, dk_KhxKwxCxO, pads, precision):
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated`, with a fast path for one-channel NHWC inputs.
+    """`lax.conv_general_dilated`, with fast paths for NHWC inputs.
 
     A drop-in for `nn.Conv(..., conv_general_dilated=conv_general_dilated)`: the parameters and
     results stay those of `nn.Conv`. The fast paths (see the module docstring) take 2D
