@@ -180,8 +180,8 @@ def _stacked_conv(x_BxHxWx1, k_KhxKwx1xO, pads, precision):
     (`_stack_parts`).
     """
     b = x_BxHxWx1.shape[0]
-    devices = _data_devices()
-    if devices > 1 and b % devices == 0:
+    devices = _device_split(b)
+    if devices > 1:
         return _stacked_conv_one(x_BxHxWx1, k_KhxKwx1xO, pads, precision, images=devices)
     parts = _stack_parts(b)
     if parts > 1:
@@ -196,6 +196,12 @@ def _data_devices() -> int:
 
     mesh = jax.sharding.get_abstract_mesh()
     return 1 if mesh.empty else int(dict(mesh.shape).get(DATA_AXIS, 1))
+
+
+def _device_split(batch: int) -> int:
+    """The devices that split `batch` evenly along the mesh's `data` axis (1 if they do not)."""
+    devices = _data_devices()
+    return devices if batch % devices == 0 else 1
 
 
 def _stack_parts(batch: int) -> int:
@@ -285,9 +291,8 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
 
 def _chunk_kernel_gradient(batch: int) -> bool:
     """Whether `_chunked_conv` pays: on the CPU, more than one chunk of examples per device."""
-    devices = _data_devices()
-    per_device = batch // devices if batch % devices == 0 else batch
-    return jax.default_backend() == "cpu" and per_device > _KERNEL_GRAD_CHUNK
+    return (jax.default_backend() == "cpu"
+            and batch // _device_split(batch) > _KERNEL_GRAD_CHUNK)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -323,8 +328,7 @@ def _kernel_tangent_in_chunks(x_BxHxWxC, dk_KhxKwxCxO, pads, precision):
     and nothing moves between them.
     """
     b = x_BxHxWxC.shape[0]
-    devices = _data_devices()
-    devices = devices if b % devices == 0 else 1
+    devices = _device_split(b)
     per_device, o = b // devices, dk_KhxKwxCxO.shape[-1]
     step = _KERNEL_GRAD_CHUNK
     x_DxNx = x_BxHxWxC.reshape(devices, per_device, *x_BxHxWxC.shape[1:])
