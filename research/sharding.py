@@ -14,8 +14,10 @@ can be simulated with `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set 
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -68,14 +70,20 @@ def mesh_axis_sizes(mesh: Mesh) -> tuple[int, int]:
 # --- The CPU backend ---------------------------------------------------------------------------
 
 # jax 0.10's XLA:CPU runs convolutions as YNNPACK fusions, single-threaded: with one CPU that is
-# the faster choice, but with two it leaves the second core mostly idle (1.3 CPUs busy against
-# PyTorch's 1.96). Its Eigen convolutions use every core: measured with `benchmarks/train.py
-# --eigen-convolutions` on 2 cores, the training step ran 1.2-1.3x faster (1.7-1.8 CPUs busy),
-# while on one core they are 0.75-0.87x YNNPACK's. The flag is experimental, and XLA aborts on
-# a flag it does not know, so it is set only for the jaxlib series it was measured on.
+# the faster choice, but with two it leaves the second core mostly idle (1.3-1.6 CPUs busy
+# against PyTorch's 1.96). Its Eigen convolutions use every core: the training step runs
+# 1.1-1.35x faster on 2 cores (1.7-1.9 CPUs busy; `cpu_jit`), while on one core they are
+# 0.6-0.9x YNNPACK's. The option is experimental, and XLA aborts on a flag it does not know, so
+# it is used only with the jaxlib series it was measured on. As a flag it reaches every program
+# of a process (`configure_cpu_backend`); as a compiler option, one program (`cpu_jit`: jax
+# 0.10's default fusion types, YNNPACK's reductions and dots, without its convolutions).
 EIGEN_CONVOLUTIONS = ("--xla_cpu_experimental_ynn_fusion_type="
                       "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+_EIGEN_CONVOLUTION_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                              "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _MEASURED_JAXLIB = ("0.10.",)
+# Set while `cpu_jit` traces a function for Eigen's convolutions (per thread).
+_tracing_for_eigen = threading.local()
 
 
 def usable_cpus() -> int:
@@ -86,29 +94,92 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def configure_cpu_backend() -> bool:
-    """Opt in to XLA:CPU convolutions that use every core this process may run on.
+def _eigen_convolutions_pay() -> bool:
+    """Two or more usable CPUs, a measured jaxlib, and no YNNPACK choice of the user's."""
+    from jaxlib import version
 
-    Call it first in a script, before JAX starts its backends (later it only reaches child
-    processes); `XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_..."`
+    return ("xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")
+            and usable_cpus() >= 2 and version.__version__.startswith(_MEASURED_JAXLIB))
+
+
+def configure_cpu_backend() -> bool:
+    """Opt in to XLA:CPU convolutions that use every core, in every program of this process.
+
+    Training steps compiled with `cpu_jit` (ours are) get them anyway; this extends them to
+    everything else (evaluation, landscapes, curvature). Call it first in a script, before JAX
+    starts its backends (later it only reaches child processes);
+    `XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_..."`
     (`EIGEN_CONVOLUTIONS`) does the same from the shell. It appends `EIGEN_CONVOLUTIONS` to
     `XLA_FLAGS` when the process may use two or more CPUs, the installed jaxlib is a measured
     series, and `XLA_FLAGS` does not already choose YNNPACK fusions. Accelerators are
     unaffected. It is not the default because results then change by float rounding with the
-    number of cores (the same on one machine, run after run), and the experiments' figures in
-    the README were measured without it.
+    number of cores (the same on one machine, run after run), and the landscape engine already
+    runs grid points on every core.
 
     Returns:
         Whether the flag was added.
     """
-    from jaxlib import version
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if ("xla_cpu_experimental_ynn_fusion_type" in flags or usable_cpus() < 2
-            or not version.__version__.startswith(_MEASURED_JAXLIB)):
+    if not _eigen_convolutions_pay():
         return False
+    flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     return True
+
+
+def eigen_convolutions() -> bool:
+    """Whether the program being traced will run XLA:CPU's Eigen convolutions.
+
+    True under `EIGEN_CONVOLUTIONS` in `XLA_FLAGS` and while `cpu_jit` traces for them;
+    `research.models.ops` then keeps forms that only pay with YNNPACK's convolutions out.
+    """
+    return (EIGEN_CONVOLUTIONS in os.environ.get("XLA_FLAGS", "")
+            or getattr(_tracing_for_eigen, "on", False))
+
+
+def cpu_jit(fun: Callable, **jit_kwargs) -> Callable:
+    """`jax.jit(fun, **jit_kwargs)`, with Eigen's multi-threaded convolutions on a multi-core CPU.
+
+    On the CPU backend with two or more usable CPUs and a measured jaxlib (and no YNNPACK choice
+    in `XLA_FLAGS`), the program is compiled with Eigen's convolutions instead of YNNPACK's
+    single-threaded ones, and traced with `eigen_convolutions()` true. Elsewhere (one CPU, an
+    accelerator) it is plain `jax.jit`. Results differ from `jax.jit(fun)`'s by float rounding
+    (the same run after run on one machine and core count). Decide after JAX has its devices
+    (it asks for the default backend).
+
+    Args:
+        fun: the function to compile (traced apart from other jits of it: JAX caches a trace
+            per function, whatever the compiler options, so `fun` is wrapped).
+        **jit_kwargs: passed to `jax.jit`.
+
+    Returns:
+        The jitted function (with `lower`); inside another trace it is a plain nested jit.
+    """
+    if jax.default_backend() != "cpu" or not _eigen_convolutions_pay():
+        return jax.jit(fun, **jit_kwargs)
+
+    @functools.wraps(fun)
+    def traced_for_eigen(*args, **kwargs):
+        before = getattr(_tracing_for_eigen, "on", False)
+        _tracing_for_eigen.on = True
+        try:
+            return fun(*args, **kwargs)
+        finally:
+            _tracing_for_eigen.on = before
+
+    eigen = jax.jit(traced_for_eigen, compiler_options=_EIGEN_CONVOLUTION_OPTIONS, **jit_kwargs)
+    nested = jax.jit(fun, **jit_kwargs)
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        # JAX takes compiler options only for a top-level program; called inside another
+        # trace (jit, grad, vmap of the caller's), this is a plain nested jit.
+        if any(isinstance(leaf, jax.core.Tracer)
+               for leaf in jax.tree_util.tree_leaves((args, kwargs))):
+            return nested(*args, **kwargs)
+        return eigen(*args, **kwargs)
+
+    call.lower = eigen.lower
+    return call
 
 
 # glibc `mallopt` parameters (malloc.h).

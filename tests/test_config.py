@@ -245,6 +245,46 @@ def test_the_cpu_flag_is_accepted_and_gives_the_same_convolutions():
     np.testing.assert_allclose(eigen, default, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("cpus,backend,version,flags,eigen", [
+    (2, "cpu", "0.10.2", "", True),
+    (1, "cpu", "0.10.2", "", False),  # one CPU: YNNPACK's convolutions are faster
+    (2, "gpu", "0.10.2", "", False),
+    (2, "cpu", "0.11.0", "", False),  # not measured: XLA may reject the option
+    (2, "cpu", "0.10.2", "--xla_cpu_experimental_ynn_fusion_type=", False),  # the user's choice
+])
+def test_cpu_jit_compiles_eigen_convolutions_only_where_measured(cpus, backend, version, flags,
+                                                                 eigen, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import jaxlib.version
+
+    from research import sharding as sh
+
+    monkeypatch.setattr(sh, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(jaxlib.version, "__version__", version)
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    seen = []
+
+    def conv(x, k):
+        seen.append(sh.eigen_convolutions())
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    # Over 16 features: YNNPACK leaves smaller convolutions to Eigen anyway.
+    x, k = jnp.ones((2, 6, 6, 20)), jnp.ones((3, 3, 20, 24))
+    program = sh.cpu_jit(conv).lower(x, k).compile().as_text().split("ENTRY")[1]
+    # JAX hands one trace of a function to every later jit of it, whatever its compiler
+    # options; cpu_jit traces a wrapper for Eigen, so a plain jit afterwards traces its own
+    # (elsewhere cpu_jit is the plain jit, with the same trace).
+    jax.jit(conv).lower(x, k)
+    assert seen == ([True, False] if eigen else [False])
+    # Eigen's convolution is a plain `convolution` in the program; YNNPACK's is in a fusion.
+    assert (" convolution(" in program) == eigen
+    monkeypatch.setenv("XLA_FLAGS", sh.EIGEN_CONVOLUTIONS)  # the process-wide flag
+    assert sh.eigen_convolutions()
+
+
 # Allocates, writes and frees a 64 MiB block four times; prints the page faults of the last three.
 _FAULTS = """
 import resource, sys

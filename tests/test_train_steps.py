@@ -272,3 +272,39 @@ def test_batch_not_dividing_the_devices_is_named():
     mesh, note = sh.training_mesh(10)  # all devices by default: the most that divide it
     assert mesh.devices.size == 2 and "10 does not divide by the 4 devices" in note
     assert sh.training_mesh(8)[0].devices.size == 4 and sh.training_mesh(8)[1] is None
+
+
+def test_cpu_jit_step_on_two_cores_agrees_with_jit_and_drops_the_kernel_gradient_chunks(
+        monkeypatch):
+    # On a multi-core CPU our steps compile with Eigen's convolutions (`cpu_jit`), which run a
+    # kernel gradient as one convolution; a plain jit keeps YNNPACK's and the chunks of at most
+    # 16 examples (`research.models.ops._chunked_conv`). The same step either way, to rounding.
+    from research import sharding as sh
+
+    monkeypatch.setattr(sh, "usable_cpus", lambda: 2)
+    model = CNN(channels=(3, 18), num_outputs=3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 8, 10, 1))
+    batch = {"x": x, "y": jnp.arange(40) % 3}
+    state = _state(model, x, Loss("softmax_ce", 3))
+    key = jax.random.PRNGKey(1)
+
+    def kernel_gradients(step):
+        """Output shapes of the program's convolutions that produce 3x3 kernels."""
+        text = step.lower(state, batch, key).as_text()
+        return sorted(line.rsplit("tensor<", 1)[1].split("xf32>")[0] for line in text.splitlines()
+                      if "stablehlo.convolution" in line and "-> tensor<3x3x" in line)
+
+    eigen, plain = sh.cpu_jit(train_step), jax.jit(train_step)
+    # YNNPACK's: the 3 -> 18 kernel gradient as 3 chunks of examples x 2 of channels; Eigen's:
+    # one convolution, and the first layer's as one tall image per core.
+    assert kernel_gradients(plain) == ["3x3x1x3"] + ["3x3x3x16"] * 3 + ["3x3x3x2"] * 3
+    assert kernel_gradients(eigen) == ["3x3x1x3"] * 2 + ["3x3x3x18"]
+    s1, m1 = eigen(state, batch, key)
+    s2, m2 = plain(state, batch, key)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Inside the caller's own jit (compiler options are for top-level programs only): the
+    # plain nested jit, same values.
+    nested = jax.jit(lambda s: eigen(s, batch, key)[1]["loss"])(state)
+    np.testing.assert_allclose(nested, m2["loss"], rtol=1e-5)

@@ -23,7 +23,7 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   transpose, the kernel gradient, is then a convolution of batch 1, which needs none of the
   layout transposes of the batch-as-feature form (13 ms of a 83 ms batch-128 step before,
   6.5 ms after; the whole step 1.1x faster in paired rounds, batch 32 unchanged; with the
-  multi-threaded Eigen convolutions of `research.sharding.configure_cpu_backend`, one tall
+  multi-threaded Eigen convolutions of `research.sharding.cpu_jit`, one tall
   image per core, run at once). Values agree with `lax.conv_general_dilated` to float32
   rounding (about 1e-6 relative: the sum runs in another order). Forward mode and higher
   derivatives work (no custom VJP), so the forward-over-reverse Hessian-vector products of
@@ -42,7 +42,9 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired rounds in one
   process; `benchmarks/train.py` has the table). Values agree with the library's to float32
   rounding (the sum runs in another order). Accelerators keep the one library kernel gradient
-  (not measured there).
+  (not measured there), and so do programs compiled for Eigen's convolutions
+  (`research.sharding.cpu_jit`, our training steps on a multi-core CPU), where every
+  convolution, the kernel gradient included, already runs on Eigen, on every core.
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
@@ -59,7 +61,6 @@ case. A NaN in a window gives NaN, as with `lax.max`.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Sequence
 
@@ -209,17 +210,16 @@ def _stack_parts(batch: int) -> int:
 
     A batch-1 kernel gradient is one convolution no library splits over threads (4 ms of a
     50-60 ms batch-128 step on 2 cores, single-threaded). With Eigen convolutions
-    (`research.sharding.configure_cpu_backend`, multi-threaded) and several cores, one tall image
-    per core gives as many independent convolutions, which XLA:CPU runs at once: the step 6-13%
-    faster at batch 128 and 5-10% at batch 32 on 2 cores (paired rounds in one process). With
-    YNNPACK's convolutions (the default) it made no difference on 2 cores and cost 1-2% on one,
-    and the kernel gradient's float rounding would then depend on the core count, so the
-    default keeps one image; so do accelerators.
+    (`research.sharding.cpu_jit` or `configure_cpu_backend`, multi-threaded) and several cores,
+    one tall image per core gives as many independent convolutions, which XLA:CPU runs at once:
+    the step 6-13% faster at batch 128 and 5-10% at batch 32 on 2 cores (paired rounds in one
+    process, session 8; within the noise in session 14). With YNNPACK's convolutions it made no
+    difference on 2 cores and cost 1-2% on one, and the kernel gradient's float rounding would
+    then depend on the core count, so they keep one image; so do accelerators.
     """
-    from research.sharding import EIGEN_CONVOLUTIONS, usable_cpus
+    from research.sharding import eigen_convolutions, usable_cpus
 
-    if (EIGEN_CONVOLUTIONS not in os.environ.get("XLA_FLAGS", "")
-            or jax.default_backend() != "cpu"):
+    if not eigen_convolutions() or jax.default_backend() != "cpu":
         return 1
     parts = min(usable_cpus(), batch)
     while batch % parts:
@@ -290,8 +290,15 @@ def _shift_conv_jvp(pads, precision, primals, tangents):
 
 
 def _chunk_kernel_gradient(batch: int) -> bool:
-    """Whether `_chunked_conv` pays: on the CPU, more than one chunk of examples per device."""
-    return (jax.default_backend() == "cpu"
+    """Whether `_chunked_conv` pays: more than one chunk per device, with YNNPACK's convolutions.
+
+    On the CPU only. Eigen's convolutions (`research.sharding.cpu_jit`) run the kernel gradient
+    as one convolution as fast or faster (the 2-core batch-128 step 1.07-1.11x faster without
+    the chunks, no difference at batch 32 and 64).
+    """
+    from research.sharding import eigen_convolutions
+
+    return (jax.default_backend() == "cpu" and not eigen_convolutions()
             and batch // _device_split(batch) > _KERNEL_GRAD_CHUNK)
 
 

@@ -129,8 +129,26 @@ def eval_step(state: TrainState, batch: Batch) -> dict:
     return metrics
 
 
-train_step_jit = jax.jit(train_step)
-train_step_donated = jax.jit(train_step, donate_argnums=0)
+@functools.cache
+def _train_step_compiled(donate: bool) -> Callable:
+    # Created at the first call, when JAX knows its backend (`cpu_jit` asks for it).
+    return sh.cpu_jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def train_step_jit(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
+    """`train_step` compiled with `research.sharding.cpu_jit`, the state not donated.
+
+    On a multi-core CPU that means Eigen's multi-threaded convolutions; elsewhere `jax.jit`.
+    """
+    return _train_step_compiled(False)(state, batch, key)
+
+
+def train_step_donated(state: TrainState, batch: Batch,
+                       key: jax.Array) -> tuple[TrainState, dict]:
+    """`train_step_jit` with the state's buffers donated (do not use the old state again)."""
+    return _train_step_compiled(True)(state, batch, key)
+
+
 eval_step_jit = jax.jit(eval_step)
 
 
@@ -252,8 +270,8 @@ def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: b
     # Traced under the mesh, so the model can see how the batch is split
     # (`research.models.ops._stacked_conv`).
     if not resident:
-        step = jax.jit(train_steps, in_shardings=(st, split, repl), out_shardings=(st, repl),
-                       donate_argnums=donate_argnums)
+        step = sh.cpu_jit(train_steps, in_shardings=(st, split, repl),
+                          out_shardings=(st, repl), donate_argnums=donate_argnums)
 
         def run_batches(state, batches, key):
             with jax.set_mesh(mesh):
@@ -266,8 +284,8 @@ def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: b
         if k not in compiled:
             fn = functools.partial(train_steps_gather, k=k,
                                    batch_sharding=sh.batch_sharding(mesh))
-            compiled[k] = jax.jit(fn, in_shardings=(st, repl, repl, split, repl, repl),
-                                  out_shardings=(st, repl), donate_argnums=donate_argnums)
+            compiled[k] = sh.cpu_jit(fn, in_shardings=(st, repl, repl, split, repl, repl),
+                                     out_shardings=(st, repl), donate_argnums=donate_argnums)
         with jax.set_mesh(mesh):
             return compiled[k](state, x_N, y_N, order_SxB, start, key)
 
