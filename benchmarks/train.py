@@ -5,7 +5,9 @@ head; `research.models.CNN`) from the same initial weights (Flax's, copied into 
 same data, with SGD + momentum 0.9 and softmax cross-entropy:
 
 - `jax-step`: `research.train.steps.train_step_jit` (state donated) called `--steps` times on one
-  batch already on the device, synchronised once at the end of a round;
+  batch already on the device, synchronised once at the end of a round; from 2 threads on it
+  is compiled with XLA:CPU's multi-threaded Eigen convolutions (`research.sharding.cpu_jit`),
+  as every training step of ours is;
 - `jax-loop`: the inner part of `research.train.loop.train_and_evaluate`: a host batch cut
   from a permuted numpy array per step, the jitted step, and the previous step's metrics
   fetched after the next step is queued (the loop's overhead per step is printed);
@@ -180,6 +182,28 @@ with it, measured in the same runs, came out 9% / 15% and 4% / 5% faster (batch 
 the side without it: two identical configurations differ by that much within one run, so
 ratios closer to each other than about 15% do not tell the configurations apart.
 
+Session 14 (the same AVX2 VM as session 13): with 2 CPUs, every training step of ours is now
+compiled with Eigen's convolutions (`research.sharding.cpu_jit`: a per-program compiler option,
+the fusion types of jax 0.10's default without YNNPACK's convolutions; one core keeps YNNPACK's),
+and the kernel gradients are then one convolution again, not chunks. Paired rounds in one
+process (`/tmp` probe, this benchmark's model and step, one device, 2 cores), YNNPACK with
+chunks -> Eigen without, step time: batch 128 90.7 -> 77.2 and 107.4 -> 96.5 ms (1.17x /
+1.11x), batch 64 1.22x / 1.12x, batch 32 1.36x / 1.10x; 1.19-1.25x at batch 128 in three
+earlier runs with the chunks kept (Eigen without them 1.07-1.11x faster than with, batch 32 and
+64 within 4%); 1.70-1.90 CPUs busy against 1.40-1.60. Over 2 host devices 1.11x / 0.98x
+(batch 128 / 32), over 4 host devices on the 2 cores 1.03x / 0.97x. Without YNNPACK's
+reductions too (only its dots) the step was 1.2-1.4x slower; with YNNPACK's elementwise fusions
+added, 1.3x slower; the concurrency-optimised scheduler changed nothing. This benchmark
+afterwards, against PyTorch eager in the same rounds (batch 32 / 128): two threads, jax-step
+1.08x / 1.00x, 1.07x / 1.01x, 1.03x / 1.00x and 0.96x / 0.93x in four runs (0.83x / 0.78x just
+before the change), jax-loop 1.05x / 1.14x, 0.97x / 0.95x and 1.03x / 1.02x, jax-devices
+0.86x / 0.97x and 0.85x / 0.94x; one thread (unchanged code) jax-step 1.22x / 1.05x, 1.09x /
+0.94x and 1.06x / 1.03x. The worst rounds still dip to 0.63-0.92x: parity within the VM's
+noise, not a margin above it. Where the 2-core step's time goes now (`jax.profiler`, one core,
+the same program): Eigen's convolutions 80 of 123 ms, of which the 16 -> 32 convolution's
+forward pass and input gradient 21 and 20 ms (about 36 GFLOP/s, against YNNPACK's 12-16 ms),
+the rest BatchNorm, ReLU and pooling passes over the first stage's 21 MB activations.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
@@ -267,8 +291,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--eigen-convolutions", action="store_true",
                    help="JAX sides with research.sharding.configure_cpu_backend: XLA:CPU's "
-                        "multi-threaded Eigen convolutions from 2 CPUs on, instead of the "
-                        "default single-threaded YNNPACK ones")
+                        "multi-threaded Eigen convolutions from 2 CPUs on in every program "
+                        "(the training steps have them anyway), the first convolution's "
+                        "kernel gradient as one tall image per core")
     p.add_argument("--cpu-devices", type=int, default=0,
                    help="host devices of the jax-devices side (default: one per pinned CPU)")
     p.add_argument("--no-reuse-host-memory", dest="reuse_host_memory", action="store_false",
