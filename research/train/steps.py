@@ -4,7 +4,9 @@
 pure functions of their arguments: import them into your own code and `jax.jit` them.
 `train_step_jit` is jitted without donation, so arrays you still hold (say the initial
 parameters, for an interpolation plot) stay valid; `train_step_donated` reuses the state's
-buffers in place and is for loops that own the state.
+buffers in place and is for loops that own the state. Both, and `compile_train_steps`, compile
+with `research.sharding.cpu_jit`: on a multi-core CPU with XLA's multi-threaded Eigen
+convolutions (use it for your own jit of `train_step` too), elsewhere as `jax.jit`.
 
 Several steps per compiled call: `train_steps(state, batches_K, key)` scans `train_step` over
 batches stacked on a leading axis, and `train_steps_gather` gathers each batch from a split
