@@ -106,8 +106,9 @@ def configure_cpu_backend() -> bool:
     """Opt in to XLA:CPU convolutions that use every core, in every program of this process.
 
     Programs compiled with `cpu_jit` (our training steps and the loop's evaluation) get them
-    anyway; this extends them to everything else (`eval_step_jit`, landscapes, curvature). Call it first in a script, before JAX
-    starts its backends (later it only reaches child processes);
+    anyway; this extends them to everything else (`eval_step_jit`, landscapes, curvature).
+    Call it first in a script, before JAX starts its backends (later it only reaches child
+    processes);
     `XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_..."`
     (`EIGEN_CONVOLUTIONS`) does the same from the shell. It appends `EIGEN_CONVOLUTIONS` to
     `XLA_FLAGS` when the process may use two or more CPUs, the installed jaxlib is a measured
