@@ -195,8 +195,9 @@ earlier runs with the chunks kept (Eigen without them 1.07-1.11x faster than wit
 reductions too (only its dots) the step was 1.2-1.4x slower; with YNNPACK's elementwise fusions
 added, 1.3x slower; the concurrency-optimised scheduler changed nothing. This benchmark
 afterwards, against PyTorch eager in the same rounds (batch 32 / 128): two threads, jax-step
-1.08x / 1.00x, 1.07x / 1.01x, 1.03x / 1.00x and 0.96x / 0.93x in four runs (0.83x / 0.78x just
-before the change), jax-loop 1.05x / 1.14x, 0.97x / 0.95x and 1.03x / 1.02x, jax-devices
+1.08x / 1.00x, 1.07x / 1.01x, 1.03x / 1.00x, 0.96x / 0.93x and 0.99x / 0.95x in five runs
+(0.83x / 0.78x just before the change), jax-loop 1.05x / 1.14x, 0.97x / 0.95x, 1.03x / 1.02x
+and 0.84x / 0.90x, jax-devices
 0.86x / 0.97x and 0.85x / 0.94x; one thread (unchanged code) jax-step 1.22x / 1.05x, 1.09x /
 0.94x and 1.06x / 1.03x. The worst rounds still dip to 0.63-0.92x: parity within the VM's
 noise, not a margin above it. Where the 2-core step's time goes now (`jax.profiler`, one core,
