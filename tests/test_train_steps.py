@@ -278,8 +278,13 @@ def test_cpu_jit_step_on_two_cores_agrees_with_jit_and_drops_the_kernel_gradient
         monkeypatch):
     # On a multi-core CPU our steps compile with Eigen's convolutions (`cpu_jit`), which run a
     # kernel gradient as one convolution; a plain jit keeps YNNPACK's and the chunks of at most
-    # 16 examples (`research.models.ops._chunked_conv`). The same step either way, to rounding.
+    # 16 examples (`research.models.ops._chunked_conv`). Both give the step of the same model
+    # built from Flax's and lax's own operations, to rounding.
+    import flax.linen as nn
+    from jax import lax
+
     from research import sharding as sh
+    from research.models import cnn as cnn_module
 
     monkeypatch.setattr(sh, "usable_cpus", lambda: 2)
     model = CNN(channels=(3, 18), num_outputs=3)
@@ -299,12 +304,21 @@ def test_cpu_jit_step_on_two_cores_agrees_with_jit_and_drops_the_kernel_gradient
     # one convolution, and the first layer's as one tall image per core.
     assert kernel_gradients(plain) == ["3x3x1x3"] + ["3x3x3x16"] * 3 + ["3x3x3x2"] * 3
     assert kernel_gradients(eigen) == ["3x3x1x3"] * 2 + ["3x3x3x18"]
-    s1, m1 = eigen(state, batch, key)
-    s2, m2 = plain(state, batch, key)
-    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    ours = [eigen(state, batch, key), plain(state, batch, key)]
     # Inside the caller's own jit (compiler options are for top-level programs only): the
-    # plain nested jit, same values.
-    nested = jax.jit(lambda s: eigen(s, batch, key)[1]["loss"])(state)
-    np.testing.assert_allclose(nested, m2["loss"], rtol=1e-5)
+    # plain nested jit.
+    ours.append(jax.jit(lambda s: eigen(s, batch, key))(state))
+    # The reference: the library's pooling, convolutions and BatchNorm, traced afresh (a new
+    # function, so no cached trace of train_step is reused).
+    monkeypatch.setattr(cnn_module, "max_pool",
+                        lambda h, window: nn.max_pool(h, tuple(window), strides=tuple(window)))
+    monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
+    monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
+    reference = jax.jit(lambda s, b, k: train_step(s, b, k))
+    assert "reduce_window" in reference.lower(state, batch, key).as_text()  # the swap took
+    ref_state, ref = reference(state, batch, key)
+    for new_state, metrics in ours:
+        np.testing.assert_allclose(metrics["loss"], ref["loss"], rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(new_state),
+                        jax.tree_util.tree_leaves(ref_state)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
