@@ -205,6 +205,41 @@ the same program): Eigen's convolutions 80 of 123 ms, of which the 16 -> 32 conv
 forward pass and input gradient 21 and 20 ms (about 36 GFLOP/s, against YNNPACK's 12-16 ms),
 the rest BatchNorm, ReLU and pooling passes over the first stage's 21 MB activations.
 
+Session 15 (the same VM, slower and noisier: the same variant moved between 59 and 99 ms a
+batch-128 step from one run to the next): two threads, jax-step 0.90x / 0.85x and 0.83x / 0.79x
+PyTorch eager (batch 32 / 128; PyTorch's own rate moved from 1,330 / 1,675 to 1,741 / 1,805
+samples/s between the runs). What was measured, none of it kept:
+- Per CPU-second the two are even: at batch 128 on two threads a JAX step took 148 ms of CPU
+  time, PyTorch's 150 ms. The gap is utilisation: 1.61-1.85 CPUs busy against 1.97-1.99.
+  XLA:CPU's workers sleep and wake between operations, 300-500 voluntary context switches per
+  batch-128 step (80-140 at batch 32), PyTorch's OpenMP threads spin (none). Idle low-priority
+  spinners on both cores (`chrt -i 0`, to keep the vCPUs from halting) changed nothing.
+- The same Eigen program on one core and on two, per operation (`jax.profiler`): the
+  convolutions scale with the cores; the memory-bound passes over the first stage's activations
+  (the pooling gradient, the first convolution's shifted multiply-adds, layout transposes) and
+  YNNPACK's reductions take as long on two cores as on one (0.7-1.2x). The whole step: 98 ms
+  on one core, 70 ms on two (1.4x).
+- BatchNorm, ReLU and max pooling as one `custom_jvp` whose tangent goes through each window's
+  first maximum (values, gradients and Hessian-vector products equal to Flax's within 1e-6): its
+  gradient's reductions would run over the pooled quarter of the elements. XLA:CPU has no
+  multi-output fusion of siblings and expands `optimization_barrier` before fusing, so every
+  consumer recomputed the window's maximum from the full-size input: on one core 0-14% slower,
+  on two within the noise (paired rounds in one process).
+- The window's maximum, its position and the value there as one variadic reduce: 8x slower than
+  the chain of selects (a scalar loop).
+- XLA:CPU runs independent operations one after the other except Eigen's asynchronous
+  convolutions: two independent YNNPACK convolutions on two cores kept 1.02-1.04 CPUs busy, so
+  YNNPACK's faster single-threaded convolutions cannot be spread by splitting the batch (the
+  step with each convolution in two halves 1.06x / 1.28x slower than unsplit, batch 128 / 32).
+  Eigen's convolutions in batch-32 pieces: the batch-128 step 0.74x.
+- jaxlib 0.10.2 accepts `xla_cpu_use_onednn`, `xla_cpu_experimental_onednn_custom_call` and the
+  oneDNN and XNNPACK fusion types, but none of them takes a convolution (their matchers take
+  dots and elementwise operations). The convolution as patches times the kernel: the patches
+  alone took 82 ms against the whole convolution's 17 (16 -> 32, batch 128, one core).
+- Both non-default schedulers (`xla_cpu_scheduler_type`), the fusion emitters on or off, tiling
+  propagation, and transparent huge pages for glibc's heap (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
+  about 500 MB of it in huge pages): within the noise or slower.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
