@@ -22,9 +22,21 @@ def _init(model, x):
                                 "dropout": jax.random.PRNGKey(1)}, x)
 
 
+def _shapes(model, x):
+    """The variables `_init` gives, as shapes only: traced, not compiled or run."""
+    return jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0),
+                                       "dropout": jax.random.PRNGKey(1)}, x)
+
+
+def _normal(seed, shape):
+    """Standard normal float32 inputs from numpy: continuous values (no ties), and no
+    compilation per shape as `jax.random.normal` outside a program costs (50-200 ms each)."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
 def test_mlp_param_count_matches_hand_count():
     model = MLP(widths=(4, 2), num_outputs=1, activation="tanh")
-    variables = _init(model, jnp.zeros((1, 7)))
+    variables = _shapes(model, np.zeros((1, 7), np.float32))
     # (7*4 + 4) + (4*2 + 2) + (2*1 + 1)
     assert param_count(variables["params"]) == 32 + 10 + 3
     assert "batch_stats" not in variables
@@ -32,7 +44,7 @@ def test_mlp_param_count_matches_hand_count():
 
 def test_cnn_param_count_matches_hand_count():
     model = CNN(channels=(4, 8), num_outputs=3, kernel_size=(3, 3), batch_norm=True, head=(5,))
-    variables = _init(model, jnp.zeros((1, 16, 12, 1)))
+    variables = _shapes(model, np.zeros((1, 16, 12, 1), np.float32))
     # conv without bias when BN: 3*3*1*4, BN scale+bias 2*4; 3*3*4*8, BN 2*8; head 8*5+5; out 5*3+3
     expected = 36 + 8 + 288 + 16 + 45 + 18
     assert param_count(variables["params"]) == expected
@@ -43,19 +55,21 @@ def test_cnn_param_count_matches_hand_count():
 def test_residual_cnn_param_count_and_skip_changes_function():
     kw = dict(channels=(4,), num_outputs=2, depth=1, batch_norm=False)
     plain, res = CNN(residual=False, **kw), CNN(residual=True, **kw)
-    x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 1))
+    x = _normal(3, (2, 8, 8, 1))
     v = _init(plain, x)
     # stem conv (9*1*4+4) + two block convs (9*4*4+4 each) + out (4*2+2)
     assert param_count(v["params"]) == 40 + 2 * 148 + 10
-    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(_init(res, x))
-    assert not np.allclose(plain.apply(v, x), res.apply(v, x))
+    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(_shapes(res, x))
+    # One program for both (eager operations compile one program each).
+    out_plain, out_res = jax.jit(lambda v, x: (plain.apply(v, x), res.apply(v, x)))(v, x)
+    assert not np.allclose(out_plain, out_res)
 
 
 def test_piczak_param_count_with_tall_filters():
     model = PiczakCNN(filters=(6, 5), num_outputs=4, first_kernel=(57, 6), hidden=(7,),
                       dropout=0.5)
-    x = jnp.zeros((1, 60, 41, 1))
-    variables = _init(model, x)
+    x = np.zeros((1, 60, 41, 1), np.float32)
+    variables = _shapes(model, x)
     # conv1 57x6x1x6+6 -> map 4x36; pool 4x3 stride 1x3 -> 1x12; conv2 1x3x6x5+5 -> 1x10;
     # pool 1x3 -> 1x3; flatten 15 -> dense 7 -> out 4
     expected = (57 * 6 * 6 + 6) + (3 * 6 * 5 + 5) + (15 * 7 + 7) + (7 * 4 + 4)
@@ -66,16 +80,18 @@ def test_piczak_param_count_with_tall_filters():
 
 def test_piczak_clips_first_filter_to_short_inputs():
     model = PiczakCNN(filters=(3, 3), num_outputs=2, hidden=(4,))
-    out = model.apply(_init(model, jnp.zeros((2, 40, 30, 1))), jnp.zeros((2, 40, 30, 1)))
+    x = np.zeros((2, 40, 30, 1), np.float32)
+    out = jax.jit(model.apply)(_init(model, x), x)
     assert out.shape == (2, 2)
 
 
 def test_batchnorm_train_and_eval_modes():
     model = CNN(channels=(4,), num_outputs=2, batch_norm=True)
-    x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+    x = 3.0 + 2.0 * _normal(0, (8, 8, 8, 1))
     variables = _init(model, x)
-    out_train, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    out_eval = model.apply(variables, x, train=False)
+    (out_train, updates), out_eval = jax.jit(lambda v, x: (
+        model.apply(v, x, train=True, mutable=["batch_stats"]),
+        model.apply(v, x, train=False)))(variables, x)
     # training mode normalises with batch statistics, eval mode with the (initial) averages
     assert not np.allclose(out_train, out_eval)
     mean = updates["batch_stats"]["BatchNorm_0"]["mean"]
@@ -84,11 +100,12 @@ def test_batchnorm_train_and_eval_modes():
 
 def test_mlp_dropout_only_in_training():
     model = MLP(widths=(16,), num_outputs=1, dropout=0.5)
-    x = jnp.ones((4, 3))
+    x = np.ones((4, 3), np.float32)
     v = _init(model, x)
-    a = model.apply(v, x, train=False)
-    b = model.apply(v, x, train=False)
-    c = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(5)})
+    apply = jax.jit(model.apply, static_argnames="train")
+    a = apply(v, x, train=False)
+    b = apply(v, x, train=False)
+    c = apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(5)})
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -120,37 +137,40 @@ def _pool_ref(x, window, strides=None):
     ((2, 9, 12, 2), (4, 3), (1, 3)),   # window != stride: falls back to nn.max_pool
 ])
 def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous: no ties
-    ref = _pool_ref(x, window, strides)
-    out = max_pool(x, window, strides)
+    x = _normal(0, shape)  # continuous: no ties
+    w = _normal(1, jax.eval_shape(lambda x: _pool_ref(x, window, strides), x).shape)
+    v = _normal(2, shape)
+
+    # One program per side (value, gradient, and the second order, forward over reverse (the
+    # curvature tools' product), on a loss that curves: sum(w * pool(x)^2)).
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_grad_hvp(pool, x, w, v):
+        grad = jax.grad(lambda x: jnp.sum(pool(x, window, strides) ** 2 * w))
+        return (pool(x, window, strides),
+                jax.grad(lambda x: jnp.sum(pool(x, window, strides) * w))(x),
+                jax.jvp(grad, (x,), (v,))[1])
+    out, g, hvp = value_grad_hvp(max_pool, x, w, v)
+    ref, g_ref, hvp_ref = value_grad_hvp(_pool_ref, x, w, v)
     assert out.shape == ref.shape
     np.testing.assert_array_equal(out, ref)
-    w = jax.random.normal(jax.random.PRNGKey(1), ref.shape)
-    g_ref = jax.jit(jax.grad(lambda x: jnp.sum(_pool_ref(x, window, strides) * w)))(x)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(max_pool(x, window, strides) * w)))(x)
     np.testing.assert_array_equal(g, g_ref)
-    # Second order, forward over reverse (the curvature tools' product), on a loss that
-    # curves: sum(w * pool(x)^2).
-    v = jax.random.normal(jax.random.PRNGKey(2), shape)
     if strides is None:  # tiling windows: one maximum per window gets the gradient
         assert np.count_nonzero(g) == ref.size
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def hvp(pool):
-        grad = jax.grad(lambda x: jnp.sum(pool(x, window, strides) ** 2 * w))
-        return jax.jvp(grad, (x,), (v,))[1]
-    np.testing.assert_allclose(hvp(max_pool), hvp(_pool_ref), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_nn_max_pool():
     # Row-major first maximum, as XLA's select_and_scatter and PyTorch's max_pool2d do
     # (jnp.max would split the gradient among the tied elements).
-    x = jnp.array([[0.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]).reshape(1, 2, 4, 1)
-    g = jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2))))(x)
-    g_ref = jax.grad(lambda x: jnp.sum(_pool_ref(x, (2, 2))))(x)
+    x = np.array([[0.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]], np.float32).reshape(1, 2, 4, 1)
+    with_nan = np.array([[1.0, np.nan], [3.0, 2.0]], np.float32).reshape(1, 2, 2, 1)
+    # One program (eager operations compile one program each).
+    g, g_ref, nan = jax.jit(lambda x, with_nan: (
+        jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2))))(x),
+        jax.grad(lambda x: jnp.sum(_pool_ref(x, (2, 2))))(x),
+        max_pool(with_nan, (2, 2))))(x, with_nan)
     np.testing.assert_array_equal(g, g_ref)
     np.testing.assert_array_equal(g[0, :, :, 0], [[0, 1, 1, 0], [0, 0, 0, 0]])
-    nan = max_pool(jnp.array([[1.0, jnp.nan], [3.0, 2.0]]).reshape(1, 2, 2, 1), (2, 2))
     assert np.isnan(nan).all()
 
 
@@ -163,29 +183,32 @@ def _conv_ref(x, k, padding):
 @pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((5, 1), "VALID"),
                                             ((2, 3), ((1, 0), (2, 1)))])
 def test_one_channel_conv_values_and_gradients_match_lax(kernel, padding):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 1))
-    k = jax.random.normal(jax.random.PRNGKey(1), kernel + (1, 4))
-    ref = _conv_ref(x, k, padding)
-    out = conv_general_dilated(x, k, (1, 1), padding,
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = _normal(0, (2, 7, 9, 1))
+    k = _normal(1, kernel + (1, 4))
+    w = _normal(2, jax.eval_shape(lambda x, k: _conv_ref(x, k, padding), x, k).shape)
+    v = _normal(3, k.shape)
+
+    def ours(x, k):
+        return conv_general_dilated(x, k, (1, 1), padding,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def theirs(x, k):
+        return _conv_ref(x, k, padding)
+
+    # One program per side: the value, the gradients, and forward over reverse (the
+    # Hessian-vector products of research.landscape.hessian).
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_grads_hvp(conv, x, k, w, v):
+        def loss(x, k):
+            return jnp.sum(jnp.tanh(conv(x, k)) * w)
+        return (conv(x, k), jax.grad(loss, (0, 1))(x, k),
+                jax.jvp(jax.grad(loss, 1), (x, k), (jnp.zeros_like(x), v))[1])
+    out, grads, hvp = value_grads_hvp(ours, x, k, w, v)
+    ref, grads_ref, hvp_ref = value_grads_hvp(theirs, x, k, w, v)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    w = jax.random.normal(jax.random.PRNGKey(2), ref.shape)
-
-    def loss(f):
-        return lambda x, k: jnp.sum(jnp.tanh(f(x, k)) * w)
-
-    ours = loss(lambda x, k: conv_general_dilated(x, k, (1, 1), padding,
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    theirs = loss(lambda x, k: _conv_ref(x, k, padding))
-    for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, k),
-                    jax.jit(jax.grad(theirs, (0, 1)))(x, k)):
+    for a, b in zip(grads, grads_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    # Forward over reverse (the Hessian-vector products of research.landscape.hessian).
-    v = jax.random.normal(jax.random.PRNGKey(3), k.shape)
-    hvp = [jax.jit(lambda x, k, f=f: jax.jvp(jax.grad(f, 1), (x, k),
-                                               (jnp.zeros_like(x), v))[1])(x, k)
-           for f in (ours, theirs)]
-    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-4, atol=1e-4)
 
 
 def _conv_outputs(fun, *args, inputs=False):
@@ -215,13 +238,12 @@ def _lax_same(x, k, *args, **kwargs):
 
 
 def test_one_channel_conv_second_derivatives_match_lax_in_every_order_and_batch():
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 8, 1))
-    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
-    w = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 8, 4))
+    # On the device (a copy, not a program): the programs below close over them.
+    x, k, w, v_VxK, dx = jax.device_put([_normal(0, (3, 6, 8, 1)), _normal(1, (3, 3, 1, 4)),
+                                         _normal(2, (3, 6, 8, 4)), _normal(3, (5, 3, 3, 1, 4)),
+                                         _normal(4, (3, 6, 8, 1))])
 
     ours, theirs = _tanh_loss(conv_general_dilated, w), _tanh_loss(_lax_same, w)
-    v_VxK = jax.random.normal(jax.random.PRNGKey(3), (5,) + k.shape)
-    dx = jax.random.normal(jax.random.PRNGKey(4), x.shape)
 
     def fwd_rev(f):  # vmapped over vectors, with a data tangent too
         return jax.vmap(lambda v: jax.jvp(jax.grad(f, (0, 1)), (x, k), (dx, v))[1])(v_VxK)
@@ -257,13 +279,15 @@ def test_kernel_gradient_stacks_one_image_per_core_only_with_eigen_convolutions(
 
     monkeypatch.setattr(sh, "usable_cpus", lambda: cpus)
     monkeypatch.setenv("XLA_FLAGS", sh.EIGEN_CONVOLUTIONS if flags else "")
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 8, 1))
-    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 4))
-    w = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 8, 4))
+    x = _normal(0, (4, 6, 8, 1))
+    k = _normal(1, (3, 3, 1, 4))
+    w = _normal(2, (4, 6, 8, 4))
 
     grad = jax.grad(_tanh_loss(conv_general_dilated, w), 1)
-    np.testing.assert_allclose(grad(x, k), jax.grad(_tanh_loss(_lax_same, w), 1)(x, k),
-                               rtol=1e-5, atol=1e-5)
+    # One program for both (traced here, under the patched settings).
+    ours, theirs = jax.jit(lambda x, k: (grad(x, k), jax.grad(_tanh_loss(_lax_same, w), 1)(x, k)))(
+        x, k)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     # 4 images of 6 + 2 padding rows in `parts` tall images (batch 4 does not split in 3), each
     # with 2 zero rows after its last image; the library convolution's batch-1 kernel gradient.
     rows = 4 // parts * 8 + 2
@@ -271,8 +295,8 @@ def test_kernel_gradient_stacks_one_image_per_core_only_with_eigen_convolutions(
 
 
 def test_conv_with_several_input_channels_is_the_library_convolution():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
-    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 2))
+    x = _normal(0, (2, 6, 6, 3))
+    k = _normal(1, (3, 3, 3, 2))
     out = conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_array_equal(out, lax.conv_general_dilated(
         x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
@@ -282,8 +306,8 @@ def test_conv_with_several_input_channels_is_the_library_convolution():
 def test_multi_channel_kernel_gradient_in_chunks_matches_lax(padding):
     # Batch 37 and 35 output channels: chunks of 16, 16 and 5 examples and 16, 16 and 3
     # channels, so uneven last chunks are covered too.
-    x = jax.random.normal(jax.random.PRNGKey(0), (37, 5, 6, 3))
-    k = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 3, 35))
+    x = _normal(0, (37, 5, 6, 3))
+    k = _normal(1, (3, 2, 3, 35))
     nhwc = ("NHWC", "HWIO", "NHWC")
 
     def ours(x, k):
@@ -292,13 +316,12 @@ def test_multi_channel_kernel_gradient_in_chunks_matches_lax(padding):
     def theirs(x, k):
         return _conv_ref(x, k, padding)
 
-    ref = theirs(x, k)
     # The value is the library convolution itself.
     np.testing.assert_array_equal(ours(x, k), lax.conv_general_dilated(
         x, k, (1, 1), padding, dimension_numbers=nhwc))
-    w = jax.random.normal(jax.random.PRNGKey(2), ref.shape)
-    v = jax.random.normal(jax.random.PRNGKey(3), k.shape)
-    dx = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+    w = _normal(2, jax.eval_shape(theirs, x, k).shape)
+    v = _normal(3, k.shape)
+    dx = _normal(4, x.shape)
 
     def derivatives(conv):
         f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * w)  # noqa: E731
@@ -322,8 +345,8 @@ def test_multi_channel_kernel_gradient_in_chunks_matches_lax(padding):
 
 def test_kernel_gradient_is_one_convolution_off_the_cpu_for_small_batches_and_bfloat16(
         monkeypatch):
-    x = jax.random.normal(jax.random.PRNGKey(0), (40, 5, 6, 3))
-    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 20))
+    x = _normal(0, (40, 5, 6, 3))
+    k = _normal(1, (3, 3, 3, 20))
 
     def kernel_grad_convs(x):
         conv = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME",
@@ -348,8 +371,8 @@ def test_kernel_gradient_is_one_convolution_off_the_cpu_for_small_batches_and_bf
      (2, 8, 15, 1)),
 ])
 def test_models_unchanged_against_nn_max_pool_and_lax_conv(model, shape, monkeypatch):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    y = jnp.arange(shape[0]) % model.num_outputs
+    x = _normal(0, shape)
+    y = np.arange(shape[0], dtype=np.int32) % model.num_outputs
     variables = _init(model, x)
 
     def run():
@@ -360,53 +383,67 @@ def test_models_unchanged_against_nn_max_pool_and_lax_conv(model, shape, monkeyp
         (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
         return out, model.apply(variables, x, train=False), grads
 
-    # Compiled, so each side costs one compilation instead of one per operation; each jit
-    # traces at its call, after the swap for the reference.
-    fast = jax.jit(run)()
+    # Compiled, so each side costs one compilation instead of one per operation. Each side
+    # jits its own function, so the reference traces at its call, after the swap (`jax.jit`
+    # of the same function again would reuse the first trace: the fast model twice).
+    fast = jax.jit(lambda: run())()
     monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
     monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
     monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
-    ref = jax.jit(run)()
+    ref = jax.jit(lambda: run())()
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm_matches_flax_batchnorm(train):
-    x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 3))
+    x = 2.0 + 3.0 * _normal(0, (4, 5, 6, 3))
     ours, ref = BatchNorm(momentum=0.9), nn.BatchNorm(momentum=0.9)
-    v = ref.init(jax.random.PRNGKey(1), x, use_running_average=False)
-    v = {"params": {"scale": jnp.array([1.0, 0.5, 2.0]), "bias": jnp.array([0.0, 1.0, -1.0])},
+    v = jax.jit(ref.init, static_argnames="use_running_average")(
+        jax.random.PRNGKey(1), x, use_running_average=False)
+    v = {"params": {"scale": np.array([1.0, 0.5, 2.0], np.float32),
+                    "bias": np.array([0.0, 1.0, -1.0], np.float32)},
          "batch_stats": v["batch_stats"]}
-    assert (jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(1), x, False))
+    assert (jax.tree_util.tree_structure(jax.eval_shape(
+        lambda key, x: ours.init(key, x, False), jax.random.PRNGKey(1), x))
             == jax.tree_util.tree_structure(v))
+    w = _normal(2, x.shape)
 
     def run(module, params, x):
         return module.apply({**v, "params": params}, x, use_running_average=not train,
                             mutable=["batch_stats"])
 
-    (a, a_stats), (b, b_stats) = run(ours, v["params"], x), run(ref, v["params"], x)
+    # One program per side: the values, statistics and gradients.
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_grads(module, params, x):
+        return run(module, params, x), jax.grad(
+            lambda p, x: jnp.sum(run(module, p, x)[0] * w), (0, 1))(params, x)
+    ((a, a_stats), ga), ((b, b_stats), gb) = (value_grads(ours, v["params"], x),
+                                              value_grads(ref, v["params"], x))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     for s, t in zip(jax.tree_util.tree_leaves(a_stats), jax.tree_util.tree_leaves(b_stats)):
         np.testing.assert_allclose(s, t, rtol=1e-6, atol=1e-6)
-    w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
-    ga = jax.grad(lambda p, x: jnp.sum(run(ours, p, x)[0] * w), (0, 1))(v["params"], x)
-    gb = jax.grad(lambda p, x: jnp.sum(run(ref, p, x)[0] * w), (0, 1))(v["params"], x)
     for s, t in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(s, t, rtol=1e-4, atol=1e-4)
 
 
 def test_models_keep_the_dtypes_of_nn_max_pool_and_lax_conv(monkeypatch):
     model = CNN(channels=(3, 4), num_outputs=2)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+    x = _normal(0, (2, 8, 8, 1))
     variables = _init(model, x)
-    bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), variables)
+    bf16 = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(jnp.bfloat16), variables)
     cases = [(bf16, x.astype(jnp.bfloat16)), (variables, x.astype(jnp.bfloat16))]
-    fast = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+
+    # One program per side, each its own function so that it traces at its call (the
+    # reference after the swap).
+    def apply_cases():
+        return jax.jit(lambda cases: [model.apply(v, xb, mutable=["intermediates"])
+                                      for v, xb in cases])(cases)
+    fast = apply_cases()
     monkeypatch.setattr(cnn_module, "max_pool", _pool_ref)
     monkeypatch.setattr(cnn_module, "conv_general_dilated", lax.conv_general_dilated)
     monkeypatch.setattr(cnn_module, "BatchNorm", nn.BatchNorm)
-    ref = [model.apply(v, xb, mutable=["intermediates"]) for v, xb in cases]
+    ref = apply_cases()
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(ref)):
         assert a.dtype == b.dtype
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
