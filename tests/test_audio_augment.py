@@ -7,6 +7,14 @@ import pytest
 
 from research.audio import augment as A
 
+# Compiled whole, as training runs them: one compilation per setting where an eager call
+# compiles each of its operations.
+_freq_mask = jax.jit(A.freq_mask, static_argnums=(2, 3), static_argnames="fill")
+_spec_augment = jax.jit(A.spec_augment, static_argnums=(2, 3, 4, 5))
+_mixup = jax.jit(A.mixup, static_argnames="alpha")
+_time_shift = jax.jit(A.time_shift, static_argnums=2, static_argnames=("axis", "circular"))
+_random_gain = jax.jit(A.random_gain, static_argnums=2, static_argnames="domain")
+
 
 def _spec(b=6, f=12, t=20, c=1):
     return np.random.default_rng(0).normal(size=(b, f, t, c)).astype(np.float32) + 5.0
@@ -46,8 +54,8 @@ def test_masks_are_bands_of_fill_and_leave_the_rest_untouched(axis_name):
 
 
 def test_mask_widths_cover_zero_to_max_and_positions_cover_the_axis():
-    x = jnp.ones((400, 10, 3, 1))
-    out = np.asarray(A.freq_mask(jax.random.key(0), x, 3, 1, fill=-1.0))
+    x = np.ones((400, 10, 3, 1), np.float32)
+    out = np.asarray(_freq_mask(jax.random.key(0), x, 3, 1, fill=-1.0))
     widths = (out[:, :, 0, 0] == -1.0).sum(axis=1)
     assert set(widths.tolist()) == {0, 1, 2, 3}
     starts = [np.flatnonzero(out[i, :, 0, 0] == -1.0)[0] for i in range(400) if widths[i] == 3]
@@ -56,9 +64,9 @@ def test_mask_widths_cover_zero_to_max_and_positions_cover_the_axis():
 
 def test_spec_augment_deterministic_per_key():
     x = jnp.asarray(_spec())
-    a = A.spec_augment(jax.random.key(1), x, 3, 4, 2, 2)
-    b = A.spec_augment(jax.random.key(1), x, 3, 4, 2, 2)
-    c = A.spec_augment(jax.random.key(2), x, 3, 4, 2, 2)
+    a = _spec_augment(jax.random.key(1), x, 3, 4, 2, 2)
+    b = _spec_augment(jax.random.key(1), x, 3, 4, 2, 2)
+    c = _spec_augment(jax.random.key(2), x, 3, 4, 2, 2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     masked = np.asarray(a) == 0.0
     # At most 2 frequency bands of 3 rows and 2 time bands of 4 columns.
@@ -70,8 +78,8 @@ def test_spec_augment_deterministic_per_key():
 def test_mixup_matches_the_formula_for_recovered_pairs():
     b, k = 8, 8
     x = jnp.asarray(np.random.default_rng(1).normal(size=(b, 5, 7, 1)).astype(np.float32))
-    y = jax.nn.one_hot(jnp.arange(b), k)  # distinct labels make the partner identifiable
-    xm, ym = A.mixup(jax.random.key(0), x, y, alpha=0.4)
+    y = np.eye(k, dtype=np.float32)[:b]  # one-hot, distinct labels: the partner is identifiable
+    xm, ym = _mixup(jax.random.key(0), x, y, alpha=0.4)
     xm, ym, x = np.asarray(xm), np.asarray(ym), np.asarray(x)
     np.testing.assert_allclose(ym.sum(axis=1), 1.0, rtol=1e-6)
     partners = []
@@ -87,8 +95,8 @@ def test_mixup_matches_the_formula_for_recovered_pairs():
 @pytest.mark.parametrize("circular", [True, False])
 def test_time_shift_is_a_per_example_roll_or_zero_shift(circular):
     x = np.random.default_rng(2).normal(size=(16, 3, 11, 1)).astype(np.float32)
-    out = np.asarray(A.time_shift(jax.random.key(5), jnp.asarray(x), 3, axis=2,
-                                  circular=circular))
+    out = np.asarray(_time_shift(jax.random.key(5), jnp.asarray(x), 3, axis=2,
+                                 circular=circular))
     shifts = []
     for b in range(16):
         found = []
@@ -107,20 +115,20 @@ def test_time_shift_is_a_per_example_roll_or_zero_shift(circular):
 
 
 def test_time_shift_on_waveforms():
-    x = jnp.arange(2 * 9, dtype=jnp.float32).reshape(2, 9)
-    out = np.asarray(A.time_shift(jax.random.key(0), x, 2, axis=-1))
+    x = np.arange(2 * 9, dtype=np.float32).reshape(2, 9)
+    out = np.asarray(_time_shift(jax.random.key(0), x, 2, axis=-1))
     for b in range(2):
         assert any(np.array_equal(out[b], np.roll(np.asarray(x[b]), s)) for s in range(-2, 3))
 
 
 def test_random_gain_wave_and_db():
     x = np.random.default_rng(3).normal(size=(32, 100)).astype(np.float32)
-    out = np.asarray(A.random_gain(jax.random.key(0), jnp.asarray(x), 6.0))
+    out = np.asarray(_random_gain(jax.random.key(0), jnp.asarray(x), 6.0))
     ratio_db = 20 * np.log10(np.abs(out) / np.abs(x))
     # One gain per example, within +-6 dB, and not the same for all.
     np.testing.assert_allclose(ratio_db, ratio_db[:, :1] * np.ones((1, 100)), atol=1e-3)
     assert np.all(np.abs(ratio_db) <= 6.0 + 1e-3) and ratio_db[:, 0].std() > 1.0
-    out_db = np.asarray(A.random_gain(jax.random.key(0), jnp.asarray(x), 6.0, domain="db"))
+    out_db = np.asarray(_random_gain(jax.random.key(0), jnp.asarray(x), 6.0, domain="db"))
     np.testing.assert_allclose(out_db - x, ratio_db[:, :1] * np.ones((1, 100)), atol=1e-3)
 
 

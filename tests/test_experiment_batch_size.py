@@ -52,7 +52,9 @@ def test_config_validation_names_the_field():
 
 
 def test_batch_size_end_to_end(tmp_path):
-    cfg = dataclasses.replace(batch_size.PRESETS["tiny"], workdir=str(tmp_path),
+    # One stage instead of the tiny preset's two: both networks compile fewer layers; every
+    # number checked below is recomputed from the saved curves whatever the network.
+    cfg = dataclasses.replace(batch_size.PRESETS["tiny"], channels=(2,), workdir=str(tmp_path),
                               cache_dir=str(tmp_path / "cache"))
     results = batch_size.main(cfg)
     out = tmp_path / "batch_size"

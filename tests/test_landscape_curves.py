@@ -92,14 +92,17 @@ def test_bn_curve_against_a_brute_force_loop():
     x_tr = rng.normal(size=(40, 4)).astype(np.float32)
     x_te = rng.normal(size=(24, 4)).astype(np.float32)
     y_te = rng.integers(0, 3, 24).astype(np.int32)
-    v = [model.init(jax.random.PRNGKey(s), x_tr[:2]) for s in range(3)]
+    init = jax.jit(model.init)  # one compilation, not one per initializer operation
+    v = [init(jax.random.PRNGKey(s), x_tr[:2]) for s in range(3)]
     w1, w2, th = (vi["params"] for vi in v)
     fn, bn_update = linen_functions(model.apply, loss, with_state=True)
     ts = np.linspace(0.0, 1.0, 5)
     s = C.evaluate_curve(fn, "bezier", w1, w2, ts, {"x": x_te, "y": y_te}, theta=th,
                          model_state=v[0]["batch_stats"], bn_update_fn=bn_update,
                          bn_data={"x": x_tr, "y": np.zeros(40, np.int32)}, batch_size=64)
-    for k, t in enumerate(ts):
+
+    @jax.jit  # the loop's body as one program, where eager operations compile one each
+    def brute_force(t):
         p = _mix([(1 - t) ** 2, 2 * t * (1 - t), t ** 2], [w1, th, w2])
         zeros = jax.tree_util.tree_map(jnp.zeros_like, v[0]["batch_stats"])
         _, upd = model.apply({"params": p, "batch_stats": zeros}, x_tr, train=True,
@@ -107,7 +110,11 @@ def test_bn_curve_against_a_brute_force_loop():
         # momentum 0.9 from zero: the running average is 0.1 x the training split's statistic.
         stats = jax.tree_util.tree_map(lambda r: r / 0.1, upd["batch_stats"])
         out = model.apply({"params": p, "batch_stats": stats}, x_te, train=False)
-        ref_loss = float(np.mean(optax.softmax_cross_entropy_with_integer_labels(out, y_te)))
+        return out, optax.softmax_cross_entropy_with_integer_labels(out, y_te)
+
+    for k, t in enumerate(ts):
+        out, ce = brute_force(np.float32(t))
+        ref_loss = float(np.mean(ce))
         ref_acc = float(np.mean(np.argmax(out, -1) == y_te))
         assert s.values["loss"][k] == pytest.approx(ref_loss, rel=1e-4)
         assert s.values["accuracy"][k] == pytest.approx(ref_acc)
@@ -118,7 +125,7 @@ def test_bn_curve_against_a_brute_force_loop():
 def _train_mlp(x, y, seed, steps=300):
     model = MLP(widths=(16,), num_outputs=1, activation="tanh")
     state = TrainState.create(apply_fn=model.apply,
-                              variables=model.init(jax.random.PRNGKey(seed), x[:1]),
+                              variables=jax.jit(model.init)(jax.random.PRNGKey(seed), x[:1]),
                               tx=optax.adam(0.03), loss=Loss("bce", 2))
     key = jax.random.PRNGKey(seed)
     rng = np.random.default_rng(seed)

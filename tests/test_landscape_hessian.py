@@ -28,15 +28,21 @@ def _loss_B(params, batch):
 def _problem(seed=0):
     x_NxD = np.asarray(jax.random.normal(jax.random.key(seed), (N, 2)), np.float32)
     y_N = (x_NxD[:, 0] * x_NxD[:, 1] > 0).astype(np.float32)
-    params = MODEL.init(jax.random.key(seed + 1), x_NxD)["params"]
+    # Compiled: one compilation instead of one per initializer operation.
+    params = jax.jit(MODEL.init)(jax.random.key(seed + 1), x_NxD)["params"]
     return params, {"x": x_NxD, "y": y_N}
+
+
+@jax.jit
+def _dense_hessian(params, data):
+    # One program (traced once per shape), where eager `jax.hessian` compiles each operation.
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda f: jnp.mean(_loss_B(unravel(f), data)))(flat)
 
 
 def _dense(params, data):
     """The dense Hessian of the mean loss over all examples, in float64, and its eigenpairs."""
-    flat, unravel = ravel_pytree(params)
-    hess = jax.hessian(lambda f: jnp.mean(_loss_B(unravel(f), data)))(flat)
-    hess = np.asarray(hess, np.float64)
+    hess = np.asarray(_dense_hessian(params, data), np.float64)
     hess = 0.5 * (hess + hess.T)
     w, v = np.linalg.eigh(hess)
     return hess, w, v
@@ -47,7 +53,8 @@ def test_hvp_primitive_matches_dense_hessian():
     hess, _, _ = _dense(params, data)
     flat, unravel = ravel_pytree(params)
     v = np.random.default_rng(0).normal(size=flat.shape).astype(np.float32)
-    got = ravel_pytree(H.hvp(lambda p: jnp.mean(_loss_B(p, data)), params, unravel(v)))[0]
+    got = jax.jit(lambda v: ravel_pytree(H.hvp(lambda p: jnp.mean(_loss_B(p, data)), params,
+                                               unravel(v)))[0])(v)
     np.testing.assert_allclose(np.asarray(got), hess @ v, rtol=1e-4, atol=1e-5)
 
 
@@ -484,9 +491,11 @@ def _cnn_with_batchnorm(channels=(2,)):
 
     model = CNN(channels=channels, num_outputs=2, batch_norm=True)
     x = np.asarray(jax.random.normal(jax.random.key(5), (6, 4, 4, 1)), np.float32)
-    variables = model.init(jax.random.key(6), x)
+    # Compiled: one compilation each instead of one per operation.
+    variables = jax.jit(model.init)(jax.random.key(6), x)
     # Statistics that are not the initial zeros and ones: one training-mode pass.
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
     fn, _ = linen_functions(model.apply, Loss("softmax_ce", num_classes=2), with_state=True)
     data = {"x": x, "y": np.array([0, 1, 1, 0, 1, 0], np.int32)}
     return fn, variables["params"], data, {"model_state": updates["batch_stats"]}
@@ -510,7 +519,8 @@ def _nnx_with_batchnorm():
 
     x = np.asarray(jax.random.normal(jax.random.key(7), (7, 3)), np.float32)
     model, params, state = A.nnx(Net(nnx.Rngs(0)))
-    _, state = model(params, state, x, train=True)  # moves the statistics off their init
+    # moves the statistics off their init (compiled: one compilation, not one per operation)
+    _, state = jax.jit(lambda p, s, x: model(p, s, x, train=True))(params, state, x)
     fn = A.per_example_fn(model, optax.softmax_cross_entropy_with_integer_labels, state)
     return fn, params, {"x": x, "y": np.array([0, 1, 1, 0, 1, 0, 1], np.int32)}, {}
 

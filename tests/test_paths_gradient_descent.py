@@ -25,12 +25,17 @@ def test_optimizer_path_matches_python_loop():
     thetas, losses = optimizer_path(loss_fn, start, tx, 6)
     import jax
 
-    theta, state = start, tx.init(start)
+    @jax.jit  # one step of the loop as one program, where eager operations compile one each
+    def step(theta, state):
+        upd, state = tx.update(jax.grad(loss_fn)(theta), state, theta)
+        return optax.apply_updates(theta, upd), state
+
+    loss_jit = jax.jit(loss_fn)
+    theta, state = start, jax.jit(tx.init)(start)
     for k in range(6):
         np.testing.assert_allclose(thetas[k], theta, rtol=1e-5)
-        np.testing.assert_allclose(losses[k], loss_fn(theta), rtol=1e-5)
-        upd, state = tx.update(jax.grad(loss_fn)(theta), state, theta)
-        theta = optax.apply_updates(theta, upd)
+        np.testing.assert_allclose(losses[k], loss_jit(theta), rtol=1e-5)
+        theta, state = step(theta, state)
     np.testing.assert_allclose(thetas[6], theta, rtol=1e-5)
 
 

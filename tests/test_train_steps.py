@@ -10,12 +10,15 @@ import pytest
 
 from research.losses import Loss
 from research.models import CNN, MLP, PiczakCNN
-from research.train import TrainState, eval_step, train_step, train_step_jit
+from research.train import TrainState, eval_step_jit, train_step, train_step_jit
 from research.train.loop import init_variables
 
 
 def _state(model, x, loss, lr=0.1):
-    variables = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x)
+    # Compiled: one compilation instead of one per initializer operation (the same values:
+    # `test_cheap_compiled_initialisation_gives_the_default_build_values_bit_for_bit`).
+    variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0),
+                                     "dropout": jax.random.PRNGKey(0)}, x)
     return TrainState.create(apply_fn=model.apply, variables=variables, tx=optax.sgd(lr),
                              loss=loss)
 
@@ -76,15 +79,21 @@ def test_gradient_matches_finite_differences():
     batch = _batch(n=8, d=2)
     model = MLP(widths=(3,), activation="tanh")
     state = _state(model, batch["x"], Loss("mse", 2), lr=1.0)
-    new, _ = train_step(state, batch, jax.random.PRNGKey(0))
-    grad = jax.tree_util.tree_map(lambda a, b: a - b, state.params, new.params)  # lr = 1
+    # Compiled (one program each instead of one per operation); not donated: `state` is reused.
+    new, _ = jax.jit(train_step)(state, batch, jax.random.PRNGKey(0))
+    grad = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b), state.params,
+                                  new.params)  # lr = 1
     w = np.asarray(state.params["Dense_0"]["kernel"], np.float64)
 
-    def loss_at(w_):
+    @jax.jit
+    def loss_jit(kernel):
         p = jax.tree_util.tree_map(lambda a: a, state.params)
-        p["Dense_0"]["kernel"] = jnp.asarray(w_, jnp.float32)
+        p["Dense_0"]["kernel"] = kernel
         out = model.apply({"params": p}, batch["x"])
-        return float(jnp.mean(Loss("mse", 2).per_example(out, batch["y"])))
+        return jnp.mean(Loss("mse", 2).per_example(out, batch["y"]))
+
+    def loss_at(w_):
+        return float(loss_jit(np.asarray(w_, np.float32)))
 
     eps = 1e-3
     e = np.zeros_like(w)
@@ -98,9 +107,9 @@ def test_dropout_key_comes_from_step():
     model = MLP(widths=(16,), activation="relu", dropout=0.5)
     key = jax.random.PRNGKey(3)
     s = _state(model, batch["x"], Loss("bce", 2))
-    _, a = train_step(s, batch, key)
-    _, b = train_step(s, batch, key)
-    _, c = train_step(s.replace(step=s.step + 1), batch, key)
+    _, a = train_step_jit(s, batch, key)
+    _, b = train_step_jit(s, batch, key)
+    _, c = train_step_jit(s.replace(step=s.step + 1), batch, key)
     assert float(a["loss"]) == float(b["loss"])
     assert float(a["loss"]) != float(c["loss"])
 
@@ -110,22 +119,22 @@ def test_batchnorm_stats_update_in_training_and_are_used_in_eval():
     batch = {"x": x, "y": np.arange(8, dtype=np.int32) % 2}
     state = _state(CNN(channels=(4,), num_outputs=2), x, Loss("softmax_ce", 2))
     before = state.batch_stats["BatchNorm_0"]["mean"]
-    out0 = eval_step(state, batch)
-    state, _ = train_step(state, batch, jax.random.PRNGKey(0))
+    out0 = eval_step_jit(state, batch)
+    state, _ = train_step_jit(state, batch, jax.random.PRNGKey(0))
     after = state.batch_stats["BatchNorm_0"]["mean"]
     # running mean moves 10% of the way to the batch mean (momentum 0.9)
     assert not np.allclose(before, after)
-    out1 = eval_step(state, batch)
+    out1 = eval_step_jit(state, batch)
     assert float(out0["loss_sum"]) != float(out1["loss_sum"])
 
 
 def test_eval_step_sums_respect_mask():
     batch = _batch(n=10)
     state = _state(MLP(widths=(4,)), batch["x"], Loss("bce", 2))
-    full = eval_step(state, batch)
+    full = eval_step_jit(state, batch)
     mask = np.array([1] * 6 + [0] * 4, np.float32)
-    part = eval_step(state, {**batch, "mask": mask})
-    sub = eval_step(state, {"x": batch["x"][:6], "y": batch["y"][:6]})
+    part = eval_step_jit(state, {**batch, "mask": mask})
+    sub = eval_step_jit(state, {"x": batch["x"][:6], "y": batch["y"][:6]})
     assert float(full["count"]) == 10 and float(part["count"]) == 6
     np.testing.assert_allclose(part["loss_sum"], sub["loss_sum"], rtol=1e-6)
     np.testing.assert_allclose(part["correct_sum"], sub["correct_sum"])
@@ -288,8 +297,8 @@ def test_cpu_jit_step_on_two_cores_agrees_with_jit_and_drops_the_kernel_gradient
 
     monkeypatch.setattr(sh, "usable_cpus", lambda: 2)
     model = CNN(channels=(3, 18), num_outputs=3)
-    x = jax.random.normal(jax.random.PRNGKey(0), (40, 8, 10, 1))
-    batch = {"x": x, "y": jnp.arange(40) % 3}
+    x = np.random.default_rng(0).standard_normal((40, 8, 10, 1), dtype=np.float32)
+    batch = {"x": x, "y": np.arange(40, dtype=np.int32) % 3}
     state = _state(model, x, Loss("softmax_ce", 3))
     key = jax.random.PRNGKey(1)
 
