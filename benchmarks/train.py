@@ -240,6 +240,40 @@ samples/s between the runs). What was measured, none of it kept:
   propagation, and transparent huge pages for glibc's heap (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
   about 500 MB of it in huge pages): within the noise or slower.
 
+Session 16 (the same VM): two threads on an idle machine, four runs of `--threads 2 --sides
+jax-step torch-eager --rounds 7` one after the other: jax-step 1.03x / 1.02x, 1.11x / 1.00x,
+0.94x / 0.93x and 0.89x / 0.87x PyTorch eager (batch 32 / 128; our rate fell from 1,810 to
+1,398 samples/s across the runs, PyTorch's stayed at 1,530-1,815): parity within the VM's
+drift, not above it. Tried, none kept (paired rounds in one process, idle machine, 25 rounds of
+3 steps, batch 128 / 32, median step-time ratio against the code as it is):
+- The fused BatchNorm + ReLU + max pooling of session 15, mended: its slowness came from taking
+  the ReLU after the pool, which let XLA fuse the whole window chain into the layout transpose
+  of the next convolution's kernel gradient (41-50 ms for that one transpose). With the ReLU
+  before the pool, as the model has it, and each window's first maximum found on
+  `sign(a) * x` (a sign flip: exact wherever XLA recomputes it), values, gradients and
+  Hessian-vector products agree with Flax's to 1.6e-6, and the transpose reads the stored pooled
+  output again. 0.96x / 1.02x: the reductions run over the pooled quarter, but the input
+  gradient's fusion recomputes the window's first maximum for every element.
+- Making XLA store each window's first-maximum position (one byte per pooled output) by
+  computing it as a reduction: YNNPACK takes the reduction and first writes the full-size mask;
+  XLA's own reduction took 13 ms for it (one core, batch 128, 16 channels).
+- BatchNorm statistics of the first stage from the 9 x 9 Gram matrix of the input's shifts (so
+  the convolution's output is never stored): the patch matrix and its product alone took 8-12
+  ms, more than the statistics they replace (about 7 ms).
+- The multi-channel convolutions' kernel gradients over the batch stacked into tall images (as
+  the first convolution's): the output gradient's transpose is gone, but the input's transpose
+  to (C, rows, W, 1) costs as much: 0.98x / 0.96x; with the fused op above 1.04x / 0.98x
+  (quartiles 0.94-1.08x).
+- Where the second core goes: XLA marks every large elementwise fusion for two partitions
+  (`outer_dimension_partitions`), and a compute-heavy one uses both cores (CPU/wall 1.90). An
+  affine + ReLU pass over 21 MB took 5.8-6.1 ms on one core and 4.8-6.7 ms on two (CPU/wall
+  1.05-1.49), a (B, H, W, C) -> (C, H, W, B) transpose of it 27-30 ms on one core (1.5 GB/s)
+  and 24-27 ms on two: the memory-bound passes are bounded by this VM's memory system, which
+  is also why our rate drifts with the VM more than PyTorch's.
+- BatchNorm's sums as partial sums over 64-row slices in one elementwise fusion, then a small
+  reduction: as fast as YNNPACK's reduction (21 MB: 6.0 against 6.9 ms on one core, 5.1 against
+  5.2 on two), no gain.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
