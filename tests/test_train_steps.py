@@ -15,10 +15,8 @@ from research.train.loop import init_variables
 
 
 def _state(model, x, loss, lr=0.1):
-    # Compiled: one compilation instead of one per initializer operation (the same values:
-    # `test_cheap_compiled_initialisation_gives_the_default_build_values_bit_for_bit`).
-    variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0),
-                                     "dropout": jax.random.PRNGKey(0)}, x)
+    # The library's compiled initialisation: one compilation, not one per initializer operation.
+    variables = init_variables(model, jax.random.PRNGKey(0), x)
     return TrainState.create(apply_fn=model.apply, variables=variables, tx=optax.sgd(lr),
                              loss=loss)
 
