@@ -93,12 +93,16 @@ def test_seed_reproducible_and_gaussian():
     # A leaf's direction depends on its path only, not on which other leaves exist.
     b = gaussian_direction({"w": jnp.zeros((200, 50)), "v": jnp.zeros(3)}, 7)["w"]
     np.testing.assert_array_equal(a, b)
-    # The documented key, drawn in a program compiled at XLA's default level 3 (the suite
-    # compiles at level 1, see conftest): the same bits as the level-1 program.
-    nested = {"Conv_0": {"kernel": jnp.zeros((3, 3, 1, 4))}, "Dense_0": {"bias": jnp.zeros(5)}}
+    # Leaves of several sizes, each cut from a longer flat draw (70 x 70 from one of 8192):
+    # the same bits as `normal` of the documented key and the leaf's shape, drawn in a program
+    # compiled at XLA's default level 3 (the suite compiles at level 1, see conftest).
+    nested = {"Conv_0": {"kernel": jnp.zeros((3, 3, 1, 4))}, "Dense_0": {"bias": jnp.zeros(5)},
+              "Dense_1": {"kernel": jnp.zeros((70, 70))}}
     got = gaussian_direction(nested, 11)
-    for path, leaf in (("Conv_0/kernel", got["Conv_0"]["kernel"]),
-                       ("Dense_0/bias", got["Dense_0"]["bias"])):
+    for path in ("Conv_0/kernel", "Dense_0/bias", "Dense_1/kernel"):
+        layer, name = path.split("/")
+        leaf = got[layer][name]
+        assert leaf.shape == nested[layer][name].shape
         key = jax.random.fold_in(jax.random.key(11), zlib.crc32(path.encode()) & 0x7FFFFFFF)
         ref = jax.jit(lambda k, s=leaf.shape: jax.random.normal(k, s, jnp.float32),
                       compiler_options={"xla_backend_optimization_level": 3})(key)

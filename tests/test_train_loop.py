@@ -476,3 +476,32 @@ def test_split_too_big_for_the_device_streams_the_same_run(tmp_path, monkeypatch
     recs = [[_without(r, "time") for r in read_jsonl(str(tmp_path / d / "metrics.jsonl"))]
             for d in ("resident", "streamed")]
     assert recs[1] == recs[0]
+
+
+def test_evaluation_equals_the_whole_split_at_once_with_one_batch_shape(tmp_path, monkeypatch):
+    # The splits (45 train, 5 val, 50 test) cut into padded batches of 7 (rounded up to a
+    # multiple of the devices), all evaluated with one batch shape, so one compiled program;
+    # every reported number equals the model applied to the whole split at once, summed in
+    # float64 here.
+    from research.train import loop
+
+    shapes, real = set(), loop._eval_fn
+    monkeypatch.setattr(loop, "_eval_fn", lambda mesh: lambda state, batch: (
+        shapes.add(batch["x"].shape), real(mesh)(state, batch))[1])
+    cfg = _cfg(epochs=1, eval_batch_size=7)
+    state, summary = train_and_evaluate(cfg, str(tmp_path))
+    ((rows, _),) = shapes
+    assert 7 <= rows < 7 + jax.device_count()
+    _, _, data = load_run(str(tmp_path))
+    for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
+                        ("test", data.x_test, data.y_test)):
+        out, _ = state.model(state.params, state.model_state, x, False)
+        loss = np.mean(np.asarray(state.loss(out, y), np.float64))
+        pred = np.asarray(state.loss.predict(out))
+        got = summary[split]
+        np.testing.assert_allclose(got["loss"], loss, rtol=1e-6)
+        assert got["accuracy"] == pytest.approx(np.mean(pred == y))
+        if split == "test":
+            conf = np.zeros((2, 2), int)
+            np.add.at(conf, (np.asarray(y), pred), 1)
+            assert got["confusion"] == conf.tolist()

@@ -154,17 +154,28 @@ def _leaf_tag(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def _normal(key: jax.Array, tag: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.normal(jax.random.fold_in(key, tag), shape, jnp.float32)
+def _normal(key: jax.Array, tag: jax.Array, size: int) -> jax.Array:
+    return jax.random.normal(jax.random.fold_in(key, tag), (size,), jnp.float32)
 
 
-# One program per leaf shape (the key and the path's tag are arguments, so a deep network's
-# repeated shapes share it), compiled at LLVM's optimisation level 1: XLA:CPU's default level
-# spends 0.4-1 s on each random-number program, level 1 a fifth of that. The values are the
-# same bits (`tests/test_landscape_directions.py`). One program for all leaves compiled far
-# longer (5.2 s for a 27-layer CNN's 50 leaves, even at level 1).
+# A leaf's entries are the first ones of a longer flat draw, reshaped; with JAX's default
+# partitionable threefry (an entry's bits depend on its row-major index only) they are the
+# same bits as `normal(key, shape)` (`tests/test_landscape_directions.py`). One program per
+# size class, compiled at LLVM's optimisation level 1: XLA:CPU's default level spends 0.4-1 s
+# on each random-number program, level 1 a fifth of that. Sizes are rounded up to a power
+# of two, at least `_MIN_DRAW`: a CNN's 12 leaves of 7 shapes take 3 programs, a deep one's
+# distinct shapes a few more; the extra entries cost at most the leaf's own draw. One program
+# for all leaves compiled far longer (5.2 s for a 27-layer CNN's 50 leaves, even at level 1).
 _normal_jit = jax.jit(_normal, static_argnums=2,
                       compiler_options={"xla_backend_optimization_level": 1})
+_MIN_DRAW = 4096
+
+
+def _draw(key: jax.Array, tag: int, shape: tuple[int, ...]) -> jax.Array:
+    size = int(np.prod(shape, dtype=np.int64))
+    padded = max(_MIN_DRAW, 1 << max(size - 1, 0).bit_length())
+    flat = np.asarray(_normal_jit(key, np.uint32(tag), padded))
+    return jnp.asarray(flat[:size].reshape(shape))
 
 
 def gaussian_direction(params: PyTree, seed: int) -> PyTree:
@@ -181,8 +192,7 @@ def gaussian_direction(params: PyTree, seed: int) -> PyTree:
         raise ValueError(f"seed: must be an integer, got {seed!r}")
     names, leaves, treedef = _leaves_with_names(params)
     key = jax.random.key(int(seed))
-    out = [_normal_jit(key, np.uint32(_leaf_tag(n)), tuple(np.shape(leaf)))
-           for n, leaf in zip(names, leaves)]
+    out = [_draw(key, _leaf_tag(n), tuple(np.shape(leaf))) for n, leaf in zip(names, leaves)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -19,11 +19,11 @@ the resident training split; a call is cut short at every epoch end, checkpoint,
 save and stop, so K changes the results only by float rounding (XLA:CPU compiles the
 convolutions of a loop body on another path: after 4 steps of a 16/32/32 CNN at batch 16 the
 parameters agree to 5e-6 of each array's largest value), and a run resumes bit for bit with
-the same K. Evaluation splits each batch along `data` too (the last batch padded with mask 0)
-and scans over the batches of a split kept on the device. With `Config.distributed`,
-`jax.distributed.initialize()` runs first, every process builds the same data and feeds its
-devices' shards, all processes take part in the checkpoints (orbax), and process 0 alone
-writes every other file and the progress bar.
+the same K. Evaluation splits each batch along `data` too (the last batch padded with mask 0),
+with one batch size for every split (one compiled program), from splits kept on the device.
+With `Config.distributed`, `jax.distributed.initialize()` runs first, every process builds the
+same data and feeds its devices' shards, all processes take part in the checkpoints (orbax),
+and process 0 alone writes every other file and the progress bar.
 
 metrics.jsonl holds one JSON record per line, each with `step`, `epoch` and `split`:
 `train_steps` (means of the epoch's step metrics: loss, objective, grad_norm, learning_rate,
@@ -59,7 +59,7 @@ from research.losses import Loss
 from research.models import make_model, param_count
 from research.optim import make_optimizer
 from research.train.state import TrainState
-from research.train.steps import compile_train_steps, eval_batches, state_sharding
+from research.train.steps import compile_train_steps, eval_step, state_sharding
 from research.writers import JsonlWriter, TensorBoardWriter, log_record, read_jsonl, truncate_after
 
 
@@ -89,8 +89,12 @@ def init_variables(model, key: jax.Array, x: jax.Array) -> dict:
     Returns:
         The model's variables.
     """
-    init = jax.jit(functools.partial(model.init, train=False),
-                   compiler_options={"xla_backend_optimization_level": 1})
+    init = functools.partial(model.init, train=False)
+    if any(isinstance(a, jax.core.Tracer) for a in (key, x)):
+        # Inside another trace (`jax.eval_shape` in `load_run`), where compiler options are
+        # refused and nothing is compiled anyway.
+        return init({"params": key, "dropout": key}, x)
+    init = jax.jit(init, compiler_options={"xla_backend_optimization_level": 1})
     return init({"params": key, "dropout": key}, x)
 
 
@@ -120,62 +124,59 @@ class _EvalSplit:
     """A split cut into evaluation batches split along the mesh's `data` axis.
 
     The batch size is rounded up to a multiple of the data axis; the last batch is padded with
-    `mask = 0` rows. Batches are stacked and evaluated by one scan per chunk; a split that fits
-    in `_DEVICE_DATA_BYTES` is one chunk, put on the device once and kept there.
+    `mask = 0` rows. A split of at most `_DEVICE_DATA_BYTES` goes to the device once and stays
+    there; a larger one is copied a batch at a time.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mesh):
         self.x, self.y, self.mesh, self.n = x, y, mesh, len(x)
         n_dev = int(mesh.shape[sh.DATA_AXIS])
-        self.bs = -(-min(batch_size, self.n) // n_dev) * n_dev
+        self.bs = -(-batch_size // n_dev) * n_dev
         self.nb = -(-self.n // self.bs)
-        row_bytes = max(1, (x[:1].nbytes + y[:1].nbytes) * self.bs)
-        self.per_chunk = max(1, min(self.nb, _DEVICE_DATA_BYTES // row_bytes))
-        self._cached = self._chunk(0) if self.per_chunk == self.nb else None
+        fits = (x[:1].nbytes + y[:1].nbytes) * self.nb * self.bs <= _DEVICE_DATA_BYTES
+        self._cached = [self._batch(i) for i in range(self.nb)] if fits else None
 
-    def _chunk(self, first: int) -> dict:
-        nbat = min(self.per_chunk, self.nb - first)
-        lo = first * self.bs
-        hi, m = min(self.n, lo + nbat * self.bs), nbat * self.bs
-        xb = np.zeros((m, *self.x.shape[1:]), self.x.dtype)
-        yb = np.zeros((m, *self.y.shape[1:]), self.y.dtype)
-        mask = np.zeros((m,), np.float32)
+    def _batch(self, i: int) -> dict:
+        lo, hi = i * self.bs, min(self.n, (i + 1) * self.bs)
+        xb = np.zeros((self.bs, *self.x.shape[1:]), self.x.dtype)
+        yb = np.zeros((self.bs, *self.y.shape[1:]), self.y.dtype)
+        mask = np.zeros((self.bs,), np.float32)
         xb[:hi - lo], yb[:hi - lo], mask[:hi - lo] = self.x[lo:hi], self.y[lo:hi], 1.0
-        where = sh.batch_sharding(self.mesh, leading=1)
-        return {k: sh.put(v.reshape(nbat, self.bs, *v.shape[1:]), where)
-                for k, v in (("x", xb), ("y", yb), ("mask", mask))}
+        where = sh.batch_sharding(self.mesh)
+        return {k: sh.put(v, where) for k, v in (("x", xb), ("y", yb), ("mask", mask))}
 
-    def chunks(self):
+    def batches(self):
         if self._cached is not None:
-            yield self._cached
+            yield from self._cached
             return
-        for first in range(0, self.nb, self.per_chunk):
-            yield self._chunk(first)
+        for i in range(self.nb):
+            yield self._batch(i)
 
 
 @functools.lru_cache(maxsize=8)
 def _eval_fn(mesh):
-    # Replicated outputs: every process reads the predictions from a local copy. On a multi-core
-    # CPU Eigen's convolutions (`cpu_jit`) evaluated the benchmark CNN 1.27x / 1.39x faster
-    # (batches of 128 / 32, 2 cores), and compiled in 0.8 s against 1.0 s.
-    return sh.cpu_jit(eval_batches, out_shardings=sh.replicated(mesh))
+    # One program per batch shape: a run evaluates all its splits with one batch size
+    # (`_Run.ev`), so it compiles this once, where a scan over each split's stacked batches
+    # compiled once per split (3 programs, 0.4-0.7 s each, in `make run`). Batches are
+    # dispatched one after another and fetched together, so the host does not wait per batch.
+    # Replicated outputs: every process reads the predictions from a local copy. On a
+    # multi-core CPU Eigen's convolutions (`cpu_jit`) evaluated the benchmark CNN 1.27x /
+    # 1.39x faster (batches of 128 / 32, 2 cores), and compiled in 0.8 s against 1.0 s.
+    return sh.cpu_jit(eval_step, out_shardings=sh.replicated(mesh))
 
 
 def _evaluate_split(state: TrainState, split: _EvalSplit, with_confusion: bool = False) -> dict:
     where = state_sharding(split.mesh, state).to_tree()
     state = state.replace_tree(jax.device_put(state.to_tree(), where))
-    sums, preds = defaultdict(float), []
-    for chunk in split.chunks():
-        out, pred = sh.fetch(_eval_fn(split.mesh)(state, chunk))
-        for k, v in out.items():
-            sums[k] += float(np.sum(v, dtype=np.float64))
-        preds.append(pred.reshape(-1))
+    step = _eval_fn(split.mesh)
+    outs = sh.fetch([step(state, batch) for batch in split.batches()])
     n = split.n
-    result = {"loss": sums["loss_sum"] / n}
+    result = {"loss": float(np.sum([o["loss_sum"] for o in outs], dtype=np.float64)) / n}
     if state.loss.classification:
-        pred = np.concatenate(preds)[:n]
+        pred = np.concatenate([o["pred"].reshape(-1) for o in outs])[:n]
         conf = np.asarray(M.confusion_matrix(pred, split.y, state.loss.num_classes))
-        result.update(accuracy=sums["correct_sum"] / n,
+        correct = float(np.sum([o["correct_sum"] for o in outs], dtype=np.float64))
+        result.update(accuracy=correct / n,
                       balanced_accuracy=float(M.balanced_accuracy(conf)),
                       macro_f1=float(M.macro_f1(conf)))
         if with_confusion:
@@ -188,13 +189,13 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
     """Metrics over a whole split; the last batch is padded and masked, so the mean is exact.
 
     Batches are split across the devices of the mesh's `data` axis (the batch size rounded up
-    to a multiple of it) and evaluated by a scan on the device, in chunks of at most 1 GiB.
+    to a multiple of it); a split of at most 1 GiB is put on the devices once.
 
     Args:
         state: the training state.
         x: inputs of the split.
         y: labels of the split.
-        batch_size: examples per evaluation batch.
+        batch_size: examples per evaluation batch (at most the split's size).
         with_confusion: also return the confusion matrix.
         mesh: a ("data",) mesh (default: all devices, `research.sharding.data_mesh`).
 
@@ -202,7 +203,8 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
         loss, and for classification accuracy, balanced_accuracy, macro_f1 (and confusion).
     """
     mesh = sh.data_mesh() if mesh is None else mesh
-    return _evaluate_split(state, _EvalSplit(x, y, batch_size, mesh), with_confusion)
+    split = _EvalSplit(x, y, max(1, min(batch_size, len(x))), mesh)
+    return _evaluate_split(state, split, with_confusion)
 
 
 # Settings that do not change what a run computes, beyond those a resumed run may change anyway:
@@ -408,7 +410,12 @@ class _Run:
             d = self.data
             x, y = {"train": (d.x_train, d.y_train), "val": (d.x_val, d.y_val),
                     "test": (d.x_test, d.y_test)}[name]
-            self.eval_splits[name] = _EvalSplit(x, y, self.cfg.train.eval_batch_size, self.mesh)
+            # One batch size for every split, so evaluation compiles once per run; a smaller
+            # split is padded to it (in `make run` val's 80 and test's 200 rows each become one
+            # batch of 256).
+            largest = max(len(d.x_train), len(d.x_val), len(d.x_test))
+            bs = min(self.cfg.train.eval_batch_size, largest)
+            self.eval_splits[name] = _EvalSplit(x, y, bs, self.mesh)
         return _evaluate_split(self.state if of is None else of, self.eval_splits[name],
                                with_confusion)
 
@@ -742,10 +749,15 @@ def load_run(run_dir: str, best: bool = False) -> tuple[Config, TrainState, Data
     with open(path, encoding="utf-8") as f:
         cfg = from_dict(Config, json.load(f))
     data = load_dataset(cfg.data)
-    state, _ = build_state(cfg, data)
+    # Only the state's structure is needed: traced, not compiled (an initialisation is a
+    # compilation of about 1 s), and restored onto the default device as `build_state` puts it.
+    state = jax.eval_shape(lambda: build_state(cfg, data)[0])
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    template = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), state.to_tree())
     checkpointer = ckpt.Checkpointer(run_dir, cfg.train.keep_checkpoints)
     try:
-        state = state.replace_tree(checkpointer.restore(state.to_tree(), best=best)[0])
+        state = state.replace_tree(checkpointer.restore(template, best=best)[0])
     finally:
         checkpointer.close()
     return cfg, state, data

@@ -13,7 +13,6 @@ batches stacked on a leading axis, and `train_steps_gather` gathers each batch f
 already on the device by indices. `compile_train_steps(mesh, state, ...)` jits either with
 explicit shardings for data parallelism (the batch split along the mesh's `data` axis, the
 state as `research.sharding.param_sharding` says, replicated today); our loop uses it.
-`eval_batches(state, batches_N)` scans `eval_step` over stacked evaluation batches.
 
 The loss is `state.loss(outputs, y) -> per-example values`. When it also has `penalty(params)`
 (as `research.losses.Loss` does) the penalty is added to the objective; when it has `predict`
@@ -154,23 +153,19 @@ def train_step_donated(state: TrainState, batch: Batch,
 eval_step_jit = jax.jit(eval_step)
 
 
-def _scan(body, carry, xs, unroll_cpu_convolutions: bool = False):
-    """`lax.scan`, and no loop at all for one step.
+def _scan(body, carry, xs):
+    """`lax.scan` over training steps, and no loop at all for one step.
 
     XLA:CPU runs convolutions inside loop bodies without its fast path (jax-ml/jax#12868): a
     one-step scan ran the CNN step 10x slower than the same step outside a loop (0.23 s vs
     0.022 s), so K = 1 (the default) calls the step directly. K > 1 keeps the rolled loop, which
     is what accelerators want and gives the same bits as K = 1 (unrolling would not: XLA fuses
-    across the unrolled steps), except in the case below.
-
-    With `unroll_cpu_convolutions` (the training steps), a body with convolutions is unrolled
-    on the CPU: rolled, the benchmark CNN's K = 10 steps ran 30x slower than ten single steps
-    (75 against 2,481 samples/s at batch 128 on 2 host devices; 50 against 1,656 on one), since
-    the slow path takes the convolutions' gradients. Unrolled, K = 8 compiled in 4.7 s (one
-    step 1.9 s) and ran 1.06x faster than K = 1 (batch 32, 2 cores): one call and one metric
-    fetch for K steps. Finding the convolutions traces the body once more (once per compiled
-    length). Evaluation keeps the rolled loop (forward convolutions in a loop body ran
-    as fast as outside one, and an evaluation's batches can be many).
+    across the unrolled steps), except on the CPU, where a body with convolutions is unrolled:
+    rolled, the benchmark CNN's K = 10 steps ran 30x slower than ten single steps (75 against
+    2,481 samples/s at batch 128 on 2 host devices; 50 against 1,656 on one), since the slow
+    path takes the convolutions' gradients. Unrolled, K = 8 compiled in 4.7 s (one step 1.9 s)
+    and ran 1.06x faster than K = 1 (batch 32, 2 cores): one call and one metric fetch for K
+    steps. Finding the convolutions traces the body once more (once per compiled length).
     """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     first = jax.tree_util.tree_map(lambda v: v[0], xs)
@@ -178,7 +173,7 @@ def _scan(body, carry, xs, unroll_cpu_convolutions: bool = False):
         carry, out = body(carry, first)
         return carry, jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], out)
     unroll = 1
-    if (unroll_cpu_convolutions and jax.default_backend() == "cpu"
+    if (jax.default_backend() == "cpu"
             and _has_convolution(jax.make_jaxpr(body)(carry, first).jaxpr)):
         unroll = n
     return jax.lax.scan(body, carry, xs, unroll=unroll)
@@ -203,8 +198,7 @@ def train_steps(state: TrainState, batches: Batch, key: jax.Array) -> tuple[Trai
     Returns:
         The state after K steps and each step's metrics stacked, `metric_K`.
     """
-    return _scan(lambda s, b: train_step(s, b, key), state, batches,
-                 unroll_cpu_convolutions=True)
+    return _scan(lambda s, b: train_step(s, b, key), state, batches)
 
 
 def train_steps_gather(state: TrainState, x_N: jax.Array, y_N: jax.Array, order_SxB: jax.Array,
@@ -234,7 +228,7 @@ def train_steps_gather(state: TrainState, x_N: jax.Array, y_N: jax.Array, order_
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return train_step(s, batch, key)
 
-    return _scan(body, state, idx_KxB, unroll_cpu_convolutions=True)
+    return _scan(body, state, idx_KxB)
 
 
 def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
@@ -292,21 +286,3 @@ def compile_train_steps(mesh: Mesh, state: TrainState, resident: bool, donate: b
             return compiled[k](state, x_N, y_N, order_SxB, start, key)
 
     return run
-
-
-def eval_batches(state: TrainState, batches: Batch) -> tuple[dict, jax.Array]:
-    """`eval_step` over N batches stacked on a leading axis, in one `lax.scan`.
-
-    Returns:
-        Each batch's sums (`loss_sum_N`, `count_N`, `correct_sum_N`) and `pred_NxB`.
-    """
-    def body(_, b):
-        m = eval_step(state, b)
-        return None, m
-
-    _, m = _scan(body, None, batches)
-    pred = m.pop("pred")
-    return m, pred
-
-
-eval_batches_jit = jax.jit(eval_batches)
