@@ -57,6 +57,26 @@ def test_cheap_compiled_initialisation_gives_the_default_build_values_bit_for_bi
             np.testing.assert_array_equal(a, b)
 
 
+def test_initialising_the_same_configuration_again_compiles_nothing(caplog):
+    # A run and then its interpolation plot each build the model from the config: the second
+    # initialisation reuses the first's program (same values); another model compiles its own.
+    x, key = np.ones((2, 5), np.float32), jax.random.PRNGKey(3)
+    first = init_variables(MLP(widths=(6, 5), activation="tanh"), key, x)
+
+    def compiles(model):
+        caplog.clear()
+        with jax.log_compiles(), caplog.at_level("WARNING"):
+            out = init_variables(model, key, x)
+        return out, [r for r in caplog.records if "Compiling" in r.getMessage()]
+
+    again, logged = compiles(MLP(widths=(6, 5), activation="tanh"))
+    assert logged == []
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    _, logged = compiles(MLP(widths=(6, 4), activation="tanh"))
+    assert len(logged) == 1
+
+
 def test_jit_and_eager_agree():
     batch = _batch()
     model = MLP(widths=(8,), activation="relu", dropout=0.25)

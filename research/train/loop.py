@@ -89,13 +89,24 @@ def init_variables(model, key: jax.Array, x: jax.Array) -> dict:
     Returns:
         The model's variables.
     """
-    init = functools.partial(model.init, train=False)
+    rngs = {"params": key, "dropout": key}
     if any(isinstance(a, jax.core.Tracer) for a in (key, x)):
         # Inside another trace (`jax.eval_shape` in `load_run`), where compiler options are
         # refused and nothing is compiled anyway.
-        return init({"params": key, "dropout": key}, x)
-    init = jax.jit(init, compiler_options={"xla_backend_optimization_level": 1})
-    return init({"params": key, "dropout": key}, x)
+        return model.init(rngs, x, train=False)
+    try:
+        init = _compiled_init(model)
+    except TypeError:  # a module with an unhashable field: compiled for this call only
+        init = _compiled_init.__wrapped__(model)
+    return init(rngs, x)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model):
+    # Linen modules hash and compare by their fields: the same model configuration initialised
+    # again in one process (a run, then its interpolation plot) reuses the program.
+    return jax.jit(functools.partial(model.init, train=False),
+                   compiler_options={"xla_backend_optimization_level": 1})
 
 
 def build_state(cfg: Config, dataset: Dataset) -> tuple[TrainState, int]:
