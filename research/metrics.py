@@ -1,22 +1,33 @@
 """Classification metrics as pure functions of predicted and true class ids.
 
-They take numpy or JAX arrays and run under jit. The confusion matrix has true classes as rows
+They take numpy or JAX arrays: on JAX arrays (or under jit) they compute with `jax.numpy`, on
+host arrays with numpy, so a host-side caller (the training loop, after fetching a split's
+predictions) compiles nothing: eagerly, every `jax.numpy` operation is a program of its own
+for each new shape (25 in one training run). The confusion matrix has true classes as rows
 and predicted classes as columns; balanced accuracy is the mean recall over classes that occur,
 macro-F1 the mean F1 over classes that occur in either the truth or the predictions.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _xp(*arrays):
+    """`jax.numpy` when any argument is a JAX array (a tracer under jit too), else numpy."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
 def accuracy(pred_B, y_B, mask_B=None):
     """Fraction of correct predictions (weighted by a 0/1 mask when given)."""
-    correct_B = (pred_B == y_B).astype(jnp.float32)
+    xp = _xp(pred_B, y_B, mask_B)
+    correct_B = (xp.asarray(pred_B) == xp.asarray(y_B)).astype(xp.float32)
     if mask_B is None:
-        return jnp.mean(correct_B)
-    mask_B = mask_B.astype(jnp.float32)
-    return jnp.sum(correct_B * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
+        return xp.mean(correct_B)
+    mask_B = xp.asarray(mask_B).astype(xp.float32)
+    return xp.sum(correct_B * mask_B) / xp.maximum(xp.sum(mask_B), 1.0)
 
 
 def confusion_matrix(pred_B, y_B, num_classes: int, mask_B=None):
@@ -31,30 +42,37 @@ def confusion_matrix(pred_B, y_B, num_classes: int, mask_B=None):
     Returns:
         confusion_CxC, int32.
     """
-    w_B = jnp.ones(y_B.shape, jnp.int32) if mask_B is None else mask_B.astype(jnp.int32)
-    flat_B = y_B.astype(jnp.int32) * num_classes + pred_B.astype(jnp.int32)
+    xp = _xp(pred_B, y_B, mask_B)
+    y_B, pred_B = xp.asarray(y_B), xp.asarray(pred_B)
+    w_B = xp.ones(y_B.shape, xp.int32) if mask_B is None else xp.asarray(mask_B).astype(xp.int32)
+    flat_B = y_B.astype(xp.int32) * num_classes + pred_B.astype(xp.int32)
+    if xp is np:
+        counts = np.bincount(flat_B.ravel(), w_B.ravel(), minlength=num_classes * num_classes)
+        return counts.astype(np.int32).reshape(num_classes, num_classes)
     counts = jnp.zeros((num_classes * num_classes,), jnp.int32).at[flat_B].add(w_B)
     return counts.reshape(num_classes, num_classes)
 
 
 def balanced_accuracy(confusion_CxC):
     """Mean per-class recall over the classes present in the truth."""
-    confusion_CxC = jnp.asarray(confusion_CxC, jnp.float32)
+    xp = _xp(confusion_CxC)
+    confusion_CxC = xp.asarray(confusion_CxC, xp.float32)
     support_C = confusion_CxC.sum(axis=1)
-    recall_C = jnp.diag(confusion_CxC) / jnp.maximum(support_C, 1.0)
+    recall_C = xp.diag(confusion_CxC) / xp.maximum(support_C, 1.0)
     present_C = support_C > 0
-    return jnp.sum(jnp.where(present_C, recall_C, 0.0)) / jnp.maximum(present_C.sum(), 1)
+    return xp.sum(xp.where(present_C, recall_C, 0.0)) / xp.maximum(present_C.sum(), 1)
 
 
 def macro_f1(confusion_CxC):
     """Mean F1 over the classes present in the truth or the predictions."""
-    confusion_CxC = jnp.asarray(confusion_CxC, jnp.float32)
-    tp_C = jnp.diag(confusion_CxC)
+    xp = _xp(confusion_CxC)
+    confusion_CxC = xp.asarray(confusion_CxC, xp.float32)
+    tp_C = xp.diag(confusion_CxC)
     true_C = confusion_CxC.sum(axis=1)
     pred_C = confusion_CxC.sum(axis=0)
-    f1_C = 2.0 * tp_C / jnp.maximum(true_C + pred_C, 1.0)
+    f1_C = 2.0 * tp_C / xp.maximum(true_C + pred_C, 1.0)
     present_C = (true_C + pred_C) > 0
-    return jnp.sum(jnp.where(present_C, f1_C, 0.0)) / jnp.maximum(present_C.sum(), 1)
+    return xp.sum(xp.where(present_C, f1_C, 0.0)) / xp.maximum(present_C.sum(), 1)
 
 
 def per_class(confusion_CxC) -> dict[str, list[float]]:
@@ -66,8 +84,6 @@ def per_class(confusion_CxC) -> dict[str, list[float]]:
     Returns:
         dict of lists indexed by class: precision, recall, f1, support (0 where undefined).
     """
-    import numpy as np
-
     conf = np.asarray(confusion_CxC, np.float64)
     tp = np.diag(conf)
     support, predicted = conf.sum(axis=1), conf.sum(axis=0)

@@ -1,5 +1,6 @@
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -62,17 +63,25 @@ def test_metrics_against_brute_force():
     y = rng.integers(0, c, 200)
     pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, c, 200))
     conf = _brute_confusion(pred, y, c)
-    np.testing.assert_array_equal(M.confusion_matrix(pred, y, c), conf)
-    assert float(M.accuracy(pred, y)) == pytest.approx(np.mean(pred == y))
     recalls = [np.mean(pred[y == k] == k) for k in range(c)]
-    assert float(M.balanced_accuracy(conf)) == pytest.approx(np.mean(recalls), rel=1e-6)
     f1s = []
     for k in range(c):
         tp = np.sum((pred == k) & (y == k))
         fp = np.sum((pred == k) & (y != k))
         fn = np.sum((pred != k) & (y == k))
         f1s.append(2 * tp / (2 * tp + fp + fn))
-    assert float(M.macro_f1(conf)) == pytest.approx(np.mean(f1s), rel=1e-6)
+    # Host arrays (numpy), JAX arrays (jax.numpy) and under jit: the same numbers.
+    confusion_jit = jax.jit(M.confusion_matrix, static_argnums=2)
+    for arr, confusion in ((np.asarray, M.confusion_matrix), (jnp.asarray, M.confusion_matrix),
+                           (jnp.asarray, confusion_jit)):
+        got = confusion(arr(pred), arr(y), c)
+        assert isinstance(got, np.ndarray) == (arr is np.asarray)
+        np.testing.assert_array_equal(got, conf)
+        assert float(M.accuracy(arr(pred), arr(y))) == pytest.approx(np.mean(pred == y))
+        assert float(M.balanced_accuracy(arr(conf))) == pytest.approx(np.mean(recalls),
+                                                                       rel=1e-6)
+        assert float(M.macro_f1(arr(conf))) == pytest.approx(np.mean(f1s), rel=1e-6)
+    assert float(jax.jit(M.macro_f1)(conf)) == pytest.approx(np.mean(f1s), rel=1e-6)
 
 
 def test_metrics_mask_and_absent_classes():
@@ -80,6 +89,9 @@ def test_metrics_mask_and_absent_classes():
     pred = np.array([0, 1, 1, 1, 0])
     mask = np.array([1, 1, 1, 1, 0])
     assert float(M.accuracy(pred, y, mask)) == pytest.approx(3 / 4)
+    assert float(M.accuracy(jnp.asarray(pred), y, mask)) == pytest.approx(3 / 4)
+    np.testing.assert_array_equal(M.confusion_matrix(pred, y, 4, jnp.asarray(mask)),
+                                  M.confusion_matrix(pred, y, 4, mask))
     conf = M.confusion_matrix(pred, y, 4, mask)
     assert int(conf.sum()) == 4
     # class 2 masked out and class 3 absent: balanced accuracy averages classes 0 and 1 only
