@@ -12,7 +12,8 @@ reads the leaf's own name, the last path component after NNX's `.value` wrapper:
   `weight` is a normalisation layer's scale there;
 - anything else (biases, normalisation scales and offsets, a PReLU slope) is not.
 
-Host arithmetic (`ravel`, `unravel`, `vdot`, `norm`) runs in float64 on the host: the landscape
+Host arithmetic (`ravel`, `unravel`, `vdot`, `norm`) runs in float64 on the host (and compiles
+nothing; `to_device` puts its results on the device the same way): the landscape
 directions report cosines and norms of million-parameter trees and fingerprint the directions
 they build, so their sums must be exact to float32 precision and the same on every run.
 Device-side code (curvature, the grid engine) should use `optax.tree_utils` instead
@@ -27,9 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -81,20 +80,37 @@ def kernel_mask(params: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def ravel(tree: PyTree) -> np.ndarray:
-    """All leaves as one float64 host vector, in `jax.tree_util` leaf order.
+def to_device(x, dtype=np.float32) -> jax.Array:
+    """A host array on the default device as `dtype`, without compiling anything.
 
-    The leaves are joined at their common dtype first (`ravel_pytree`), which float64 then holds
-    exactly, so this equals upcasting each leaf (float64 leaves excepted when x64 is off).
+    `jnp.asarray` of a numpy array compiles a small program per shape in jax 0.10 (10-40 ms
+    each, dozens in a landscape run); `jax.device_put` copies.
     """
-    return np.asarray(ravel_pytree(tree)[0], np.float64)
+    return jax.device_put(np.asarray(x, dtype))
+
+
+def ravel(tree: PyTree) -> np.ndarray:
+    """All leaves as one float64 host vector, in `jax.tree_util` leaf order (as `ravel_pytree`).
+
+    Each leaf is upcast on the host (exact from any float type); nothing is compiled.
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return np.zeros((0,), np.float64)
+    return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves])
 
 
 def unravel(vector: np.ndarray, like: PyTree) -> PyTree:
     """The inverse of `ravel`: a float32 pytree shaped like `like` from a flat vector."""
-    _, unflatten = ravel_pytree(jax.tree_util.tree_map(
-        lambda x: jnp.zeros(np.shape(x), jnp.float32), like))
-    return unflatten(jnp.asarray(np.asarray(vector), jnp.float32))
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    vector = np.asarray(vector)
+    sizes = [int(np.size(leaf)) for leaf in leaves]
+    if vector.shape != (sum(sizes),):
+        raise ValueError(f"unravel: a vector of {sum(sizes)} entries is needed, "
+                         f"got shape {vector.shape}")
+    parts = np.split(vector, np.cumsum(sizes)[:-1]) if leaves else []
+    return jax.tree_util.tree_unflatten(
+        treedef, [to_device(p.reshape(np.shape(leaf))) for p, leaf in zip(parts, leaves)])
 
 
 def vdot(a: PyTree, b: PyTree) -> float:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import linen as nn
 from flax import nnx
 
@@ -60,3 +61,26 @@ def test_ravel_unravel_and_float64_dot():
     assert tree.vdot(a, a) == float(np.sum(np.arange(6.0) ** 2) + 2)
     np.testing.assert_allclose(tree.norm(a), float(optax.tree_utils.tree_norm(
         jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), a))), rtol=1e-6)
+
+
+def test_ravel_unravel_follow_ravel_pytree_on_the_host(caplog):
+    # JAX's own flattening is the reference for the order; on the host nothing is compiled.
+    from jax.flatten_util import ravel_pytree
+
+    rng = np.random.default_rng(0)
+    a = {"z": {"w": rng.normal(size=(3, 5)).astype(np.float32)},
+         "a": jnp.asarray(rng.normal(size=(7,)), jnp.bfloat16), "m": np.float32(2.5)}
+    ref, _ = ravel_pytree(a)
+    _, unflatten = ravel_pytree(jax.tree_util.tree_map(lambda x: np.zeros(np.shape(x)), a))
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        flat = tree.ravel(a)
+        back = tree.unravel(flat[::-1].copy(), a)
+    assert [r for r in caplog.records if "Compiling" in r.getMessage()] == []
+    np.testing.assert_array_equal(flat, np.asarray(ref, np.float64))
+    for got, want in zip(jax.tree_util.tree_leaves(back),
+                         jax.tree_util.tree_leaves(unflatten(ref[::-1]))):
+        assert got.dtype == jnp.float32 and got.shape == np.shape(want)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="23 entries"):
+        tree.unravel(flat[:-1], a)

@@ -175,7 +175,7 @@ def _draw(key: jax.Array, tag: int, shape: tuple[int, ...]) -> jax.Array:
     size = int(np.prod(shape, dtype=np.int64))
     padded = max(_MIN_DRAW, 1 << max(size - 1, 0).bit_length())
     flat = np.asarray(_normal_jit(key, np.uint32(tag), padded))
-    return jnp.asarray(flat[:size].reshape(shape))
+    return tree.to_device(flat[:size].reshape(shape))
 
 
 def gaussian_direction(params: PyTree, seed: int) -> PyTree:
@@ -256,7 +256,7 @@ def normalize_direction(direction: PyTree, params: PyTree, normalization: str = 
         p_norm = np.sqrt(sum(np.sum(np.square(np.asarray(p_leaves[i], np.float64)))
                              for i in kept))
         out = [o * (p_norm / (d_norm + EPS)) for o in out]
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(o, jnp.float32) for o in out])
+    return jax.tree_util.tree_unflatten(treedef, [tree.to_device(o) for o in out])
 
 
 def random_direction(params: PyTree, seed: int, normalization: str = "filter",
@@ -307,8 +307,8 @@ def orthogonalize(d1: PyTree, d2: PyTree) -> PyTree:
         raise ValueError("orthogonalize: d1 is all zeros")
     coef = tree.vdot(d1, d2) / n11
     return jax.tree_util.tree_map(
-        lambda a, b: jnp.asarray(np.asarray(b, np.float64) - coef * np.asarray(a, np.float64),
-                                 jnp.float32), d1, d2)
+        lambda a, b: tree.to_device(np.asarray(b, np.float64) - coef * np.asarray(a, np.float64)),
+        d1, d2)
 
 
 def interpolation_direction(params_a: PyTree, params_b: PyTree) -> PyTree:
@@ -325,8 +325,8 @@ def interpolation_direction(params_a: PyTree, params_b: PyTree) -> PyTree:
     """
     check_same_structure(params_b, params_a, "params_b", "params_a")
     return jax.tree_util.tree_map(
-        lambda a, b: jnp.asarray(np.asarray(b, np.float64) - np.asarray(a, np.float64),
-                                 jnp.float32), params_a, params_b)
+        lambda a, b: tree.to_device(np.asarray(b, np.float64) - np.asarray(a, np.float64)),
+        params_a, params_b)
 
 
 def plane_directions(params_1: PyTree, params_2: PyTree,
