@@ -15,7 +15,7 @@ import pytest
 
 from research import checkpoint as ckpt
 from research.config import PLAYGROUND_PRESETS, to_dict
-from research.train import load_run, train_and_evaluate
+from research.train import evaluate, load_run, train_and_evaluate
 from research.writers import read_jsonl
 
 BASE = PLAYGROUND_PRESETS["tiny"]
@@ -505,3 +505,9 @@ def test_evaluation_equals_the_whole_split_at_once_with_one_batch_shape(tmp_path
             conf = np.zeros((2, 2), int)
             np.add.at(conf, (np.asarray(y), pred), 1)
             assert got["confusion"] == conf.tolist()
+            # The public function, another batch size: the same numbers.
+            public = evaluate(state, x, y, 9, with_confusion=True)
+            np.testing.assert_allclose(public["loss"], loss, rtol=1e-6)
+            assert public["confusion"] == conf.tolist()
+    with pytest.raises(ValueError, match="evaluate: x and y"):
+        evaluate(state, data.x_test[:0], data.y_test[:0], 9)

@@ -213,6 +213,9 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int,
     Returns:
         loss, and for classification accuracy, balanced_accuracy, macro_f1 (and confusion).
     """
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"evaluate: x and y need the same number (> 0) of examples, got "
+                         f"{len(x)} and {len(y)}")
     mesh = sh.data_mesh() if mesh is None else mesh
     split = _EvalSplit(x, y, max(1, min(batch_size, len(x))), mesh)
     return _evaluate_split(state, split, with_confusion)
