@@ -44,7 +44,6 @@ import time
 from collections import defaultdict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -125,7 +124,7 @@ def build_state(cfg: Config, dataset: Dataset) -> tuple[TrainState, int]:
     loss = Loss(cfg.train.loss, dataset.num_classes, cfg.train.regularization, cfg.train.reg_rate)
     model = make_model(cfg.model, loss.num_outputs)
     init_key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 0)
-    variables = init_variables(model, init_key, jnp.asarray(dataset.x_train[:1]))
+    variables = init_variables(model, init_key, jax.device_put(dataset.x_train[:1]))
     spe = _steps_per_epoch(cfg, len(dataset.x_train))
     tx = make_optimizer(cfg.optim, spe * cfg.train.epochs)
     return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, loss=loss), spe
