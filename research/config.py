@@ -271,7 +271,8 @@ class TrainConfig:
         reg_rate: penalty rate.
         eval_every: evaluate every this many epochs (and always after the last).
         eval_train: also evaluate on the whole training split (the Playground's train loss).
-        eval_batch_size: examples per evaluation call.
+        eval_batch_size: examples per evaluation batch (at most the largest split; every
+            split is cut into batches of this one size, so evaluation compiles once).
         checkpoint_every: save a checkpoint every this many steps (and always at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (the best is kept apart).
         trajectory_every: save the parameters every this many steps for the landscape PCA
