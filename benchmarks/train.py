@@ -274,6 +274,18 @@ drift, not above it. Tried, none kept (paired rounds in one process, idle machin
   reduction: as fast as YNNPACK's reduction (21 MB: 6.0 against 6.9 ms on one core, 5.1 against
   5.2 on two), no gain.
 
+Session 17 (the same VM, the step's code unchanged): `--threads 2 --sides jax-step torch-eager
+--rounds 7`, three runs on an idle machine: 1.08x / 0.98x, 0.97x / 0.99x, 0.89x / 0.78x (batch
+32 / 128; in the last run our step kept 1.48-1.50 CPUs busy, PyTorch 1.92). The same program
+moved between 65 and 98 ms a batch-128 step from one minute to the next with 0-1% steal time
+(`vmstat`), its CPU/wall between 1.59 and 1.88. Session 16's reading of the memory-bound passes
+needs a correction: on this VM PyTorch's `addcmul` + in-place `relu_` over the first stage's
+21 MB took 4.3-5.0 ms on one thread and 1.7-1.8 ms on two, XLA's fused affine + ReLU 4.1-5.2 and
+2.7-4.4 ms: the second core does help here, and XLA:CPU's two-partition loops get less from it
+than PyTorch's OpenMP loops. Not kept: `xla_cpu_enable_fast_min_max` as a compiler option of the
+step (0.998x in paired rounds), `--xla_cpu_use_thunk_runtime=false` (accepted, no change);
+`xla_cpu_use_multi_output_fusion` is not a flag of jaxlib 0.10.2.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
