@@ -50,6 +50,23 @@ def test_split_and_generate_agree_and_other_data_seeds_differ():
     assert not np.allclose(w, w2)
 
 
+def test_an_identical_split_again_is_not_synthesised_again_and_copies_are_the_callers(
+        monkeypatch):
+    from research.data.synth import clips
+
+    first = synth.split("music", 4, 0.5, seed=3, sample_rate=SR, seconds=0.25)
+    want = first["wave_train"].copy()
+    first["wave_train"][:] = 0.0  # the caller's copy: the kept split must not change
+    calls = []
+    real = clips.generate
+    monkeypatch.setattr(clips, "generate", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    again = synth.split("music", 4, 0.5, seed=3, sample_rate=SR, seconds=0.25)
+    assert calls == []
+    np.testing.assert_array_equal(again["wave_train"], want)
+    other = synth.split("music", 4, 0.5, seed=4, sample_rate=SR, seconds=0.25)
+    assert len(calls) == 2 and not np.allclose(other["wave_train"], want)
+
+
 def test_level_is_drawn_independently_of_class_and_applied_last():
     for c in range(len(synth.SOUNDSCAPE_CLASSES)):
         for i in range(3):
