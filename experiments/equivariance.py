@@ -106,7 +106,7 @@ def main(cfg: Config) -> dict:
     for pooling in ("mean", "none"):
         model = CNN(channels=cfg.channels, num_outputs=10, pool=(cfg.pool, cfg.pool),
                     batch_norm=False, global_pool=pooling, padding="CIRCULAR")
-        variables = model.init(jax.random.PRNGKey(cfg.seed), x)
+        variables = jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), x)  # one program
         models[pooling] = (model, variables)
         errors = shift_errors(model, variables, x, shifts, cfg.pool)
         results[f"global_pool_{pooling}"] = {k: v.tolist() for k, v in errors.items()}

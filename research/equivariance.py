@@ -9,6 +9,8 @@ intermediates (`research.models.CNN`), for shifts along the time axis of `x_BxFx
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,12 +39,16 @@ def intermediates(model, variables: dict, x_BxFxTxC: jax.Array) -> dict[str, jax
 
 
 def _rel(a, b) -> float:
-    return float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-12))
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-12))
 
 
 def shift_errors(model, variables: dict, x_BxFxTxC: jax.Array, shifts, pool: int,
                  stage: int = 0) -> dict[str, np.ndarray]:
     """Relative errors of equivariance and invariance for each shift.
+
+    The model runs as one compiled program for every shift; the shifts and norms are taken on
+    the host (eagerly, each shift and each norm was a program of its own).
 
     Args:
         model: a `research.models.CNN` (circular padding gives exact equivariance).
@@ -58,14 +64,19 @@ def shift_errors(model, variables: dict, x_BxFxTxC: jax.Array, shifts, pool: int
         `embedding`: |e(Sx) - e(x)| / |e(x)| for the pooled embedding (invariance);
         `output`: the same for the network output; each an array over shifts.
     """
-    ref = intermediates(model, variables, x_BxFxTxC)
+    apply = jax.jit(functools.partial(intermediates, model))
+    x = np.asarray(x_BxFxTxC)
+
+    def maps(x_in):
+        return {k: np.asarray(v) for k, v in apply(variables, x_in).items()}
+
+    ref = maps(x)
+    feat, pooled = f"stage{stage}_features", f"stage{stage}_pooled"
     out = {k: [] for k in ("conv", "pooled", "embedding", "output")}
     for s in shifts:
-        got = intermediates(model, variables, shift_time(x_BxFxTxC, s))
-        out["conv"].append(_rel(got[f"stage{stage}_features"],
-                                shift_time(ref[f"stage{stage}_features"], s)))
-        out["pooled"].append(_rel(got[f"stage{stage}_pooled"],
-                                  shift_time(ref[f"stage{stage}_pooled"], int(round(s / pool)))))
+        got = maps(np.roll(x, s, axis=2))
+        out["conv"].append(_rel(got[feat], np.roll(ref[feat], s, axis=2)))
+        out["pooled"].append(_rel(got[pooled], np.roll(ref[pooled], int(round(s / pool)), axis=2)))
         out["embedding"].append(_rel(got["embedding"], ref["embedding"]))
         out["output"].append(_rel(got["output"], ref["output"]))
     return {k: np.asarray(v) for k, v in out.items()}
