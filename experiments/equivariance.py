@@ -31,6 +31,7 @@ from research.data.synth import SOUNDSCAPE_CLASSES, clip_seed, synthesize
 from research.equivariance import intermediates, shift_errors, shift_time
 from research.io import atomic_write_json
 from research.models import CNN
+from research.train.loop import init_variables
 from research.viz import save_figure
 
 
@@ -106,7 +107,7 @@ def main(cfg: Config) -> dict:
     for pooling in ("mean", "none"):
         model = CNN(channels=cfg.channels, num_outputs=10, pool=(cfg.pool, cfg.pool),
                     batch_norm=False, global_pool=pooling, padding="CIRCULAR")
-        variables = jax.jit(model.init)(jax.random.PRNGKey(cfg.seed), x)  # one program
+        variables = init_variables(model, jax.random.PRNGKey(cfg.seed), x)
         models[pooling] = (model, variables)
         errors = shift_errors(model, variables, x, shifts, cfg.pool)
         results[f"global_pool_{pooling}"] = {k: v.tolist() for k, v in errors.items()}

@@ -6,13 +6,14 @@ import numpy as np
 from experiments import equivariance
 from research.equivariance import shift_errors
 from research.models import CNN
+from research.train.loop import init_variables
 
 
 def test_conv_equivariance_and_pooling_invariance_by_definition():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 16, 1))
     model = CNN(channels=(3, 4), num_outputs=2, pool=(2, 2), batch_norm=False,
                 padding="CIRCULAR")
-    v = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+    v = init_variables(model, jax.random.PRNGKey(1), x)
     err = shift_errors(model, v, x, [0, 1, 2, 3, 4], pool=2)
     assert np.all(err["conv"] < 1e-6)
     assert np.all(err["pooled"][[0, 2, 4]] < 1e-6) and np.all(err["pooled"][[1, 3]] > 1e-2)
