@@ -159,19 +159,29 @@ def test_max_pool_values_and_gradients_match_nn_max_pool(shape, window, strides)
     np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-6, atol=1e-6)
 
 
-def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_nn_max_pool():
+def test_max_pool_ties_and_nans_send_the_gradient_where_nn_max_pool_does():
     # Row-major first maximum, as XLA's select_and_scatter and PyTorch's max_pool2d do
     # (jnp.max would split the gradient among the tied elements).
     x = np.array([[0.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]], np.float32).reshape(1, 2, 4, 1)
-    with_nan = np.array([[1.0, np.nan], [3.0, 2.0]], np.float32).reshape(1, 2, 2, 1)
+    # Windows with NaNs: select_and_scatter keeps the current element while `current >= next`,
+    # so its choice is not always a NaN (written out by hand below, one row per window).
+    nan = np.nan
+    windows = [[1, nan, 3, 2], [nan, 1, 2, 3], [1, 2, 3, nan], [nan, nan, 1, 5],
+               [5, nan, 1, nan], [2, 2, nan, 2], [1, nan, 1, 0]]
+    chosen = [2, 3, 3, 3, 3, 3, 2]
+    with_nan = np.array(windows, np.float32).reshape(len(windows), 2, 2, 1)
     # One program (eager operations compile one program each).
-    g, g_ref, nan = jax.jit(lambda x, with_nan: (
+    g, g_ref, g_nan, g_nan_ref, out_nan = jax.jit(lambda x, with_nan: (
         jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2))))(x),
         jax.grad(lambda x: jnp.sum(_pool_ref(x, (2, 2))))(x),
+        jax.grad(lambda x: jnp.sum(max_pool(x, (2, 2))))(with_nan),
+        jax.grad(lambda x: jnp.sum(_pool_ref(x, (2, 2))))(with_nan),
         max_pool(with_nan, (2, 2))))(x, with_nan)
     np.testing.assert_array_equal(g, g_ref)
     np.testing.assert_array_equal(g[0, :, :, 0], [[0, 1, 1, 0], [0, 0, 0, 0]])
-    assert np.isnan(nan).all()
+    np.testing.assert_array_equal(g_nan, g_nan_ref)
+    np.testing.assert_array_equal(g_nan.reshape(len(windows), 4), np.eye(4)[chosen])
+    assert np.isnan(out_nan).all()
 
 
 def _conv_ref(x, k, padding):
