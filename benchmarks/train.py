@@ -286,6 +286,52 @@ than PyTorch's OpenMP loops. Not kept: `xla_cpu_enable_fast_min_max` as a compil
 step (0.998x in paired rounds), `--xla_cpu_use_thunk_runtime=false` (accepted, no change);
 `xla_cpu_use_multi_output_fusion` is not a flag of jaxlib 0.10.2.
 
+Session 18 (the same VM): with session 17's code, `--threads 2 --sides jax-step torch-eager
+--rounds 7` gave 0.91x / 0.97x (batch 32 / 128, CPU/wall 1.67-1.72 against PyTorch's 1.96). The
+probes below are paired rounds in one process (the production step through `cpu_jit`, batch 128,
+2 cores, 15-21 rounds of 3 steps, median ratio against the code as it is); only the pooling
+position's walk was kept:
+- What the first stage costs: the same step without it (input 20x32x16, stages 32 / 32) took
+  46.7 ms against 77.4 ms. So the first stage, with the second convolution's input gradient, is
+  40% of the step.
+- The pooling gradient's select recomputes each window's first-maximum chain for every element
+  (8.2 ms, compute-bound). An upper bound: the position taken as a constant (wrong gradients)
+  gave 1.05x. Making XLA store the position instead did not work: XLA:CPU fused even a float
+  `sqrt`, an operation it counts as expensive, into the select (0.99-1.02x, same program).
+- BatchNorm, ReLU and pooling with the pooling first. Per channel, the window maximum of
+  `relu(a z + b)` equals `relu(a s max(s z) + b)` with `s = sign(a)` (a sign flip, exact). The
+  values and the parameters after 4 steps agree to 7 digits, and BatchNorm's backward sums run
+  over the pooled quarter (the `sum(g z)` reduction went from 5.3 to 1.5 ms). But XLA:CPU then
+  recomputes the window maximum inside the layout transpose of the next convolution's kernel
+  gradient: 19.8 ms for that transpose, and the step at 0.79x.
+  - `lax.optimization_barrier` is removed before fusion, so it cannot stop this.
+  - The pool's value as a `reduce_max`, which XLA does not duplicate, brought the step to 0.92x.
+    It is still slower, because the pooling gradient moves into the padded input of the first
+    convolution's kernel gradient.
+- One reduction for both BatchNorm sums (`sum` over `[z, z^2]` concatenated): 12.8 ms against
+  2.2 ms for two reductions (one core); YNNPACK's reduction is slow on a concatenated input.
+  A reduction with the first convolution's shifted multiply-adds fused into it, so that `z` is
+  never stored: 18.9 ms against 1.7 ms for the stored `z`.
+- The one convolution that gains nothing from the second core is Eigen's kernel gradient of the
+  16 -> 32 convolution. Measured alone at batch 128, with the step's compiler options: 20.7 ms
+  on one core, 19.2-21.6 ms on two (CPU/wall 1.26-1.41). Its forward pass and input gradient go
+  from 18.0 / 20.5 ms to 8.9 / 9.8 ms. Of the 19-21 ms, 6 ms are the two layout transposes
+  (batch as the contracted feature); the rest is a contraction of 81,920 terms into a
+  3x3x16x32 kernel, which Eigen splits poorly.
+  - Cut into 2 or 4 batch chunks summed: 15.7-22 ms alone, and the whole step 0.90x / 0.91x.
+  - As one matrix product of the patches, or one per kernel tap: 27-35 ms.
+  - Output channels in two halves: 25-30 ms.
+- The pooling gradient's position found as `select_and_scatter` finds it (kept, see the
+  `research.models.ops` docstring; it fixes the gradient for windows with NaNs): 1.015x /
+  0.98x on two cores (batch 128 / 32), 1.03x / 1.02x on one.
+- Compiler options: `xla_cpu_enable_fast_math` gave 1.05x (quartiles 1.02-1.17x). Not kept: it
+  drops NaN handling and changes the rounding. `xla_cpu_prefer_vector_width=512` on AVX2 gave
+  1.04x (quartiles 0.99-1.14x), within the noise.
+- One elementwise pass over 21 MB written to a new buffer (affine + ReLU, as the step writes
+  them): JAX 3.4-4.0 ms on one core and 2.3-3.1 ms on two (4.0 ms in one run that kept 1.1 CPUs
+  busy), 1.1-1.7x from the second core; PyTorch's `addcmul` + `relu` (two passes) 5.1-5.4 ms and
+  3.0-3.7 ms, 1.4-1.8x. Session 17's in-place PyTorch figures (2.5x) were its best case.
+
 Every side now calls `research.sharding.reuse_host_memory` first (as the experiments do;
 `--no-reuse-host-memory` turns it off). With glibc's default malloc a batch-128 step
 page-faults all its temporary memory in again: 19,200 faults and 44 ms of system time in a
