@@ -41,12 +41,16 @@ def optimizer_path(loss_fn: Callable[[jax.Array], jax.Array], theta0: jax.Array,
         updates, opt_state = tx.update(g, opt_state, theta)
         return (optax.apply_updates(theta, updates), opt_state), (theta, loss)
 
-    theta0 = jnp.asarray(theta0, jnp.float32)
-    (last, _), (thetas, losses) = jax.lax.scan(step, (theta0, tx.init(theta0)), None,
-                                                length=steps)
-    thetas = jnp.concatenate([thetas, last[None]], axis=0)
-    losses = jnp.concatenate([losses, loss_fn(last)[None]], axis=0)
-    return thetas, losses
+    # One compiled program per call (the optimiser's state initialisation and the last loss
+    # included), not the scan's plus a few small eager ones.
+    @jax.jit
+    def run(theta0):
+        (last, _), (thetas, losses) = jax.lax.scan(step, (theta0, tx.init(theta0)), None,
+                                                    length=steps)
+        return (jnp.concatenate([thetas, last[None]], axis=0),
+                jnp.concatenate([losses, loss_fn(last)[None]], axis=0))
+
+    return run(jnp.asarray(theta0, jnp.float32))
 
 
 def loss_grid(loss_fn: Callable[[jax.Array], jax.Array], w1_R: np.ndarray,
@@ -118,8 +122,10 @@ def minimum_and_curvature(loss_fn: Callable[[jax.Array], jax.Array], theta0: jax
     Returns:
         theta_star_P and the Hessian's eigenvalues there, ascending.
     """
-    grad, hess = jax.grad(loss_fn), jax.hessian(loss_fn)
+    grad, hess = jax.grad(loss_fn), jax.jit(jax.hessian(loss_fn))
+    # Compiled once: eagerly, every operation of the Hessian compiled a program of its own.
+    newton = jax.jit(lambda theta: theta - jnp.linalg.solve(hess(theta), grad(theta)))
     theta = jnp.asarray(theta0, jnp.float32)
     for _ in range(iters):
-        theta = theta - jnp.linalg.solve(hess(theta), grad(theta))
+        theta = newton(theta)
     return np.asarray(theta), np.linalg.eigvalsh(np.asarray(hess(theta), np.float64))

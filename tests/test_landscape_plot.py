@@ -278,3 +278,21 @@ def test_spectrogram_examples_have_time_mel_axes_and_db_bar():
     lo, hi = ax.images[0].get_clim()
     assert -80 < lo < hi < 10  # mapped back to dB, not standard deviations
     plt.close(fig)
+
+
+def test_activation_curves_and_their_derivatives_match_the_formulas():
+    fig = viz.plot_activations(("linear", "sigmoid", "tanh", "relu"), lo=-3.0, hi=3.0)
+    values, slopes = ([line.get_ydata() for line in ax.get_lines() if line.get_label()[0] != "_"]
+                      for ax in fig.axes[:2])
+    z = fig.axes[0].get_lines()[0].get_xdata()
+    assert z[0] == -3.0 and z[-1] == 3.0 and len(values) == len(slopes) == 4
+    s = 1.0 / (1.0 + np.exp(-z))
+    np.testing.assert_allclose(values[0], z, atol=1e-6)
+    np.testing.assert_allclose(slopes[0], 1.0)
+    np.testing.assert_allclose(values[1], s, atol=1e-6)
+    np.testing.assert_allclose(slopes[1], s * (1 - s), atol=1e-6)
+    np.testing.assert_allclose(values[2], np.tanh(z), atol=1e-6)
+    np.testing.assert_allclose(slopes[2], 1 - np.tanh(z) ** 2, atol=1e-5)
+    np.testing.assert_allclose(values[3], np.maximum(z, 0), atol=1e-6)
+    np.testing.assert_allclose(slopes[3][z != 0], (z[z != 0] > 0).astype(float))
+    plt.close(fig)
