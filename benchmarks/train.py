@@ -308,6 +308,11 @@ position's walk was kept:
   - The pool's value as a `reduce_max`, which XLA does not duplicate, brought the step to 0.92x.
     It is still slower, because the pooling gradient moves into the padded input of the first
     convolution's kernel gradient.
+  - With the sign folded into the convolution's kernel instead (`conv(x, k s) = s conv(x, k)`
+    exactly, and `s = sign(scale)` since `rsqrt` is positive), nothing full-size is multiplied
+    by it: 1.025x / 1.049x (batch 128 / 32; quartiles 0.95-1.11x and 0.99-1.10x), 1.06x / 0.98x
+    with the `reduce_max`. That is within the noise, and it would cost the model its full-size
+    stage features (sown for the equivariance analysis), so it was not built.
 - One reduction for both BatchNorm sums (`sum` over `[z, z^2]` concatenated): 12.8 ms against
   2.2 ms for two reductions (one core); YNNPACK's reduction is slow on a concatenated input.
   A reduction with the first convolution's shifted multiply-adds fused into it, so that `z` is
