@@ -127,7 +127,7 @@ def _first_position(x_BxHoxKhxWoxKwxC):
     XLA's `select_and_scatter` walks the window keeping the current element while
     `current >= next`: the first maximum, and where a comparison meets a NaN, the next element
     (so with NaNs, not always the NaN). The same walk here gives the same position in every
-    case; it is also one comparison per step instead of the value's three.
+    case, with one comparison per step where the value's walk needs two and an `or`.
     """
     kh, kw = x_BxHoxKhxWoxKwxC.shape[2], x_BxHoxKhxWoxKwxC.shape[4]
     cur_BxHoxWoxC = x_BxHoxKhxWoxKwxC[:, :, 0, :, 0, :]
