@@ -98,3 +98,40 @@ def test_without_tensorboardx_it_warns_once_and_writes_nothing(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TensorBoardWriter(str(tmp_path / "tb2"))  # the second one is silent
+
+
+def test_opening_a_writer_does_not_import_torch_and_torch_still_imports_later(tmp_path):
+    """tensorboardX imports PyTorch, where installed, only for type hints (2 s a run): the writer
+    hides it during the import. A stand-in `torch` package on the path records being imported
+    (CI has no PyTorch), and must still import normally afterwards."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX (the [tensorboard] extra) missing")
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os\nopen(os.environ['TORCH_MARK'], 'a').write('imported\\n')\n"
+        "class Tensor:\n    pass\n")
+    mark = tmp_path / "mark"
+    code = (
+        "import sys, os\n"
+        "from research.writers import TensorBoardWriter\n"
+        f"w = TensorBoardWriter({str(tmp_path / 'tb')!r})\n"
+        "assert w.enabled\n"
+        "w.scalars(1, {'loss': 0.5}, prefix='train')\n"
+        "w.close()\n"
+        "assert 'torch' not in sys.modules, sys.modules.get('torch')\n"
+        f"assert not os.path.exists({str(mark)!r})\n"
+        "import torch\n"
+        "assert torch.Tensor is not None\n"
+        "print('ok')\n")
+    env = dict(os.environ, TORCH_MARK=str(mark),
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.getcwd()]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+    assert mark.read_text() == "imported\n"  # once, by the script's own import
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
