@@ -40,9 +40,9 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   core: the batch-128 step 1.29-1.32x faster on one core and 1.6x on two, batch 64 1.18x /
   1.37x, batch 32 unchanged on one core and 1.25x on two, 1.04-1.11x with the two cores as two
   data-parallel devices; a batch-128 Hessian-vector product 1.2x / 1.5x (paired rounds in one
-  process; `benchmarks/train.py` has the table). Values agree with the library's to float32
-  rounding (the sum runs in another order). Accelerators keep the one library kernel gradient
-  (not measured there), and so do programs compiled for Eigen's convolutions
+  process; `benchmarks/train_history.md` has the table). Values agree with the library's to
+  float32 rounding (the sum runs in another order). Accelerators keep the one library kernel
+  gradient (not measured there), and so do programs compiled for Eigen's convolutions
   (`research.sharding.cpu_jit`, our training steps on a multi-core CPU), where every
   convolution, the kernel gradient included, already runs on Eigen, on every core.
 - `nn.BatchNorm` computes `(x - mean) * scale / sqrt(var + eps) + bias`, and XLA keeps the
