@@ -90,16 +90,14 @@ def _summary_writer_class():
     `sys.modules` makes `import torch` fail), then unhidden, so a later `import torch` works.
     Every value we log is a number or a numpy array, which tensorboardX takes either way.
     """
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None
     try:
         from tensorboardX import SummaryWriter
     finally:
-        # The failed `import torch` leaves the placeholder in place; Python keeps no other trace.
-        if sys.modules.get("torch", 0) is None:
+        # tensorboardX's failed `import torch` leaves our placeholder, and nothing else, behind.
+        if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return SummaryWriter
 

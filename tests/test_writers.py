@@ -2,6 +2,9 @@
 
 import builtins
 import math
+import os
+import subprocess
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 
 from research import writers
 from research.writers import TensorBoardWriter
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _image_tags(logdir):
@@ -105,10 +110,6 @@ def test_opening_a_writer_does_not_import_torch_and_torch_still_imports_later(tm
     hides it during the import. A stand-in `torch` package on the path records being imported
     (CI has no PyTorch), and must still import normally afterwards."""
     pytest.importorskip("tensorboardX", reason="tensorboardX (the [tensorboard] extra) missing")
-    import os
-    import subprocess
-    import sys
-
     fake = tmp_path / "site" / "torch"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
@@ -128,7 +129,7 @@ def test_opening_a_writer_does_not_import_torch_and_torch_still_imports_later(tm
         "assert torch.Tensor is not None\n"
         "print('ok')\n")
     env = dict(os.environ, TORCH_MARK=str(mark),
-               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.getcwd()]))
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), _REPO]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
