@@ -136,3 +136,16 @@ def test_opening_a_writer_does_not_import_torch_and_torch_still_imports_later(tm
     assert out.stdout.strip().endswith("ok")
     assert mark.read_text() == "imported\n"  # once, by the script's own import
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+    # A torch the caller imported first is left exactly as it was.
+    code = (
+        "import sys\n"
+        "import torch\n"
+        "from research.writers import TensorBoardWriter\n"
+        f"TensorBoardWriter({str(tmp_path / 'tb2')!r}).close()\n"
+        "assert sys.modules['torch'] is torch\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
