@@ -15,11 +15,13 @@ same data, with SGD + momentum 0.9 and softmax cross-entropy:
   and the loop's compiled step (`research.train.steps.compile_train_steps`) data-parallel over
   them (the batch split, BatchNorm statistics and gradients summed across devices), called as
   `jax-step` is; with one thread it is one device;
+- `jax-composite`: `jax-step` with the CNN's first stage as JAX operations instead of the
+  native kernel of `research.models.native` (`RESEARCH_NATIVE=0`): what that kernel gains;
 - `jax-library`: `jax-step` with the model built from Flax's and lax's own operations
-  (`nn.max_pool`, `nn.BatchNorm`, `lax.conv_general_dilated`) instead of `research.models.ops`,
-  which replaces them with the same values and gradients: what those replacements gain on
-  this backend (issue 11 asks that they stay fast on a GPU too; `benchmarks/device_check.sh`
-  runs this comparison there);
+  (`nn.max_pool`, `nn.BatchNorm`, `lax.conv_general_dilated`, no native first stage) instead
+  of `research.models.ops`, which replaces them with the same values and gradients: what those
+  replacements gain on this backend (issue 11 asks that they stay fast on a GPU too;
+  `benchmarks/device_check.sh` runs this comparison there);
 - `torch-eager`: `zero_grad`, forward, loss, `backward`, `step`, the batch a tensor in memory;
 - `torch-compile`: the same with `torch.compile(model)` (compiled per batch shape); when it cannot
   compile here (no C compiler, an unsupported platform), the reason is printed.
@@ -67,7 +69,8 @@ import statistics
 import sys
 import time
 
-SIDES = ("jax-step", "jax-loop", "jax-devices", "jax-library", "torch-eager", "torch-compile")
+SIDES = ("jax-step", "jax-loop", "jax-devices", "jax-composite", "jax-library", "torch-eager",
+         "torch-compile")
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -162,6 +165,8 @@ def _jax_side(side, args, conn):
         conn.send({"error": f"host devices are a CPU side (JAX runs on "
                             f"{jax.default_backend()} here)"})
         return
+    if side in ("jax-composite", "jax-library"):
+        os.environ["RESEARCH_NATIVE"] = "0"  # the first stage as JAX operations
     if side == "jax-library":
         _use_library_ops()
 

@@ -16,8 +16,8 @@ def _torch_importable() -> bool:
 def test_train_benchmark_runs_tiny_and_prints_every_side():
     cmd = [sys.executable, "-m", "benchmarks.train", "--batch", "4", "--threads", "1",
            "--rounds", "2", "--steps", "2", "--warmup", "1", "--height", "8", "--width", "8",
-           "--channels", "2", "--examples", "8", "--sides", "jax-step", "jax-loop",
-           "jax-devices", "jax-library", "torch-eager"]
+           "--channels", "8", "--examples", "8", "--sides", "jax-step", "jax-loop",
+           "jax-devices", "jax-composite", "jax-library", "torch-eager"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -30,6 +30,8 @@ def test_train_benchmark_runs_tiny_and_prints_every_side():
     losses = {row[0]: float(row[7]) for row in rows}
     # Flax's and lax's own operations train the same model: the same first loss.
     assert abs(losses["jax-library"] - losses["jax-step"]) < 1e-5, out
+    # The native first stage (8 channels: it applies) and the JAX operations agree.
+    assert abs(losses["jax-composite"] - losses["jax-step"]) < 1e-5, out
     if not _torch_importable():
         assert "torch-eager: skipped: torch is not importable" in out
     else:

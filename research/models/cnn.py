@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import native
 from research.models.mlp import activation_fn
 from research.models.ops import BatchNorm, conv_general_dilated, max_pool
 
@@ -72,6 +73,31 @@ class CNN(nn.Module):
             h = BatchNorm(use_running_average=not train, momentum=0.9)(h)
         return h
 
+    def _native_first_stage(self, x, features: int, kernel, train: bool) -> bool:
+        """Whether the first stage runs on `research.models.native` (training on the CPU).
+
+        Only where it computes what the layers would: conv-BN-ReLU-pool with zero padding and
+        no extra blocks, and not while initialising or recording intermediates (the native
+        stage keeps no full-size features).
+        """
+        window = _clip(self.pool, x)
+        return (train and self.batch_norm and self.activation == "relu" and self.depth == 0
+                and self.padding == "SAME" and window == tuple(self.pool) and window != (1, 1)
+                and not self.is_initializing()
+                and not self.is_mutable_collection("intermediates")
+                and native.applies(x, features, _clip(kernel, x), window, self.dtype))
+
+    def _first_stage(self, x_BxHxWx1, features: int, kernel):
+        """conv-BN-ReLU-pool on the native kernel, with the variables of the layers it replaces."""
+        conv = nn.Conv(features, _clip(kernel, x_BxHxWx1), padding=self.padding, use_bias=False)
+        bn = BatchNorm(use_running_average=False, momentum=0.9)
+        bn_params = bn.variables["params"]
+        pooled, mean_C, var_C = native.first_stage(
+            x_BxHxWx1, conv.variables["params"]["kernel"], bn_params["scale"], bn_params["bias"],
+            bn.epsilon, tuple(self.pool))
+        bn.update_averages(mean_C, var_C)
+        return pooled
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Apply the network.
@@ -89,6 +115,10 @@ class CNN(nn.Module):
         h = x
         for stage, features in enumerate(self.channels):
             kernel = self.first_kernel if (stage == 0 and self.first_kernel) else self.kernel_size
+            if stage == 0 and self._native_first_stage(h, features, kernel, train):
+                h = self._first_stage(h, features, kernel)
+                self.sow("intermediates", f"stage{stage}_pooled", h)
+                continue
             h = act(self._conv_bn(h, features, kernel, train))
             for _ in range(self.depth):
                 skip = h

@@ -476,11 +476,22 @@ class BatchNorm(nn.Module):
             mean_C = jnp.mean(x32, axes)
             var_C = jnp.maximum(0.0, jnp.mean(jnp.square(x32), axes) - jnp.square(mean_C))
             if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean_C
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var_C
+                self.update_averages(mean_C, var_C)
         a_C = scale * lax.rsqrt(var_C + self.epsilon)
         b_C = bias - mean_C * a_C
         shape = (1,) * (x.ndim - 1) + (c,)
         # The output dtype follows nn.BatchNorm: inputs promoted with the parameters.
         dtype = jnp.result_type(x, scale, bias)
         return (x * a_C.reshape(shape) + b_C.reshape(shape)).astype(dtype)
+
+    def update_averages(self, mean_C: jax.Array, var_C: jax.Array) -> None:
+        """Move the running averages toward a batch's statistics (also those of `native`).
+
+        Args:
+            mean_C: the batch mean per channel.
+            var_C: the batch variance per channel.
+        """
+        for name, value in (("mean", mean_C), ("var", var_C)):
+            average = self.get_variable("batch_stats", name)
+            self.put_variable("batch_stats", name,
+                              self.momentum * average + (1 - self.momentum) * value)
