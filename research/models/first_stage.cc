@@ -164,7 +164,7 @@ inline void ConvAt(const float* base, const int64_t* off, int64_t taps, const V*
 // One image's pooled outputs and window positions, channels in kBlocks blocks of 8.
 template <int64_t kBlocks>
 void ForwardImage(const float* pad, const float* k, const float* a, const float* b,
-                  const Geometry& g, float* out, uint8_t* pos) {
+                  const Geometry& g, float* out, uint8_t* pos, float* z_at) {
   constexpr int64_t c = kBlocks * kLanes;
   const int64_t wp = g.w + g.kw - 1;
   int64_t off[kMaxTaps];
@@ -179,7 +179,7 @@ void ForwardImage(const float* pad, const float* k, const float* a, const float*
   }
   for (int64_t i = 0; i < g.ho; ++i) {
     for (int64_t j = 0; j < g.wo; ++j) {
-      V best[kBlocks], z[kBlocks];
+      V best[kBlocks], z[kBlocks], z_best[kBlocks];
       VI where[kBlocks];
       float v[kMaxTaps];
       for (int64_t p = 0; p < g.ph * g.pw; ++p) {
@@ -190,18 +190,21 @@ void ForwardImage(const float* pad, const float* k, const float* a, const float*
           y = Select(y < 0.0f, Broadcast(0.0f), y);  // NaN stays NaN, as jax.nn.relu
           if (p == 0) {
             best[nb] = y;
-            where[nb] = VI{} ;
+            z_best[nb] = z[nb];
+            where[nb] = VI{};
             continue;
           }
           // The first maximum in row-major window order; a NaN wins, as in max_pool.
           const VI take = (y > best[nb]) | (y != y);
           best[nb] = Select(take, y, best[nb]);
+          z_best[nb] = Select(take, z[nb], z_best[nb]);
           where[nb] = SelectI(take, VI{} + int32_t(p), where[nb]);
         }
       }
       const int64_t o = (i * g.wo + j) * c;
       for (int64_t nb = 0; nb < kBlocks; ++nb) {
         Store(out + o + nb * kLanes, best[nb]);
+        Store(z_at + o + nb * kLanes, z_best[nb]);
         for (int64_t l = 0; l < kLanes; ++l) pos[o + nb * kLanes + l] = uint8_t(where[nb][l]);
       }
     }
@@ -210,19 +213,17 @@ void ForwardImage(const float* pad, const float* k, const float* a, const float*
 
 // One image's sums for the backward pass, added to acc (2 + taps rows of c): the pooled
 // gradient that reaches z (at its window's maximum, where the ReLU passed it), that times z,
-// and that times each kernel tap of the input.
+// and that times each kernel tap of the input there. Only the pooled outputs are read: each
+// window's z at its maximum and position come from the forward pass.
 template <int64_t kBlocks>
-void BackwardImage(const float* pad, const float* k, const float* a, const float* b,
-                   const Geometry& g, const float* g_pooled, const uint8_t* pos,
+void BackwardImage(const float* pad, const float* a, const float* b, const Geometry& g,
+                   const float* g_pooled, const uint8_t* pos, const float* z_at,
                    double* acc) {
   constexpr int64_t c = kBlocks * kLanes;
   const int64_t wp = g.w + g.kw - 1;
   int64_t off[kMaxTaps];
-  V kv[kMaxTaps * kBlocks], av[kBlocks], bv[kBlocks];
-  for (int64_t t = 0; t < g.taps; ++t) {
-    off[t] = (t / g.kw) * wp + t % g.kw;
-    for (int64_t nb = 0; nb < kBlocks; ++nb) kv[t * kBlocks + nb] = Load(k + t * c + nb * kLanes);
-  }
+  V av[kBlocks], bv[kBlocks];
+  for (int64_t t = 0; t < g.taps; ++t) off[t] = (t / g.kw) * wp + t % g.kw;
   for (int64_t nb = 0; nb < kBlocks; ++nb) {
     av[nb] = Load(a + nb * kLanes);
     bv[nb] = Load(b + nb * kLanes);
@@ -234,25 +235,24 @@ void BackwardImage(const float* pad, const float* k, const float* a, const float
     for (int64_t q = 0; q < rows * kBlocks; ++q) sums[q] = Broadcast(0.0f);
     for (int64_t j = 0; j < g.wo; ++j) {
       const int64_t o = (i * g.wo + j) * c;
-      V gp[kBlocks], z[kBlocks], gz[kBlocks];
+      V gz[kBlocks];
       VI at[kBlocks];
       for (int64_t nb = 0; nb < kBlocks; ++nb) {
-        gp[nb] = Load(g_pooled + o + nb * kLanes);
+        const V z = Load(z_at + o + nb * kLanes);
+        const V y = z * av[nb] + bv[nb];  // as in the forward pass: the same float32 ops
+        gz[nb] = Select(y > 0.0f, Load(g_pooled + o + nb * kLanes), Broadcast(0.0f));
+        sums[nb] += gz[nb];
+        sums[kBlocks + nb] += gz[nb] * z;
         for (int64_t l = 0; l < kLanes; ++l) at[nb][l] = pos[o + nb * kLanes + l];
       }
-      float v[kMaxTaps];
       for (int64_t p = 0; p < g.ph * g.pw; ++p) {
-        ConvAt<kBlocks>(pad + (i * g.ph + p / g.pw) * wp + j * g.pw + p % g.pw, off, g.taps,
-                        kv, z, v);
-        for (int64_t nb = 0; nb < kBlocks; ++nb) {
-          const V y = z[nb] * av[nb] + bv[nb];
-          gz[nb] = Select((at[nb] == int32_t(p)) & (y > 0.0f), gp[nb], Broadcast(0.0f));
-          sums[nb] += gz[nb];
-          sums[kBlocks + nb] += gz[nb] * z[nb];
-        }
+        const float* base = pad + (i * g.ph + p / g.pw) * wp + j * g.pw + p % g.pw;
+        V gp[kBlocks];
+        for (int64_t nb = 0; nb < kBlocks; ++nb)
+          gp[nb] = Select(at[nb] == int32_t(p), gz[nb], Broadcast(0.0f));
         for (int64_t t = 0; t < g.taps; ++t) {
-          const V vt = Broadcast(v[t]);
-          for (int64_t nb = 0; nb < kBlocks; ++nb) sums[(2 + t) * kBlocks + nb] += gz[nb] * vt;
+          const V vt = Broadcast(base[off[t]]);
+          for (int64_t nb = 0; nb < kBlocks; ++nb) sums[(2 + t) * kBlocks + nb] += gp[nb] * vt;
         }
       }
     }
@@ -300,11 +300,34 @@ ffi::Error CheckGeometry(const Geometry& g) {
   return ffi::Error::Success();
 }
 
+// S and G travel from the forward to the backward pass as float32 pairs (hi, lo = the rest),
+// about 48 bits of each float64 sum: row 0 holds the hi parts, row 1 the lo parts.
+void PackSums(const std::vector<double>& s, const std::vector<double>& gram, float* out) {
+  const int64_t n = int64_t(s.size() + gram.size());
+  for (int64_t q = 0; q < n; ++q) {
+    const double v = q < int64_t(s.size()) ? s[q] : gram[q - s.size()];
+    out[q] = float(v);
+    out[n + q] = float(v - double(out[q]));
+  }
+}
+
+void UnpackSums(const float* in, int64_t taps, std::vector<double>& s, std::vector<double>& gram) {
+  const int64_t n = taps + taps * taps;
+  s.resize(taps);
+  gram.resize(taps * taps);
+  for (int64_t q = 0; q < n; ++q) {
+    const double v = double(in[q]) + double(in[n + q]);
+    if (q < taps) s[q] = v;
+    else gram[q - taps] = v;
+  }
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, float eps,
                    int64_t ph, int64_t pw, int64_t pad_top, int64_t pad_left,
                    ffi::ResultBuffer<ffi::F32> pooled, ffi::ResultBuffer<ffi::F32> mean,
-                   ffi::ResultBuffer<ffi::F32> var, ffi::ResultBuffer<ffi::U8> argmax) {
+                   ffi::ResultBuffer<ffi::F32> var, ffi::ResultBuffer<ffi::U8> argmax,
+                   ffi::ResultBuffer<ffi::F32> z_at, ffi::ResultBuffer<ffi::F32> sums) {
   const Geometry g = MakeGeometry(x.dimensions(), kernel.dimensions(), ph, pw, pad_top,
                                   pad_left);
   if (ffi::Error e = CheckGeometry(g); e.failure()) return e;
@@ -312,6 +335,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const float* kp = kernel.typed_data();
   std::vector<double> s, gram;
   Gram(pool, xp, g, s, gram);
+  PackSums(s, gram, sums->typed_data());
   const double n = double(g.b * g.h * g.w);
   for (int64_t ch = 0; ch < g.c; ++ch) {
     double sz = 0.0, szz = 0.0;
@@ -334,10 +358,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   ParallelFor(pool, g.b, [&](int64_t n) {
     std::vector<float> pad(padded);
     PadImage(xp + n * g.h * g.w, g, pad.data());
-    float* out = pooled->typed_data() + n * per_image;
-    uint8_t* pos = argmax->typed_data() + n * per_image;
+    const int64_t o = n * per_image;
     ByBlocks(g.c, [&](auto blocks) {
-      ForwardImage<decltype(blocks)::value>(pad.data(), kp, a.data(), b.data(), g, out, pos);
+      ForwardImage<decltype(blocks)::value>(pad.data(), kp, a.data(), b.data(), g,
+                                            pooled->typed_data() + o,
+                                            argmax->typed_data() + o, z_at->typed_data() + o);
     });
   });
   return ffi::Error::Success();
@@ -347,6 +372,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                     ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> scale,
                     ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> mean,
                     ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::U8> argmax,
+                    ffi::Buffer<ffi::F32> z_at, ffi::Buffer<ffi::F32> sums,
                     ffi::Buffer<ffi::F32> g_pooled, ffi::Buffer<ffi::F32> g_mean,
                     ffi::Buffer<ffi::F32> g_var, float eps, int64_t ph, int64_t pw,
                     int64_t pad_top, int64_t pad_left, ffi::ResultBuffer<ffi::F32> g_kernel,
@@ -361,7 +387,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<float> a(g.c), b(g.c);
   Affine(scale.typed_data(), bias.typed_data(), mp, vp, eps, g.c, a.data(), b.data());
   std::vector<double> s, gram;
-  Gram(pool, xp, g, s, gram);
+  UnpackSums(sums.typed_data(), g.taps, s, gram);
 
   const int64_t stride = g.c * (2 + g.taps);
   const int64_t padded = (g.h + g.kh - 1) * (g.w + g.kw - 1);
@@ -370,17 +396,17 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   ParallelFor(pool, g.b, [&](int64_t n) {
     std::vector<float> pad(padded);
     PadImage(xp + n * g.h * g.w, g, pad.data());
-    const float* gp = g_pooled.typed_data() + n * per_image;
-    const uint8_t* pos = argmax.typed_data() + n * per_image;
-    double* acc = part.data() + n * stride;
+    const int64_t o = n * per_image;
     ByBlocks(g.c, [&](auto blocks) {
-      BackwardImage<decltype(blocks)::value>(pad.data(), kp, a.data(), b.data(), g, gp, pos,
-                                             acc);
+      BackwardImage<decltype(blocks)::value>(pad.data(), a.data(), b.data(), g,
+                                             g_pooled.typed_data() + o,
+                                             argmax.typed_data() + o, z_at.typed_data() + o,
+                                             part.data() + n * stride);
     });
   });
   std::vector<double> tot(stride, 0.0);
-  for (int64_t n_img = 0; n_img < g.b; ++n_img)
-    for (int64_t k = 0; k < stride; ++k) tot[k] += part[n_img * stride + k];
+  for (int64_t n = 0; n < g.b; ++n)
+    for (int64_t q = 0; q < stride; ++q) tot[q] += part[n * stride + q];
 
   // The chain rule through a = scale * r, b = bias - mean * a, r = rsqrt(var + eps),
   // var = E[z^2] - E[z]^2 (clamped at 0), mean = E[z]: dL/dz = a * gz + beta + gamma * z.
@@ -392,9 +418,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     const double centred = sgz - m * sg;
     g_bias->typed_data()[ch] = float(sg);
     g_scale->typed_data()[ch] = float(r * centred);
-    double gv = g_var.typed_data()[ch];
-    if (vp[ch] > 0.0f) gv += -0.5 * r * r * r * sc * centred;
-    else gv = 0.0;
+    double gv = 0.0;  // a clamped variance passes no gradient
+    if (vp[ch] > 0.0f) gv = g_var.typed_data()[ch] - 0.5 * r * r * r * sc * centred;
     const double gm = g_mean.typed_data()[ch] - sc * r * sg - 2.0 * m * gv;
     const double alpha = sc * r, beta = gm / n, gamma = 2.0 * gv / n;
     for (int64_t t = 0; t < g.taps; ++t) {
@@ -412,38 +437,42 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FirstStageForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::U8>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // pooled
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // mean
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // var
+                                  .Ret<ffi::Buffer<ffi::U8>>()   // window position
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // z there
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // S and G
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FirstStageBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // var
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // window position
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z there
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // S and G
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // pooled gradient
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean gradient
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // var gradient
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // kernel gradient
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // scale gradient
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // bias gradient

@@ -188,8 +188,11 @@ def _forward(x, kernel, scale, bias, eps, window):
     b, h, w, _ = x.shape
     c = kernel.shape[-1]
     pooled = (b, h // window[0], w // window[1], c)
+    taps = kernel.shape[0] * kernel.shape[1]
     out = (jax.ShapeDtypeStruct(pooled, jnp.float32), jax.ShapeDtypeStruct((c,), jnp.float32),
-           jax.ShapeDtypeStruct((c,), jnp.float32), jax.ShapeDtypeStruct(pooled, jnp.uint8))
+           jax.ShapeDtypeStruct((c,), jnp.float32), jax.ShapeDtypeStruct(pooled, jnp.uint8),
+           jax.ShapeDtypeStruct(pooled, jnp.float32),
+           jax.ShapeDtypeStruct((2, taps + taps * taps), jnp.float32))
     return jax.ffi.ffi_call("research_FirstStageForward", out, vmap_method="sequential")(
         x, kernel, scale, bias, **_attrs(eps, window, kernel.shape))
 
@@ -205,12 +208,12 @@ def first_stage(x_BxHxWx1, kernel_KhxKwx1xC, scale_C, bias_C, eps: float,
 
 
 def _first_stage_fwd(x, kernel, scale, bias, eps, window):
-    pooled, mean, var, where = _forward(x.value, kernel.value, scale.value, bias.value, eps,
-                                        window)
+    pooled, mean, var, where, z_at, sums = _forward(x.value, kernel.value, scale.value,
+                                                    bias.value, eps, window)
     # The input's gradient is rarely wanted in training; when it is, the JAX composite gives it.
     input_grad = jnp.zeros((), jnp.float32) if x.perturbed else None
     return (pooled, mean, var), (x.value, kernel.value, scale.value, bias.value, mean, var,
-                                 where, input_grad)
+                                 where, z_at, sums, input_grad)
 
 
 def _dense(g, like):
@@ -218,13 +221,12 @@ def _dense(g, like):
 
 
 def _first_stage_bwd(eps, window, res, g):
-    x, kernel, scale, bias, mean, var, where, input_grad = res
-    g_pooled, g_mean, g_var = (_dense(gi, like) for gi, like in zip(g, (where, mean, var)))
-    g_pooled = g_pooled.astype(jnp.float32)
+    x, kernel, scale, bias, mean, var, where, z_at, sums, input_grad = res
+    g_pooled, g_mean, g_var = (_dense(gi, like) for gi, like in zip(g, (z_at, mean, var)))
     out = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (kernel, scale, bias))
     g_k, g_s, g_b = jax.ffi.ffi_call("research_FirstStageBackward", out,
                                      vmap_method="sequential")(
-        x, kernel, scale, bias, mean, var, where, g_pooled, g_mean, g_var,
+        x, kernel, scale, bias, mean, var, where, z_at, sums, g_pooled, g_mean, g_var,
         **_attrs(eps, window, kernel.shape))
     g_x = None
     if input_grad is not None:
