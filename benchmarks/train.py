@@ -49,14 +49,15 @@ their temporary memory in again on every step, about 1.35x slower at batch 128).
 `XLA_FLAGS=--xla_force_host_platform_device_count=2`); it is not the default, since it does not
 speed `make run` up.
 
-Where it stands (issue 11 asks for >= 1.0x PyTorch eager on 2 threads at batch 32 and 128): on
-the 2-core AVX2 VM of sessions 13-19, eleven runs of `--threads 2 --sides jax-step torch-eager
---rounds 7` (one with `jax-devices` too) on an idle machine in sessions 16-19 gave 0.89-1.11x at
-batch 32 and 0.78-1.02x at batch 128, the same code moving by 20% from one run to the next:
-parity within the VM's drift, not reliably above it. One thread: 1.05x / 0.93x (session 18). Per
-CPU-second the two are even; the gap is the second core (we keep 1.6-1.8 CPUs busy, PyTorch
-1.96). What was measured and tried, session by session, with the figures:
-`benchmarks/train_history.md`.
+Where it stands (issue 11 asks for >= 1.0x PyTorch eager on 2 threads at batch 32 and 128):
+met since session 20, by the native first stage of `research.models.native` (the one-channel
+conv - BatchNorm - ReLU - max pool as one C++ kernel through XLA's FFI). On the 2-core AVX2 VM
+of session 20, `--threads 2 --sides jax-step jax-composite torch-eager --rounds 7` on an idle
+machine: jax-step 1.28x / 1.34x PyTorch eager at batch 32 / 128 (worst round 1.18x / 1.22x),
+jax-composite (the same step on JAX operations) 1.08x / 1.08x; one thread (`--rounds 5`) 1.22x
+/ 1.16x and 1.01x / 0.94x. Before it, eleven runs in sessions 16-19 gave 0.89-1.11x and
+0.78-1.02x: parity within the VM's 20% drift. What was measured and tried, session by session,
+with the figures: `benchmarks/train_history.md`.
 """
 
 from __future__ import annotations

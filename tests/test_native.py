@@ -208,6 +208,30 @@ def test_without_a_compiler_the_model_warns_and_trains_on_the_layers(tmp_path):
     assert not list(tmp_path.rglob("*.so")), "a failed build left a library behind"
 
 
+def test_a_compiler_without_march_native_gets_the_portable_build(tmp_path):
+    # Apple's clang on arm64 rejects -march=native: the build retries without it.
+    fake = tmp_path / "cxx"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\n'
+                    'exec c++ "$@"\n')
+    fake.chmod(0o755)
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from research.models import CNN, native\n"
+        "m = CNN(channels=(8,), num_outputs=2)\n"
+        "x = jnp.ones((2, 8, 8, 1))\n"
+        "v = m.init(jax.random.PRNGKey(0), x)\n"
+        "f = lambda v: m.apply(v, x, train=True, mutable=['batch_stats'])\n"
+        "print('native', 'research_FirstStageForward' in str(jax.make_jaxpr(f)(v)))\n"
+    )
+    cache = tmp_path / "cache"
+    env = dict(os.environ, CXX=str(fake), XDG_CACHE_HOME=str(cache), RESEARCH_NATIVE="1")
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "native True" in done.stdout
+    assert len(list(cache.rglob("first_stage-*.so"))) == 1
+
+
 def test_calling_the_stage_where_it_is_unavailable_says_so(monkeypatch):
     monkeypatch.setenv("RESEARCH_NATIVE", "0")
     assert not native.available()

@@ -39,6 +39,8 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -68,31 +70,44 @@ def _cache_dir() -> Path:
     return Path(root) / "research-native"
 
 
+def _cpu_model() -> bytes:
+    """The CPU's model and instruction sets (not its clock, which moves), where Linux says."""
+    try:
+        lines = Path("/proc/cpuinfo").read_bytes().split(b"\n\n")[0].splitlines()
+    except OSError:
+        return platform.processor().encode()
+    return b"\n".join(line for line in lines if line.startswith((b"model name", b"flags")))
+
+
 def _library_path() -> Path:
     """The compiled kernel, built (to a temporary file, then renamed) if not cached yet."""
+    compiler = shlex.split(os.environ.get("CXX", "c++"))
     key = hashlib.sha256(_SOURCE.read_bytes())
-    key.update(" ".join(_FLAGS).encode() + jax.__version__.encode())
-    try:  # -march=native: a shared cache must not hand one CPU's build to another
-        key.update(Path("/proc/cpuinfo").read_bytes().split(b"\n\n")[0])
-    except OSError:
-        pass
+    key.update(" ".join(compiler + list(_FLAGS)).encode() + jax.__version__.encode())
+    key.update(_cpu_model())  # -march=native: a shared cache must not hand one CPU's build on
     target = _cache_dir() / f"first_stage-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [os.environ.get("CXX", "c++"), *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE),
-           "-o", tmp]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-        os.replace(tmp, target)
+        errors = []
+        # Some compilers (Apple's clang on arm64) reject -march=native: then the portable build.
+        for flags in (_FLAGS, tuple(f for f in _FLAGS if f != "-march=native")):
+            cmd = [*compiler, *flags, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True)
+            except OSError as err:  # no such compiler
+                raise RuntimeError(f"{' '.join(cmd)}: {err}") from err
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError("\n".join(errors))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
 
 
 def available() -> bool:

@@ -50,6 +50,13 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   largest activations). `BatchNorm` here has the same variables and statistics and computes
   `x * a + b` with per-channel `a`, `b`: 10-12% off the step at batch 32 and 128.
 
+- In training on the CPU, `research.models.CNN` runs a one-channel first stage (conv - BatchNorm -
+  ReLU - max pool) on the native kernel of `research.models.native` instead of these
+  operations: with them that stage's passes over its full-size activations were about 40% of
+  the 2-core batch-128 step, and no JAX formulation tried in sessions 14-19 got the step
+  reliably above PyTorch eager. These operations remain the evaluation path, the reference the
+  native stage is tested against, and the fallback where it cannot run.
+
 Tie behaviour of `max_pool` (equal maxima in one window): the gradient goes to the *first*
 maximum in row-major window order, exactly as with `nn.max_pool` (XLA's `select_and_scatter`,
 which keeps the current element while `current >= next`) and PyTorch's `max_pool2d`. `jnp.max`
