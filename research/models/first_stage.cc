@@ -15,9 +15,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -31,6 +31,39 @@ constexpr int64_t kMaxTaps = 25;
 struct Geometry {
   int64_t b, h, w, c, kh, kw, taps, ph, pw, ho, wo, pad_top, pad_left;
 };
+
+// Eight float32 lanes (one AVX register; two SSE or NEON ones elsewhere), GCC/Clang vectors.
+using V = float __attribute__((vector_size(32)));
+using VI = int32_t __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+
+inline V Load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+inline void Store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+inline V Broadcast(float x) { return V{x, x, x, x, x, x, x, x}; }
+inline V Select(VI mask, V yes, V no) { return (V)((mask & (VI)yes) | (~mask & (VI)no)); }
+inline VI SelectI(VI mask, VI yes, VI no) { return (mask & yes) | (~mask & no); }
+
+// The sum of a[i * wp + j] * b[i * wp + j] over the H x W outputs, in eight lanes per row
+// (float sums per row, a double across rows).
+inline double ShiftedDot(const float* a, const float* b, const Geometry& g, int64_t wp) {
+  double total = 0.0;
+  for (int64_t i = 0; i < g.h; ++i) {
+    const float* ar = a + i * wp;
+    const float* br = b + i * wp;
+    V row = Broadcast(0.0f);
+    int64_t j = 0;
+    for (; j + kLanes <= g.w; j += kLanes) row += Load(ar + j) * Load(br + j);
+    float tail = 0.0f;
+    for (; j < g.w; ++j) tail += ar[j] * br[j];
+    for (int64_t l = 0; l < kLanes; ++l) tail += row[l];
+    total += tail;
+  }
+  return total;
+}
 
 // Runs fn(i) for i in [0, n): the calling thread and up to num_threads - 1 pool tasks take
 // indices from a shared counter, so the caller never waits on work nobody has picked up.
@@ -68,9 +101,6 @@ void PadImage(const float* img, const Geometry& g, float* pad) {
   for (int64_t r = 0; r < g.h; ++r)
     std::copy(img + r * g.w, img + (r + 1) * g.w, pad + (r + g.pad_top) * wp + g.pad_left);
 }
-
-// The sum of a[i * wp + j] * b[i * wp + j] over the H x W outputs, in eight lanes per row.
-inline double ShiftedDot(const float* a, const float* b, const Geometry& g, int64_t wp);
 
 // Adds a padded image's tap sums S (taps) and Gram matrix G (upper triangle, taps x taps) over
 // all H x W outputs: G[t][u] is the dot product of the image shifted by tap t and by tap u.
@@ -118,37 +148,6 @@ void Affine(const float* scale, const float* bias, const float* mean, const floa
   }
 }
 
-// Eight float32 lanes (one AVX register; two SSE or NEON ones elsewhere), GCC/Clang vectors.
-using V = float __attribute__((vector_size(32)));
-using VI = int32_t __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8;
-
-inline V Load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-inline void Store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-inline V Broadcast(float x) { return V{x, x, x, x, x, x, x, x}; }
-inline V Select(VI mask, V yes, V no) { return (V)((mask & (VI)yes) | (~mask & (VI)no)); }
-inline VI SelectI(VI mask, VI yes, VI no) { return (mask & yes) | (~mask & no); }
-
-inline double ShiftedDot(const float* a, const float* b, const Geometry& g, int64_t wp) {
-  double total = 0.0;
-  for (int64_t i = 0; i < g.h; ++i) {
-    const float* ar = a + i * wp;
-    const float* br = b + i * wp;
-    V row = Broadcast(0.0f);
-    int64_t j = 0;
-    for (; j + kLanes <= g.w; j += kLanes) row += Load(ar + j) * Load(br + j);
-    float tail = 0.0f;
-    for (; j < g.w; ++j) tail += ar[j] * br[j];
-    for (int64_t l = 0; l < kLanes; ++l) tail += row[l];
-    total += tail;
-  }
-  return total;
-}
-
 // z = conv at one output for channels [8 nb, 8 nb + 8), nb < kBlocks; also returns the taps.
 template <int64_t kBlocks>
 inline void ConvAt(const float* base, const int64_t* off, int64_t taps, const V* kv, V* z,
@@ -179,8 +178,8 @@ void ForwardImage(const float* pad, const float* k, const float* a, const float*
   }
   for (int64_t i = 0; i < g.ho; ++i) {
     for (int64_t j = 0; j < g.wo; ++j) {
-      V best[kBlocks], z[kBlocks], z_best[kBlocks];
-      VI where[kBlocks];
+      V best[kBlocks] = {}, z[kBlocks], z_best[kBlocks] = {};
+      VI where[kBlocks] = {};
       float v[kMaxTaps];
       for (int64_t p = 0; p < g.ph * g.pw; ++p) {
         ConvAt<kBlocks>(pad + (i * g.ph + p / g.pw) * wp + j * g.pw + p % g.pw, off, g.taps,

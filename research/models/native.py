@@ -170,7 +170,8 @@ def reference(x_BxHxWx1, kernel_KhxKwx1xC, scale_C, bias_C, eps: float,
     Args:
         x_BxHxWx1: one-channel inputs.
         kernel_KhxKwx1xC: the convolution's kernel ("SAME" zero padding, stride 1, no bias).
-        scale_C, bias_C: BatchNorm's parameters.
+        scale_C: BatchNorm's scale.
+        bias_C: BatchNorm's bias.
         eps: BatchNorm's epsilon.
         window: the max-pooling window and stride.
 
