@@ -53,10 +53,11 @@ Where it stands (issue 11 asks for >= 1.0x PyTorch eager on 2 threads at batch 3
 met since session 20, by the native first stage of `research.models.native` (the one-channel
 conv - BatchNorm - ReLU - max pool as one C++ kernel through XLA's FFI). On the 2-core AVX2 VM
 of session 20, `--threads 2 --sides jax-step jax-composite torch-eager --rounds 7` on an idle
-machine: jax-step 1.28x / 1.34x PyTorch eager at batch 32 / 128 (worst round 1.18x / 1.22x),
-jax-composite (the same step on JAX operations) 1.08x / 1.08x; one thread (`--rounds 5`) 1.22x
-/ 1.16x and 1.01x / 0.94x. Before it, eleven runs in sessions 16-19 gave 0.89-1.11x and
-0.78-1.02x: parity within the VM's 20% drift. What was measured and tried, session by session,
+machine, four runs: jax-step 1.16-1.32x / 1.20-1.34x PyTorch eager at batch 32 / 128 (worst
+rounds 0.97-1.24x), jax-composite (the same step on JAX operations) 1.08-1.29x / 1.02-1.23x in
+the same runs (the composite moves most with the VM); one thread (`--rounds 5`) 1.22x / 1.16x
+and 1.01x / 0.94x. Before it, eleven runs in sessions 16-19 on another VM gave 0.89-1.11x and
+0.78-1.02x: parity within that VM's 20% drift. What was measured and tried, session by session,
 with the figures: `benchmarks/train_history.md`.
 """
 
