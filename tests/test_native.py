@@ -7,6 +7,8 @@ on and off (`RESEARCH_NATIVE=0`, read when a step is traced).
 """
 
 import os
+import subprocess
+import sys
 import warnings
 
 import flax.linen as nn
@@ -117,6 +119,40 @@ def test_the_same_inputs_give_the_same_bits():
     a, b = f(kern, scale), f(kern, scale)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+_DIGEST = """
+import hashlib, os, sys
+os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
+import jax, jax.numpy as jnp, numpy as np
+from research.models import native
+k = jax.random.split(jax.random.PRNGKey(5), 3)
+x = jax.random.normal(k[0], (24, 20, 32, 1))
+kern = jax.random.normal(k[1], (3, 3, 1, 16))
+scale = jax.random.normal(k[2], (16,)) + 0.5
+f = jax.jit(jax.value_and_grad(
+    lambda k, s: jnp.sum(native.first_stage(x, k, s, scale * 0, 1e-5, (2, 2))[0] ** 2),
+    argnums=(0, 1)))
+out = jax.tree.leaves(f(kern, scale)) + list(native.first_stage(x, kern, scale, scale, 1e-5, (2, 2)))
+print(hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in out)).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs and Linux's affinity calls")
+def test_results_do_not_depend_on_the_number_of_threads():
+    # XLA:CPU's thread pool follows the affinity mask (one CPU: no helper threads at all), but
+    # only with one host device: forced host devices get a thread each.
+    env = dict(os.environ, XLA_FLAGS=" ".join(
+        f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f))
+    cpus = sorted(os.sched_getaffinity(0))
+    digests = []
+    for mask in ([cpus[0]], cpus[:2]):
+        done = subprocess.run([sys.executable, "-c", _DIGEST, ",".join(map(str, mask))],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64
 
 
 def _steps(model, flag, variables, x, y, steps=3):
