@@ -133,7 +133,8 @@ scale = jax.random.normal(k[2], (16,)) + 0.5
 f = jax.jit(jax.value_and_grad(
     lambda k, s: jnp.sum(native.first_stage(x, k, s, scale * 0, 1e-5, (2, 2))[0] ** 2),
     argnums=(0, 1)))
-out = jax.tree.leaves(f(kern, scale)) + list(native.first_stage(x, kern, scale, scale, 1e-5, (2, 2)))
+out = jax.tree.leaves(f(kern, scale))
+out += list(native.first_stage(x, kern, scale, scale, 1e-5, (2, 2)))
 print(hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in out)).hexdigest())
 """
 

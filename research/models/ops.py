@@ -49,7 +49,6 @@ dominated the CPU training step of a CNN 16/32/32 on 40x64 log-mels (measured wi
   centred full-size copy `x - mean` for the backward pass (an extra write and read of the
   largest activations). `BatchNorm` here has the same variables and statistics and computes
   `x * a + b` with per-channel `a`, `b`: 10-12% off the step at batch 32 and 128.
-
 - In training on the CPU, `research.models.CNN` runs a one-channel first stage (conv - BatchNorm -
   ReLU - max pool) on the native kernel of `research.models.native` instead of these
   operations: with them that stage's passes over its full-size activations were about 40% of
