@@ -34,7 +34,8 @@ accelerators, with several devices along the data axis, or for any other stage s
 `research.models.CNN` uses the JAX composite, with the same variables (`RESEARCH_NATIVE` is read
 when a program is traced: set it before the first step). The native stage has a reverse-mode
 derivative only (a `custom_vjp`); the model uses it in training mode only, and forward-mode
-derivatives (Hessian-vector products) run in evaluation mode, on the JAX composite. A gradient
+derivatives (Hessian-vector products) run in evaluation mode, on the JAX composite; a second
+derivative of a training-mode loss (with batch statistics) needs `RESEARCH_NATIVE=0`. A gradient
 with respect to the input (rarely wanted in training) is computed by differentiating the JAX
 composite.
 """
