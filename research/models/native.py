@@ -165,11 +165,6 @@ def applies(x: jax.Array, features: int, kernel: Sequence[int], window: Sequence
             and jax.default_backend() == "cpu" and _data_devices() == 1 and available())
 
 
-def _same_pads(kernel: Sequence[int]) -> tuple[int, int]:
-    """Top and left zero padding of a stride-1 "SAME" convolution (as `lax.padtype_to_pads`)."""
-    return (kernel[0] - 1) // 2, (kernel[1] - 1) // 2
-
-
 def reference(x_BxHxWx1, kernel_KhxKwx1xC, scale_C, bias_C, eps: float,
               window: Sequence[int]):
     """The first stage as the JAX composite: what `CNN` computes without the native kernel.
@@ -195,7 +190,9 @@ def reference(x_BxHxWx1, kernel_KhxKwx1xC, scale_C, bias_C, eps: float,
 
 
 def _attrs(eps, window, kernel_shape):
-    pad_top, pad_left = _same_pads(kernel_shape[:2])
+    # A stride-1 "SAME" convolution's padding does not depend on the input's size.
+    (pad_top, _), (pad_left, _) = lax.padtype_to_pads(kernel_shape[:2], kernel_shape[:2],
+                                                      (1, 1), "SAME")
     return dict(eps=np.float32(eps), ph=int(window[0]), pw=int(window[1]), pad_top=pad_top,
                 pad_left=pad_left)
 
